@@ -1,0 +1,199 @@
+"""Covariance-type specifics, as plain functions over arrays (the scikit-learn way).
+
+A mixture's state keeps, per component, a weight statistic ``s0``, a mean and a *centered*
+covariance statistic ``C`` without regularisation.  The regulariser ``reg`` (one value per
+feature, ``reg_covar`` times the feature's variance: "standardised units") is added whenever a
+covariance is used, so forgetting never erodes it.  Shapes of ``C`` by covariance type:
+
+=========== ============ =======================================
+type        ``C``        precision ``P`` of ``C + reg``
+=========== ============ =======================================
+full        (K, D, D)    (K, D, D)
+diag        (K, D)       (K, D)
+spherical   (K,)         (K,)
+tied        (D, D)       (D, D)
+=========== ============ =======================================
+
+``logdet`` is always (K,): the log-determinant of each component's regularised covariance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def regularised(cov: np.ndarray, reg: np.ndarray, covariance_type: str) -> np.ndarray:
+    """The covariances a user sees (sklearn's ``covariances_`` shapes): ``C`` plus ``reg``."""
+    if covariance_type in ("full", "tied"):
+        out = cov.copy()
+        idx = np.arange(reg.shape[0])
+        out[..., idx, idx] += reg
+        return out
+    if covariance_type == "diag":
+        return cov + reg
+    return cov + reg.mean()
+
+
+def full_matrices(cov: np.ndarray, reg: np.ndarray, covariance_type: str, n_components: int):
+    """Every component's regularised covariance as a (K, D, D) matrix, whatever the type."""
+    d = reg.shape[0]
+    sigma = regularised(cov, reg, covariance_type)
+    if covariance_type == "full":
+        return sigma
+    if covariance_type == "tied":
+        return np.broadcast_to(sigma, (n_components, d, d)).copy()
+    if covariance_type == "diag":
+        out = np.zeros((n_components, d, d))
+        out[:, np.arange(d), np.arange(d)] = sigma
+        return out
+    return sigma[:, None, None] * np.eye(d)
+
+
+def exact_precision(cov: np.ndarray, reg: np.ndarray, covariance_type: str, n_components: int):
+    """Precision and log-determinant of ``C + reg``, from a fresh Cholesky factorisation."""
+    sigma = regularised(cov, reg, covariance_type)
+    d = reg.shape[0]
+    if covariance_type in ("full", "tied"):
+        chol = np.linalg.cholesky(sigma)
+        eye = np.broadcast_to(np.eye(d), sigma.shape)
+        inv_chol = np.linalg.solve(chol, eye)
+        prec = np.swapaxes(inv_chol, -1, -2) @ inv_chol
+        prec = 0.5 * (prec + np.swapaxes(prec, -1, -2))
+        logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)
+        if covariance_type == "tied":
+            logdet = np.full(n_components, logdet)
+        return prec, logdet
+    if covariance_type == "diag":
+        return 1.0 / sigma, np.log(sigma).sum(-1)
+    return 1.0 / sigma, d * np.log(sigma)
+
+
+def precisions_cholesky(cov: np.ndarray, reg: np.ndarray, covariance_type: str) -> np.ndarray:
+    """scikit-learn's ``precisions_cholesky_``: ``precision = L @ L.T`` (upper ``L`` for full)."""
+    sigma = regularised(cov, reg, covariance_type)
+    if covariance_type in ("full", "tied"):
+        chol = np.linalg.cholesky(sigma)
+        eye = np.broadcast_to(np.eye(sigma.shape[-1]), sigma.shape)
+        return np.swapaxes(np.linalg.solve(chol, eye), -1, -2)
+    return 1.0 / np.sqrt(sigma)
+
+
+def centered_rows(X: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """``X - mean_k`` for every component: (K, n, D)."""
+    return X[None, :, :] - means[:, None, :]
+
+
+def mahalanobis(diff: np.ndarray, prec: np.ndarray, covariance_type: str) -> np.ndarray:
+    """Squared Mahalanobis distances (n, K) of centered rows ``diff`` (K, n, D)."""
+    if covariance_type == "full":
+        q = np.einsum("knd,knd->kn", diff @ prec, diff)
+    elif covariance_type == "tied":
+        q = np.einsum("knd,knd->kn", diff @ prec, diff)
+    elif covariance_type == "diag":
+        q = np.einsum("knd,kd->kn", diff * diff, prec)
+    else:
+        q = np.einsum("knd,knd->kn", diff, diff) * prec[:, None]
+    return q.T
+
+
+def log_gaussian(diff: np.ndarray, prec: np.ndarray, logdet: np.ndarray, covariance_type: str):
+    """Log-density of each centered row under each component, (n, K)."""
+    d = diff.shape[-1]
+    q = mahalanobis(diff, prec, covariance_type)
+    return -0.5 * (d * LOG_2PI + logdet[None, :] + q)
+
+
+def log_responsibilities(weighted_log_prob: np.ndarray):
+    """Log-sum-exp over components: per-row log-density (n,) and log-responsibilities (n, K)."""
+    peak = weighted_log_prob.max(axis=1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    with np.errstate(divide="ignore", under="ignore"):
+        log_norm = np.log(np.exp(weighted_log_prob - peak).sum(axis=1)) + peak[:, 0]
+        log_resp = weighted_log_prob - log_norm[:, None]
+    return log_norm, log_resp
+
+
+def batch_moments(diff: np.ndarray, resp: np.ndarray, covariance_type: str):
+    """Weighted moments of one mini-batch, centered at each component's current mean.
+
+    Returns ``nk`` (K,) summed responsibilities, ``d`` (K, D) = weighted batch mean minus the
+    component mean, and ``V`` the weighted covariance about the batch mean, in the shape of the
+    covariance statistic of ``covariance_type`` (tied: per component (K, D, D), pooled later).
+    Two passes (subtract ``d`` before the outer products) so a shifted batch loses no digits.
+    """
+    nk = resp.sum(axis=0)
+    safe = np.where(nk > 0, nk, 1.0)
+    rk = resp.T[:, :, None]  # (K, n, 1)
+    d = (rk * diff).sum(axis=1) / safe[:, None]
+    z = diff - d[:, None, :]
+    if covariance_type in ("full", "tied"):
+        V = np.swapaxes(rk * z, 1, 2) @ z / safe[:, None, None]
+    elif covariance_type == "diag":
+        V = (rk * z * z).sum(axis=1) / safe[:, None]
+    else:
+        V = (rk[:, :, 0] * np.einsum("knd,knd->kn", z, z)).sum(axis=1) / safe / z.shape[-1]
+    return nk, d, V
+
+
+def pooled_update(s0, means, cov, g, b0, d, V, w_cap, covariance_type):
+    """Move the statistics toward a batch's moments by total step ``g`` (pooled variance).
+
+    With ``w = g b0 / s0'``: ``mu' = mu + w d`` and ``C' = (1-w) C + w V + w (1-w) d d^T`` —
+    exact, positive, and free of the raw-moment cancellation.  Returns new arrays.
+    """
+    s0_new = (1.0 - g) * s0 + g * b0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(s0_new > 0, g * b0 / s0_new, 0.0)
+    w = np.minimum(w, w_cap)
+    means_new = means + w[:, None] * d
+    a = w * (1.0 - w)
+    if covariance_type == "full":
+        cov_new = (
+            (1.0 - w)[:, None, None] * cov
+            + w[:, None, None] * V
+            + a[:, None, None] * d[:, :, None] * d[:, None, :]
+        )
+    elif covariance_type == "diag":
+        cov_new = (1.0 - w)[:, None] * cov + w[:, None] * V + a[:, None] * d * d
+    elif covariance_type == "spherical":
+        cov_new = (1.0 - w) * cov + w * V + a * (d * d).sum(axis=1) / d.shape[1]
+    else:
+        # Tied: the weighted sum of per-component scatters; sum_k s0_k' (1 - w_k) = (1 - g).
+        spread = V + (1.0 - w)[:, None, None] * d[:, :, None] * d[:, None, :]
+        cov_new = (1.0 - g) * cov + g * np.einsum("k,kij->ij", b0, spread)
+    return s0_new, means_new, cov_new
+
+
+def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str):
+    """Batch EM M-step (used by the warm-up fit): weights, means, unregularised covariances."""
+    n = X.shape[0]
+    nk = resp.sum(axis=0) + 10.0 * np.finfo(float).eps
+    means = resp.T @ X / nk[:, None]
+    diff = centered_rows(X, means)
+    rk = resp.T[:, :, None]
+    if covariance_type == "full":
+        cov = np.swapaxes(rk * diff, 1, 2) @ diff / nk[:, None, None]
+    elif covariance_type == "tied":
+        cov = np.einsum("kni,knj->ij", rk * diff, diff) / n
+    elif covariance_type == "diag":
+        cov = (rk * diff * diff).sum(axis=1) / nk[:, None]
+    else:
+        cov = (rk[:, :, 0] * np.einsum("knd,knd->kn", diff, diff)).sum(axis=1) / nk / X.shape[1]
+    return nk / n, means, cov
+
+
+def principal_axis(cov_k: np.ndarray, covariance_type: str, n_features: int):
+    """Largest-variance direction and its variance of one component's statistic (for splits)."""
+    if covariance_type in ("full", "tied"):
+        vals, vecs = np.linalg.eigh(cov_k)
+        return vecs[:, -1], max(float(vals[-1]), 0.0)
+    axis = np.zeros(n_features)
+    if covariance_type == "diag":
+        j = int(np.argmax(cov_k))
+        axis[j] = 1.0
+        return axis, max(float(cov_k[j]), 0.0)
+    axis[0] = 1.0
+    return axis, max(float(cov_k), 0.0)

@@ -1,0 +1,322 @@
+"""Compiled one-sample E-step and update, one pair of kernels per covariance type.
+
+Why compiled: one ``learn + score`` at K=5, D=10 must cost a few microseconds, and a numpy
+expression costs about one microsecond of call overhead before it does any arithmetic.
+
+Every learn kernel checks everything it is about to use (log-density finite, deviations bounded)
+*before* it writes, so a sample either updates the state completely or not at all.  The full and
+tied kernels carry the precision and log-determinant along by Sherman–Morrison, O(K D^2) per
+sample; the caller refreshes them exactly from the covariance statistics every so often (the
+regulariser's share is not a rank-one term, and rounding accumulates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+# Responsibilities below this are flushed to exactly zero: subnormals slow every later
+# operation on them by two orders of magnitude.
+FLUSH = 1e-30
+# Weight statistics never go below this, so log-weights stay finite under forgetting.
+TINY_WEIGHT = 1e-250
+# |x - mu| beyond this could overflow the outer product e e^T.
+MAX_DEVIATION = 1e150
+# After a step this large the rank-one path is refreshed exactly.
+BIG_STEP = 0.25
+# What a learn kernel did with its sample.
+LEARNED, LEARNED_REFRESH, REJECTED = 0, 1, -1
+
+
+@njit(cache=True, inline="always")
+def _step(t, t0, kappa, floor):
+    rho = (t + 1.0 + t0) ** (-kappa)
+    return rho if rho > floor else floor
+
+
+@njit(cache=True)
+def _normalise(log_prob, resp):
+    """Log-sum-exp of log_prob into resp (flushed, renormalised); returns the log-density."""
+    k_count = log_prob.shape[0]
+    peak = -np.inf
+    for k in range(k_count):
+        if log_prob[k] > peak:
+            peak = log_prob[k]
+    if not np.isfinite(peak):
+        return -np.inf
+    total = 0.0
+    for k in range(k_count):
+        resp[k] = np.exp(log_prob[k] - peak)
+        total += resp[k]
+    lse = peak + np.log(total)
+    kept = 0.0
+    for k in range(k_count):
+        r = resp[k] / total
+        if r < FLUSH:
+            r = 0.0
+        resp[k] = r
+        kept += r
+    for k in range(k_count):
+        resp[k] /= kept
+    return lse
+
+
+@njit(cache=True)
+def _log_weights(s0, out):
+    total = 0.0
+    for k in range(s0.shape[0]):
+        total += s0[k]
+    log_total = np.log(total)
+    for k in range(s0.shape[0]):
+        out[k] = np.log(s0[k]) - log_total
+
+
+# --------------------------------------------------------------------------- full / tied
+
+
+@njit(cache=True)
+def _e_step_dense(x, s0, means, prec, logdet, tied, log_prob, q, e, u):
+    k_count, d = means.shape
+    _log_weights(s0, log_prob)
+    for k in range(k_count):
+        pk = 0 if tied else k
+        for i in range(d):
+            e[k, i] = x[i] - means[k, i]
+        qk = 0.0
+        for i in range(d):
+            acc = 0.0
+            for j in range(d):
+                acc += prec[pk, i, j] * e[k, j]
+            u[k, i] = acc
+            qk += acc * e[k, i]
+        q[k] = qk
+        log_prob[k] += -0.5 * (d * LOG_2PI + logdet[k] + qk)
+
+
+@njit(cache=True)
+def score_dense(x, s0, means, prec, logdet, tied, resp):
+    k_count, d = means.shape
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    e = np.empty((k_count, d))
+    u = np.empty((k_count, d))
+    _e_step_dense(x, s0, means, prec, logdet, tied, log_prob, q, e, u)
+    return _normalise(log_prob, resp)
+
+
+@njit(cache=True)
+def _deviations_ok(e, q):
+    for k in range(e.shape[0]):
+        if not np.isfinite(q[k]):
+            return False
+        for i in range(e.shape[1]):
+            if abs(e[k, i]) > MAX_DEVIATION:
+                return False
+    return True
+
+
+@njit(cache=True)
+def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
+    """One sample of online EM, full covariances. Returns (log-density before, status)."""
+    k_count, d = means.shape
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    e = np.empty((k_count, d))
+    u = np.empty((k_count, d))
+    resp = np.empty(k_count)
+    _e_step_dense(x, s0, means, prec, logdet, False, log_prob, q, e, u)
+    lse = _normalise(log_prob, resp)
+    if not np.isfinite(lse) or not _deviations_ok(e, q):
+        return lse, REJECTED
+    rho = _step(t, t0, kappa, floor)
+    status = LEARNED
+    for k in range(k_count):
+        s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
+        if resp[k] > 0.0:
+            w = rho * resp[k] / s0_new
+            if w > w_cap:
+                w = w_cap
+            if w > BIG_STEP:
+                status = LEARNED_REFRESH
+            qk = q[k] if q[k] > 0.0 else 0.0
+            c = w / (1.0 + w * qk)
+            inv = 1.0 / (1.0 - w)
+            for i in range(d):
+                means[k, i] += w * e[k, i]
+            for i in range(d):
+                for j in range(d):
+                    cov[k, i, j] = (1.0 - w) * (cov[k, i, j] + w * e[k, i] * e[k, j])
+                    prec[k, i, j] = (prec[k, i, j] - c * u[k, i] * u[k, j]) * inv
+            logdet[k] += d * np.log1p(-w) + np.log1p(w * qk)
+        s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
+    return lse, status
+
+
+@njit(cache=True)
+def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
+    """One sample of online EM, one covariance shared by all components."""
+    k_count, d = means.shape
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    e = np.empty((k_count, d))
+    u = np.empty((k_count, d))
+    resp = np.empty(k_count)
+    p3 = prec.reshape((1, d, d))
+    _e_step_dense(x, s0, means, p3, logdet, True, log_prob, q, e, u)
+    lse = _normalise(log_prob, resp)
+    if not np.isfinite(lse) or not _deviations_ok(e, q):
+        return lse, REJECTED
+    rho = _step(t, t0, kappa, floor)
+    status = LEARNED
+    # T' = (1 - rho) [T + sum_k a_k e_k e_k^T],  a_k = rho r_k (1 - w_k) / (1 - rho)
+    gain = 0.0
+    pe = np.empty(d)
+    for k in range(k_count):
+        s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
+        if resp[k] > 0.0:
+            w = rho * resp[k] / s0_new
+            if w > w_cap:
+                w = w_cap
+            if w > BIG_STEP:
+                status = LEARNED_REFRESH
+            a = rho * resp[k] * (1.0 - w) / (1.0 - rho)
+            # P e_k with the precision as already updated by earlier components
+            qk = 0.0
+            for i in range(d):
+                acc = 0.0
+                for j in range(d):
+                    acc += prec[i, j] * e[k, j]
+                pe[i] = acc
+                qk += acc * e[k, i]
+            qk = qk if qk > 0.0 else 0.0
+            c = a / (1.0 + a * qk)
+            for i in range(d):
+                for j in range(d):
+                    cov[i, j] += a * e[k, i] * e[k, j]
+                    prec[i, j] -= c * pe[i] * pe[j]
+            gain += np.log1p(a * qk)
+            for i in range(d):
+                means[k, i] += w * e[k, i]
+        s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
+    inv = 1.0 / (1.0 - rho)
+    for i in range(d):
+        for j in range(d):
+            cov[i, j] *= 1.0 - rho
+            prec[i, j] *= inv
+    shift = d * np.log1p(-rho) + gain
+    for k in range(k_count):
+        logdet[k] += shift
+    return lse, status
+
+
+# --------------------------------------------------------------------------- diag / spherical
+
+
+@njit(cache=True)
+def _e_step_diag(x, s0, means, prec, logdet, log_prob, q):
+    k_count, d = means.shape
+    _log_weights(s0, log_prob)
+    for k in range(k_count):
+        qk = 0.0
+        for i in range(d):
+            ei = x[i] - means[k, i]
+            qk += ei * ei * prec[k, i]
+        q[k] = qk
+        log_prob[k] += -0.5 * (d * LOG_2PI + logdet[k] + qk)
+
+
+@njit(cache=True)
+def _e_step_spherical(x, s0, means, prec, logdet, log_prob, q):
+    k_count, d = means.shape
+    _log_weights(s0, log_prob)
+    for k in range(k_count):
+        qk = 0.0
+        for i in range(d):
+            ei = x[i] - means[k, i]
+            qk += ei * ei
+        q[k] = qk * prec[k]
+        log_prob[k] += -0.5 * (d * LOG_2PI + logdet[k] + q[k])
+
+
+@njit(cache=True)
+def score_diag(x, s0, means, prec, logdet, spherical, resp):
+    k_count = means.shape[0]
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    if spherical:
+        _e_step_spherical(x, s0, means, prec.reshape(-1), logdet, log_prob, q)
+    else:
+        _e_step_diag(x, s0, means, prec.reshape((k_count, -1)), logdet, log_prob, q)
+    return _normalise(log_prob, resp)
+
+
+@njit(cache=True)
+def _bounded(x, means):
+    for k in range(means.shape[0]):
+        for i in range(means.shape[1]):
+            if abs(x[i] - means[k, i]) > MAX_DEVIATION:
+                return False
+    return True
+
+
+@njit(cache=True)
+def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap):
+    """One sample of online EM, diagonal covariances (exact: no factorisation to carry)."""
+    k_count, d = means.shape
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    resp = np.empty(k_count)
+    _e_step_diag(x, s0, means, prec, logdet, log_prob, q)
+    lse = _normalise(log_prob, resp)
+    if not np.isfinite(lse) or not _bounded(x, means):
+        return lse, REJECTED
+    rho = _step(t, t0, kappa, floor)
+    for k in range(k_count):
+        s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
+        if resp[k] > 0.0:
+            w = rho * resp[k] / s0_new
+            if w > w_cap:
+                w = w_cap
+            ld = 0.0
+            for i in range(d):
+                ei = x[i] - means[k, i]
+                means[k, i] += w * ei
+                cov[k, i] = (1.0 - w) * (cov[k, i] + w * ei * ei)
+                sigma = cov[k, i] + reg[i]
+                prec[k, i] = 1.0 / sigma
+                ld += np.log(sigma)
+            logdet[k] = ld
+        s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
+    return lse, LEARNED
+
+
+@njit(cache=True)
+def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, floor, w_cap):
+    """One sample of online EM, one variance per component."""
+    k_count, d = means.shape
+    log_prob = np.empty(k_count)
+    q = np.empty(k_count)
+    resp = np.empty(k_count)
+    _e_step_spherical(x, s0, means, prec, logdet, log_prob, q)
+    lse = _normalise(log_prob, resp)
+    if not np.isfinite(lse) or not _bounded(x, means):
+        return lse, REJECTED
+    rho = _step(t, t0, kappa, floor)
+    for k in range(k_count):
+        s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
+        if resp[k] > 0.0:
+            w = rho * resp[k] / s0_new
+            if w > w_cap:
+                w = w_cap
+            sq = 0.0
+            for i in range(d):
+                ei = x[i] - means[k, i]
+                means[k, i] += w * ei
+                sq += ei * ei
+            cov[k] = (1.0 - w) * (cov[k] + w * sq / d)
+            sigma = cov[k] + reg_mean
+            prec[k] = 1.0 / sigma
+            logdet[k] = d * np.log(sigma)
+        s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
+    return lse, LEARNED

@@ -1,0 +1,769 @@
+"""Online EM for Gaussian mixtures: the numerical core of streamgmm."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from numbers import Integral, Real
+from typing import NamedTuple
+
+import numpy as np
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.exceptions import NotFittedError
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import validate_data
+
+from streamgmm import _covariance as cov_ops
+from streamgmm import _kernels
+from streamgmm._warm_up import fit_batch
+
+STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
+STATE_VERSION = 1
+# Exact refresh of the rank-one-updated precisions after this many samples.
+REFRESH_EVERY = 64
+# A single step never moves a component more than halfway to one sample.
+W_CAP = 0.5
+# Large inputs are learned in mini-batches of this many rows: bounded memory, and the
+# outcome of one huge array matches that of a stream cut into ordinary batches.
+MAX_BATCH = 1000
+# |x| beyond this would overflow the second moments.
+MAX_ABS_VALUE = 1e150
+
+
+class ScoreResult(NamedTuple):
+    """What :meth:`OnlineGaussianMixture.score_and_learn` returns for a batch."""
+
+    log_density: np.ndarray
+    proba: np.ndarray
+    learned: np.ndarray
+
+
+class OnlineGaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture learned online by stochastic-approximation EM.
+
+    Each component keeps exponentially weighted sufficient statistics — a weight, a mean and a
+    *centered* covariance — that every new sample (or mini-batch) moves toward its own
+    statistics by a step ``rho_t`` (Cappé & Moulines, 2009).  The centered form is exact and
+    does not cancel catastrophically when the data sit far from the origin.  Precisions and
+    log-determinants are carried along by Sherman–Morrison rank-one updates, so one sample costs
+    O(K D^2), and are refreshed exactly every few dozen samples.
+
+    The step is ``rho_t = max((t + step_offset) ** -step_exponent, 1 - 2 ** (-1 / half_life))``:
+    on stationary data it decays like Robbins–Monro; with a half-life it never falls below the
+    rate at which a sample's influence halves every ``half_life`` samples, so the model follows
+    drift.  A mini-batch of B rows takes the total step ``1 - prod(1 - rho_i)`` with pooled
+    batch moments, so the result hardly depends on how a stream is cut into batches.
+
+    The first ``warm_up`` rows are buffered and fitted by batch EM (several k-means++ starts, the
+    best kept, the worst 2% trimmed and refitted) before the model goes online.  While it warms
+    up, predictions come from a provisional fit of the buffer, refitted each time it doubles.
+
+    Parameters
+    ----------
+    n_components
+        Number of mixture components K.
+    covariance_type
+        ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, as in scikit-learn.
+    half_life
+        In samples: after this many new samples an old sample's weight has halved.  ``None``
+        means a stationary stream (the step keeps decaying).
+    step_exponent
+        Decay exponent ``kappa`` of the step, in (0.5, 1].
+    step_offset
+        Offset ``t0`` of the step schedule.
+    warm_up
+        Rows buffered and fitted in batch before going online.  ``None`` means
+        ``max(1000, 10 K (D + 1))``.
+    n_init
+        Initialisations of the warm-up fit; the best is kept.
+    init_params
+        ``"k-means++"`` or ``"random_from_data"``: how each warm-up initialisation is seeded.
+    reg_covar
+        Added to the covariance diagonals, in units of each feature's variance at warm-up.
+    max_iter
+        EM iterations per warm-up initialisation.
+    tol
+        Convergence threshold of the warm-up EM (change of mean log-likelihood).
+    random_state
+        Seed for initialisation, re-seeding and :meth:`sample`.
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (K,)
+    means_ : ndarray of shape (K, D)
+    covariances_ : ndarray
+        Shape depends on ``covariance_type``, as in scikit-learn.
+    precisions_cholesky_ : ndarray
+        Cholesky factors of the precisions, as in scikit-learn.
+    n_features_in_ : int
+    n_samples_seen_ : int
+        Exact number of rows learned.
+    warming_up_ : bool
+        True while the warm-up buffer is filling.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from streamgmm import OnlineGaussianMixture
+    >>> rng = np.random.default_rng(0)
+    >>> stream = np.vstack([rng.normal(-5, 1, (3000, 2)), rng.normal(5, 1, (3000, 2))])
+    >>> stream = stream[rng.permutation(len(stream))]
+    >>> gmm = OnlineGaussianMixture(n_components=2, random_state=0)
+    >>> for batch in np.array_split(stream, 60):
+    ...     gmm = gmm.partial_fit(batch)
+    >>> gmm.n_samples_seen_
+    6000
+    >>> np.round(np.sort(gmm.means_[:, 0]))
+    array([-5.,  5.])
+    >>> bool(gmm.predict([[-5.0, -5.0]])[0] != gmm.predict([[5.0, 5.0]])[0])
+    True
+    >>> float(np.round(gmm.score([[5.0, 5.0]]), 1))
+    -2.5
+
+    References
+    ----------
+    .. [1] Cappé, O. and Moulines, E. (2009). On-line expectation–maximization algorithm for
+       latent data models. JRSS B 71(3), 593–613.
+    .. [2] Chan, T., Golub, G. and LeVeque, R. (1979). Updating formulae and a pairwise
+       algorithm for computing sample variances.
+    """
+
+    _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
+        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "covariance_type": [StrOptions(set(cov_ops.COVARIANCE_TYPES))],
+        "half_life": [Interval(Real, 0, None, closed="neither"), None],
+        "step_exponent": [Interval(Real, 0.5, 1.0, closed="right")],
+        "step_offset": [Interval(Real, 0, None, closed="left")],
+        "warm_up": [Interval(Integral, 1, None, closed="left"), None],
+        "n_init": [Interval(Integral, 1, None, closed="left")],
+        "init_params": [StrOptions({"k-means++", "random_from_data"})],
+        "reg_covar": [Interval(Real, 0.0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0.0, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_components=1,
+        *,
+        covariance_type="full",
+        half_life=None,
+        step_exponent=0.8,
+        step_offset=2.0,
+        warm_up=None,
+        n_init=3,
+        init_params="k-means++",
+        reg_covar=1e-6,
+        max_iter=100,
+        tol=1e-3,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.half_life = half_life
+        self.step_exponent = step_exponent
+        self.step_offset = step_offset
+        self.warm_up = warm_up
+        self.n_init = n_init
+        self.init_params = init_params
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ learning
+
+    def fit(self, X, y=None):
+        """Learn a fresh model from X: a warm-up on its first rows, then one online pass."""
+        self._validate_params()
+        self._reset()
+        X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
+        if X.shape[0] < self.n_components:
+            raise ValueError(
+                f"Expected n_samples >= n_components but got n_components = "
+                f"{self.n_components}, n_samples = {X.shape[0]}"
+            )
+        self._check_magnitude(X)
+        self._start(X.shape[1], X.shape[0])
+        self._learn_rows(X)
+        if self.warming_up_:
+            self._finish_warm_up()
+        return self
+
+    def partial_fit(self, X, y=None):
+        """Learn from one row or a mini-batch (2-D array); returns self."""
+        X = self._check_rows(X)
+        self._learn_rows(X)
+        return self
+
+    def score_and_learn(self, X, threshold=None) -> ScoreResult:
+        """Score a batch with the model as it is, then learn from it (prequential).
+
+        Every row is scored before any row of the batch is learned (one E-step serves both).
+        Rows whose anomaly score ``-log_density`` exceeds ``threshold`` are not learned, and
+        neither are rows whose density underflows to zero.  Rows seen before any model exists
+        get a NaN log-density and uniform probabilities.
+        """
+        X = self._check_rows(X)
+        n = X.shape[0]
+        if self._has_model():
+            log_density, log_resp, diff = self._e_step(X)
+            with np.errstate(under="ignore"):
+                proba = np.exp(log_resp)
+            learned = np.isfinite(log_density)
+        else:
+            log_density = np.full(n, np.nan)
+            proba = np.full((n, self.n_components), 1.0 / self.n_components)
+            learned = np.ones(n, dtype=bool)
+            diff = None
+        if threshold is not None:
+            learned &= ~(-log_density > threshold)
+        if learned.all():
+            self._learn_rows(X, proba if diff is not None else None, diff)
+        elif learned.any():
+            rows = np.flatnonzero(learned)
+            self._learn_rows(
+                X[rows],
+                proba[rows] if diff is not None else None,
+                diff[:, rows] if diff is not None else None,
+            )
+        return ScoreResult(log_density, proba, learned)
+
+    # ------------------------------------------------------------------ prediction
+
+    def score_samples(self, X):
+        """Log-density of each row under the current model, shape (n,)."""
+        X = self._check_predict(X)
+        return self._chunked(X, lambda c: self._e_step(c)[0])
+
+    def score(self, X, y=None):
+        """Mean log-likelihood per row."""
+        return float(self.score_samples(X).mean())
+
+    def predict_proba(self, X):
+        """Responsibilities (posterior component probabilities), shape (n, K)."""
+        X = self._check_predict(X)
+        with np.errstate(under="ignore"):
+            return self._chunked(X, lambda c: np.exp(self._e_step(c)[1]))
+
+    def predict(self, X):
+        """Most probable component of each row."""
+        X = self._check_predict(X)
+        return self._chunked(X, lambda c: self._e_step(c)[1].argmax(axis=1))
+
+    def sample(self, n_samples=1):
+        """Draw ``n_samples`` rows from the model; returns (X, component labels)."""
+        self._check_fitted()
+        if n_samples < 1:
+            raise ValueError(f"Invalid value for 'n_samples': {n_samples}. It must be >= 1.")
+        rng = check_random_state(self.random_state)
+        counts = rng.multinomial(n_samples, self.weights_)
+        covs = self._covariance_matrices()
+        X = np.vstack(
+            [
+                rng.multivariate_normal(mean, cov, int(c))
+                for mean, cov, c in zip(self._means, covs, counts, strict=True)
+            ]
+        )
+        y = np.repeat(np.arange(self.n_components), counts)
+        return X, y
+
+    def bic(self, X):
+        """Bayesian information criterion on X (lower is better)."""
+        n = np.asarray(X).shape[0]
+        return -2.0 * self.score(X) * n + self._n_parameters() * np.log(n)
+
+    def aic(self, X):
+        """Akaike information criterion on X (lower is better)."""
+        n = np.asarray(X).shape[0]
+        return -2.0 * self.score(X) * n + 2.0 * self._n_parameters()
+
+    # ------------------------------------------------------------------ fitted attributes
+
+    @property
+    def weights_(self):
+        self._check_fitted()
+        return self._s0 / self._s0.sum()
+
+    @property
+    def means_(self):
+        self._check_fitted()
+        return self._means
+
+    @property
+    def covariances_(self):
+        self._check_fitted()
+        return cov_ops.regularised(self._cov, self._reg, self.covariance_type)
+
+    @property
+    def precisions_cholesky_(self):
+        self._check_fitted()
+        return cov_ops.precisions_cholesky(self._cov, self._reg, self.covariance_type)
+
+    @property
+    def precisions_(self):
+        self._check_fitted()
+        return cov_ops.exact_precision(
+            self._cov, self._reg, self.covariance_type, self.n_components
+        )[0]
+
+    def _covariance_matrices(self):
+        """Each component's regularised covariance as a (K, D, D) matrix."""
+        return cov_ops.full_matrices(self._cov, self._reg, self.covariance_type, self.n_components)
+
+    def __sklearn_is_fitted__(self):
+        return self._has_model()
+
+    # ------------------------------------------------------------------ fast one-row paths
+
+    def _score_one(self, x):
+        """Log-density of one validated row (1-D float64); no state change."""
+        return self._one(x, np.empty(self.n_components))
+
+    def _proba_one(self, x):
+        """(log-density, responsibilities) of one validated row; no state change."""
+        resp = np.empty(self.n_components)
+        return self._one(x, resp), resp
+
+    def _one(self, x, resp):
+        if self.covariance_type in ("full", "tied"):
+            return _kernels.score_dense(
+                x, self._s0, self._means, self._prec3, self._logdet, self._tied, resp
+            )
+        return _kernels.score_diag(
+            x, self._s0, self._means, self._prec, self._logdet, self._spherical, resp
+        )
+
+    def _learn_one(self, x):
+        """Learn one validated row (1-D float64, finite); returns its log-density before.
+
+        The row is learned unless its density underflows to zero (returns ``-inf``).  Before
+        any model exists the returned log-density is NaN.
+        """
+        if self.warming_up_:
+            before = self._score_one(x) if self._has_model() else np.nan
+            self._learn_rows(x[None, :])
+            return before
+        ct = self.covariance_type
+        args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
+        if ct == "full":
+            lse, status = _kernels.learn_full(
+                x, self._s0, self._means, self._cov, self._prec, self._logdet,
+                *args, self._rho_floor, W_CAP,
+            )  # fmt: skip
+        elif ct == "tied":
+            lse, status = _kernels.learn_tied(
+                x, self._s0, self._means, self._cov, self._prec, self._logdet,
+                *args, self._rho_floor, W_CAP,
+            )  # fmt: skip
+        elif ct == "diag":
+            lse, status = _kernels.learn_diag(
+                x, self._s0, self._means, self._cov, self._prec, self._logdet, self._reg,
+                *args, self._rho_floor, W_CAP,
+            )  # fmt: skip
+        else:
+            lse, status = _kernels.learn_spherical(
+                x, self._s0, self._means, self._cov, self._prec, self._logdet,
+                self._reg_mean, *args, self._rho_floor, W_CAP,
+            )  # fmt: skip
+        if status == _kernels.REJECTED:
+            return lse
+        self.n_samples_seen_ += 1
+        self._since_refresh += 1
+        if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
+            self._refresh()
+        return lse
+
+    def _learn_one_expected(self, x_hat, extra_cov, resp):
+        """Learn one sample from expected sufficient statistics (missing-data EM).
+
+        ``x_hat`` (K, D): each component's conditional expectation of the sample;
+        ``extra_cov`` (K, D, D): each component's conditional covariance of the unobserved
+        coordinates (zero where observed); ``resp`` (K,): responsibilities.  The second moment
+        each component sees is ``x_hat x_hat^T + extra_cov``, so
+        ``C' = (1 - w) (C + w e e^T) + w extra_cov``.
+        """
+        if self.warming_up_:
+            raise NotFittedError("learning from partial rows needs a model past its warm-up")
+        rho = self._steps(1)[0]
+        resp = np.asarray(resp, dtype=np.float64)
+        s0 = (1.0 - rho) * self._s0 + rho * resp
+        w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
+        e = np.asarray(x_hat, dtype=np.float64) - self._means
+        means = self._means + w[:, None] * e
+        outer = e[:, :, None] * e[:, None, :]
+        extra = np.asarray(extra_cov, dtype=np.float64)
+        ct = self.covariance_type
+        if ct == "full":
+            cov = (1 - w)[:, None, None] * (self._cov + w[:, None, None] * outer)
+            cov += w[:, None, None] * extra
+        elif ct == "diag":
+            diag_e = np.einsum("kii->ki", outer)
+            cov = (1 - w)[:, None] * (self._cov + w[:, None] * diag_e)
+            cov += w[:, None] * np.einsum("kii->ki", extra)
+        elif ct == "spherical":
+            tr_e = np.einsum("kii->k", outer) / e.shape[1]
+            cov = (1 - w) * (self._cov + w * tr_e) + w * np.einsum("kii->k", extra) / e.shape[1]
+        else:
+            spread = (1 - w)[:, None, None] * outer + extra
+            cov = (1 - rho) * self._cov + rho * np.einsum("k,kij->ij", resp, spread)
+        self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, 1)
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self):
+        """The whole learner as plain arrays plus JSON-able metadata (no pickle needed)."""
+        params = self.get_params()
+        if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
+            raise ValueError("get_state needs random_state to be None or an int")
+        meta = {
+            "format": STATE_FORMAT,
+            "version": STATE_VERSION,
+            "params": params,
+            "started": hasattr(self, "n_features_in_"),
+        }
+        arrays = {}
+        if meta["started"]:
+            meta.update(
+                n_features_in=int(self.n_features_in_),
+                n_samples_seen=int(self.n_samples_seen_),
+                warming_up=bool(self.warming_up_),
+                since_refresh=int(self._since_refresh),
+                seed=int(self._seed),
+                provisional_n=int(self._provisional_n),
+                warm_up_size=int(self._warm_up_size),
+                has_model=self._has_model(),
+                feature_names_in=(
+                    [str(f) for f in self.feature_names_in_]
+                    if hasattr(self, "feature_names_in_")
+                    else None
+                ),
+            )
+            if self.warming_up_:
+                arrays["buffer"] = self._buffer[: self._n_buffered].copy()
+            if self._has_model():
+                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg"):
+                    arrays[name[1:]] = getattr(self, name).copy()
+        return arrays, json.loads(json.dumps(meta))
+
+    @classmethod
+    def from_state(cls, arrays, meta):
+        """Rebuild a learner from :meth:`get_state`'s output; raises ValueError if malformed."""
+        if meta.get("format") != STATE_FORMAT:
+            raise ValueError(f"not a streamgmm model state: format={meta.get('format')!r}")
+        if meta.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported model state version {meta.get('version')!r}")
+        model = cls(**meta["params"])
+        model._validate_params()
+        if not meta["started"]:
+            return model
+        d = int(meta["n_features_in"])
+        model._start(d, None, seed=int(meta["seed"]), warm_up_size=int(meta["warm_up_size"]))
+        model.n_samples_seen_ = int(meta["n_samples_seen"])
+        model._since_refresh = int(meta["since_refresh"])
+        model._provisional_n = int(meta["provisional_n"])
+        if meta.get("feature_names_in") is not None:
+            model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+        if meta["warming_up"]:
+            buf = _float_array(arrays["buffer"], "buffer")
+            if buf.ndim != 2 or buf.shape[1] != d or buf.shape[0] > model._warm_up_size:
+                raise ValueError("model state: buffer has the wrong shape")
+            model._buffer[: buf.shape[0]] = buf
+            model._n_buffered = buf.shape[0]
+        else:
+            model.warming_up_ = False
+            model._buffer = None
+        if meta["has_model"]:
+            k = model.n_components
+            shapes = _state_shapes(model.covariance_type, k, d)
+            for name, shape in shapes.items():
+                value = _float_array(arrays[name], name)
+                if value.shape != shape:
+                    raise ValueError(f"model state: {name} has shape {value.shape}, not {shape}")
+                setattr(model, "_" + name, value)
+            model._derive()
+        elif not meta["warming_up"]:
+            raise ValueError("model state: past warm-up but no parameters")
+        return model
+
+    # ------------------------------------------------------------------ internals
+
+    def _reset(self):
+        for name in list(vars(self)):
+            if name not in self._get_param_names():
+                delattr(self, name)
+
+    def _start(self, n_features, n_rows, seed=None, warm_up_size=None):
+        k = self.n_components
+        if warm_up_size is None:
+            warm_up_size = (
+                self.warm_up if self.warm_up is not None else max(1000, 10 * k * (n_features + 1))
+            )
+            warm_up_size = max(int(warm_up_size), k, 2)
+            if n_rows is not None:  # fit(): no larger buffer than the data
+                warm_up_size = min(warm_up_size, n_rows)
+        if seed is None:
+            seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        self.n_features_in_ = n_features
+        self.n_samples_seen_ = 0
+        self.warming_up_ = True
+        self._seed = seed
+        self._warm_up_size = warm_up_size
+        self._buffer = np.empty((warm_up_size, n_features))
+        self._n_buffered = 0
+        self._provisional_n = 0
+        self._since_refresh = 0
+        self._rho_floor = 0.0 if self.half_life is None else -np.expm1(-np.log(2) / self.half_life)
+        self._tied = self.covariance_type == "tied"
+        self._spherical = self.covariance_type == "spherical"
+
+    def _has_model(self):
+        return getattr(self, "_s0", None) is not None
+
+    def _check_fitted(self):
+        if not self._has_model():
+            raise NotFittedError(
+                f"This {type(self).__name__} instance has not learned anything yet; "
+                "call fit or partial_fit first."
+            )
+
+    def _check_magnitude(self, X):
+        if X.size and np.abs(X).max() > MAX_ABS_VALUE:
+            raise ValueError(
+                f"Input X has values beyond ±{MAX_ABS_VALUE:g}; their squares would overflow."
+            )
+
+    def _check_rows(self, X):
+        first = not hasattr(self, "n_features_in_")
+        if first:
+            self._validate_params()
+        X = validate_data(self, X, reset=first, dtype=np.float64, ensure_min_samples=0)
+        try:
+            self._check_magnitude(X)
+        except ValueError:
+            if first:
+                self._reset()
+            raise
+        if first:
+            self._start(X.shape[1], None)
+        return X
+
+    def _check_predict(self, X):
+        self._check_fitted()
+        return validate_data(self, X, reset=False, dtype=np.float64)
+
+    def _chunked(self, X, fn, size=8192):
+        if X.shape[0] <= size:
+            return fn(X)
+        return np.concatenate([fn(X[i : i + size]) for i in range(0, X.shape[0], size)])
+
+    def _e_step(self, X):
+        """(log-density (n,), log-responsibilities (n, K), centered rows (K, n, D))."""
+        diff = cov_ops.centered_rows(X, self._means)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(self._s0 / self._s0.sum())
+        log_prob = cov_ops.log_gaussian(diff, self._prec, self._logdet, self.covariance_type)
+        log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
+        return log_norm, log_resp, diff
+
+    def _steps(self, n):
+        t = self.n_samples_seen_ + np.arange(n, dtype=np.float64)
+        rho = (t + 1.0 + self.step_offset) ** (-self.step_exponent)
+        return np.maximum(rho, self._rho_floor)
+
+    def _learn_rows(self, X, resp=None, diff=None):
+        """Learn rows in order: into the warm-up buffer, then online in mini-batches."""
+        start = 0
+        if self.warming_up_:
+            take = min(self._warm_up_size - self._n_buffered, X.shape[0])
+            self._buffer[self._n_buffered : self._n_buffered + take] = X[:take]
+            self._n_buffered += take
+            self.n_samples_seen_ += take
+            start = take
+            if self._n_buffered == self._warm_up_size:
+                self._finish_warm_up()
+                resp = diff = None  # the model just changed: responsibilities are stale
+            else:
+                self._maybe_fit_provisional()
+        if start == X.shape[0]:
+            return
+        if start:
+            X = X[start:]
+        if X.shape[0] == 1 and resp is None:
+            self._learn_one(np.ascontiguousarray(X[0]))
+            return
+        for i in range(0, X.shape[0], MAX_BATCH):
+            j = i + MAX_BATCH
+            if i == 0 and resp is not None and X.shape[0] <= MAX_BATCH:
+                self._learn_batch(X, resp, diff)
+            else:
+                self._learn_batch(X[i:j])
+
+    def _learn_batch(self, X, resp=None, diff=None):
+        if resp is None or diff is None:
+            log_norm, log_resp, diff = self._e_step(X)
+            ok = np.isfinite(log_norm)
+            if not ok.all():
+                warnings.warn(
+                    f"{int((~ok).sum())} rows have zero density under the model and were "
+                    "not learned",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                if not ok.any():
+                    return
+                X, log_resp, diff = X[ok], log_resp[ok], diff[:, ok]
+            with np.errstate(under="ignore"):
+                resp = np.exp(log_resp)
+        resp = np.where(resp < _kernels.FLUSH, 0.0, resp)
+        n = X.shape[0]
+        g = -np.expm1(np.log1p(-self._steps(n)).sum())
+        nk, d, V = cov_ops.batch_moments(diff, resp, self.covariance_type)
+        s0, means, cov = cov_ops.pooled_update(
+            self._s0, self._means, self._cov, g, nk / n, d, V, W_CAP, self.covariance_type
+        )
+        self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, n)
+
+    def _commit(self, s0, means, cov, n):
+        """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
+        try:
+            prec, logdet = cov_ops.exact_precision(
+                cov, self._reg, self.covariance_type, self.n_components
+            )
+        except np.linalg.LinAlgError:
+            prec = None
+        if prec is None or not all(
+            np.isfinite(a).all() for a in (s0, means, cov, prec, logdet)
+        ):
+            warnings.warn(
+                "a non-finite update was rolled back to the last good state",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
+        self._s0, self._means, self._cov, self._prec, self._logdet = s0, means, cov, prec, logdet
+        self._derive()
+        self.n_samples_seen_ += n
+        self._since_refresh = 0
+        self._reseed_starving()
+
+    def _refresh(self):
+        """Recompute precisions exactly from the covariance statistics (and re-seed)."""
+        self._prec, self._logdet = cov_ops.exact_precision(
+            self._cov, self._reg, self.covariance_type, self.n_components
+        )
+        self._derive()
+        self._since_refresh = 0
+        self._reseed_starving()
+
+    def _derive(self):
+        """Views the compiled kernels want; recomputed whenever the arrays are replaced."""
+        if self._tied:
+            self._prec3 = self._prec.reshape(1, *self._prec.shape)
+        else:
+            self._prec3 = self._prec
+        self._reg_mean = float(self._reg.mean())
+
+    def _reseed_starving(self):
+        """Replace a component holding under half a sample's weight by a split of the heaviest."""
+        weights = self._s0 / self._s0.sum()
+        limit = 0.5 * self._steps(1)[0]
+        starving = np.flatnonzero(weights < limit)
+        if starving.size == 0 or self.n_components < 2:
+            return
+        for k in starving:
+            h = int(np.argmax(self._s0))
+            if h == k or self._s0[h] / self._s0.sum() < 2 * limit:
+                return
+            cov_h = self._cov if self._tied else self._cov[h]
+            axis, var = cov_ops.principal_axis(cov_h, self.covariance_type, self.n_features_in_)
+            shift = 0.5 * np.sqrt(var) * axis
+            self._means[k] = self._means[h] + shift
+            self._means[h] = self._means[h] - shift
+            half = 0.5 * self._s0[h]
+            self._s0[h] = half
+            self._s0[k] = half
+            if self.covariance_type == "full":
+                # The two halves together keep the parent's covariance.
+                self._cov[h] = self._cov[h] - 0.25 * var * np.outer(axis, axis)
+                self._cov[k] = self._cov[h]
+            elif self.covariance_type == "diag":
+                self._cov[h] = self._cov[h] - 0.25 * var * axis**2
+                self._cov[k] = self._cov[h]
+            elif self.covariance_type == "spherical":
+                self._cov[k] = self._cov[h]
+        self._prec, self._logdet = cov_ops.exact_precision(
+            self._cov, self._reg, self.covariance_type, self.n_components
+        )
+        self._derive()
+
+    def _finish_warm_up(self):
+        X = self._buffer[: self._n_buffered]
+        self._fit_buffer(X, self.n_init, trim_fraction=0.02, stream=0)
+        self.warming_up_ = False
+        self._buffer = None
+        self._n_buffered = 0
+
+    def _maybe_fit_provisional(self):
+        n = self._n_buffered
+        if n >= max(self.n_components, 2) and n >= 2 * self._provisional_n:
+            self._fit_buffer(self._buffer[:n], 1, trim_fraction=0.0, stream=n)
+            self._provisional_n = n
+
+    def _fit_buffer(self, X, n_init, trim_fraction, stream):
+        var = X.var(axis=0)
+        scale2 = np.where(var > 0, var, 1.0)
+        self._reg = self.reg_covar * scale2
+        fit = fit_batch(
+            X,
+            self.n_components,
+            self.covariance_type,
+            self.reg_covar,
+            n_init,
+            self.init_params,
+            self.max_iter,
+            self.tol,
+            np.random.default_rng([self._seed, stream]),
+            trim_fraction=trim_fraction,
+        )
+        self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
+        self._means = np.ascontiguousarray(fit.means)
+        self._cov = np.ascontiguousarray(fit.cov)
+        self._prec, self._logdet = cov_ops.exact_precision(
+            self._cov, self._reg, self.covariance_type, self.n_components
+        )
+        self._derive()
+        self._since_refresh = 0
+
+    def _n_parameters(self):
+        k, d = self.n_components, self.n_features_in_
+        cov_params = {
+            "full": k * d * (d + 1) / 2.0,
+            "diag": k * d,
+            "tied": d * (d + 1) / 2.0,
+            "spherical": k,
+        }[self.covariance_type]
+        return int(cov_params + k * d + k - 1)
+
+
+def _state_shapes(covariance_type, k, d):
+    cov_shape = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}
+    return {
+        "s0": (k,),
+        "means": (k, d),
+        "cov": cov_shape[covariance_type],
+        "prec": cov_shape[covariance_type],
+        "logdet": (k,),
+        "reg": (d,),
+    }
+
+
+def _float_array(value, name):
+    arr = np.asarray(value)
+    if arr.dtype != np.float64:
+        raise ValueError(f"model state: {name} must be float64, not {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"model state: {name} has non-finite values")
+    return np.ascontiguousarray(arr.copy())

@@ -1,0 +1,173 @@
+"""Online Gaussian mixture clustering for River."""
+
+from __future__ import annotations
+
+import numpy as np
+from river import base
+
+from ._base import MixtureAdapter, _check_core_params
+
+__all__ = ["GaussianMixture"]
+
+
+class GaussianMixture(MixtureAdapter, base.Clusterer):
+    """Gaussian mixture model learned online by expectation-maximisation.
+
+    Each component is a Gaussian with its own weight, mean and covariance.  After a short
+    warm-up (a batch EM on the first `warm_up` records, with k-means++ seeding and several
+    initialisations) every record updates the mixture's sufficient statistics by stochastic
+    approximation EM, one O(K D^2) step in compiled code.  With `half_life` the model forgets,
+    so it tracks a drifting stream.
+
+    Unlike k-means style clusterers, the model gives soft assignments (`predict_proba_one`) and
+    a density.  Features are put in a canonical (sorted) order and standardised with the
+    warm-up's moments, so the defaults work whatever the scale of the data.  A feature missing
+    from a record is marginalised out when predicting, and filled in by its conditional
+    expectation (missing-data EM) when learning.  A feature that did not appear during the
+    warm-up is ignored and counted in `unseen_features_`.
+
+    Parameters
+    ----------
+    n_components
+        Number of mixture components (clusters).
+    covariance_type
+        'full', 'diag', 'spherical' or 'tied', as in scikit-learn.
+    half_life
+        Forgetting half-life in samples; `None` for a stationary stream.
+    step_exponent
+        Exponent of the Robbins-Monro step size `(t + step_offset) ** -step_exponent`.
+    step_offset
+        Offset of the step size.
+    warm_up
+        Number of records buffered before the first batch fit.  `None` means
+        `max(1000, 10 * n_components * (n_features + 1))`.
+    n_init
+        Number of initialisations of the warm-up fit; the best is kept.
+    init_params
+        Seeding of the warm-up fit ('k-means++', as in the core model).
+    reg_covar
+        Added to the covariance diagonals, in standardised units.
+    seed
+        Random seed: with a seed, results are exactly reproducible.
+
+    Attributes
+    ----------
+    centers
+        `{cluster: {feature: mean}}` in the input's units.
+    model_
+        The underlying :class:`streamgmm.OnlineGaussianMixture` (`None` during the warm-up).
+    unseen_features_
+        `{feature: count}` of features ignored because they were not in the schema.
+    n_unseen_
+        Total number of ignored feature values.
+    n_learned_
+        Number of records learned.
+
+    Examples
+    --------
+    >>> import random
+    >>> from streamgmm.river import GaussianMixture
+
+    >>> rng = random.Random(0)
+    >>> stream = [
+    ...     {"x": rng.gauss(c, 0.5), "y": rng.gauss(-c, 0.5)}
+    ...     for _ in range(400) for c in (0.0, 6.0)
+    ... ]
+    >>> model = GaussianMixture(n_components=2, warm_up=200, seed=42)
+    >>> for x in stream:
+    ...     model.learn_one(x)
+
+    >>> a = model.predict_one({"x": 0.1, "y": -0.2})
+    >>> b = model.predict_one({"x": 5.9, "y": -6.1})
+    >>> a != b
+    True
+    >>> round(model.centers[b]["x"])
+    6
+    >>> proba = model.predict_proba_one({"x": 0.1})   # "y" missing: marginalised
+    >>> max(proba, key=proba.get) == a
+    True
+
+    References
+    ----------
+    Cappé, O. and Moulines, E. (2009). On-line expectation-maximization algorithm for latent
+    data models. JRSS B 71(3).
+
+    Ghahramani, Z. and Jordan, M. I. (1994). Supervised learning from incomplete data via an
+    EM approach. NIPS 6.
+
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        covariance_type: str = "full",
+        half_life: float | None = None,
+        step_exponent: float = 0.8,
+        step_offset: float = 2.0,
+        warm_up: int | None = None,
+        n_init: int = 3,
+        init_params: str = "k-means++",
+        reg_covar: float = 1e-6,
+        seed: int | None = None,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.half_life = half_life
+        self.step_exponent = step_exponent
+        self.step_offset = step_offset
+        self.warm_up = warm_up
+        self.n_init = n_init
+        self.init_params = init_params
+        self.reg_covar = reg_covar
+        self.seed = seed
+        _check_core_params(self)
+        self._reset()
+
+    @classmethod
+    def _unit_test_params(cls):
+        yield {"n_components": 3, "warm_up": 50}
+        yield {
+            "n_components": 2,
+            "covariance_type": "diag",
+            "half_life": 300.0,
+            "warm_up": 80,
+            "seed": 7,
+        }
+
+    def learn_one(self, x: dict) -> None:
+        """Update the mixture with one record (missing features by conditional expectation)."""
+        if self._model is None:
+            self._buffer_one(x)
+            return
+        z, missing = self._standardised(x)
+        self._count_unseen(x, missing)
+        if not missing:
+            self._model._learn_one(z)
+            self.n_learned_ += 1
+            return
+        observed = ~np.isnan(z)
+        if observed.any():
+            self._update(z, observed)
+
+    def learn_many(self, X) -> None:
+        """Learn from the rows of a DataFrame, in order; the same as a loop of `learn_one`."""
+        for x in self._iter_frame(X):
+            self.learn_one(x)
+
+    def predict_proba_one(self, x: dict) -> dict[int, float]:
+        """Posterior probability of each cluster; uniform before the warm-up has ended."""
+        resp = self._responsibilities(x)
+        return {k: float(p) for k, p in enumerate(resp)}
+
+    def predict_one(self, x: dict) -> int:
+        """Most probable cluster (the argmax of `predict_proba_one`)."""
+        return int(np.argmax(self._responsibilities(x)))
+
+    def score_one(self, x: dict) -> float:
+        """Log-density of `x` in the input's units (marginal over missing features)."""
+        return self._log_density(x)
+
+    @property
+    def centers(self) -> dict:
+        """`{cluster: {feature: mean}}`; during the warm-up every center is the running mean."""
+        return self._centers()

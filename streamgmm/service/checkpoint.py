@@ -1,0 +1,205 @@
+"""Atomic, checksummed, pickle-free checkpoints in a directory.
+
+A checkpoint is one ``.npz`` file (``np.savez`` + ``np.load(allow_pickle=False)``: loading can
+never run code) holding numeric arrays plus two ``uint8`` arrays: ``__meta__`` (UTF-8 JSON with the
+offsets, features, config fingerprint, format version, ...) and ``__sha256__`` (hex SHA-256 over
+every other array's name, dtype, shape and bytes).  It is written to a temporary file, fsynced,
+renamed into place and the directory fsynced, so a crash leaves either the old set of checkpoints
+or the old set plus one complete new file, never a torn one.  The last ``keep`` are kept; a
+checkpoint that fails its checksum or version check is skipped (logged) in favour of the
+previous one.
+
+Example
+-------
+>>> import tempfile, numpy as np
+>>> d = tempfile.mkdtemp()
+>>> store = CheckpointStore(d, keep=2)
+>>> for i in range(3):
+...     _ = store.save({"model.means": np.full((2, 3), float(i))}, {"offsets": {"f": i}})
+>>> [p.name for p in store.paths()]
+['ckpt-000000000002.npz', 'ckpt-000000000003.npz']
+>>> ck = store.load_latest()
+>>> ck.meta["offsets"], float(ck.arrays["model.means"][0, 0]), ck.meta["format_version"]
+({'f': 2}, 2.0, 1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
+    "read_checkpoint",
+]
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
+_META, _SUM = "__meta__", "__sha256__"
+log = logging.getLogger("streamgmm.service.checkpoint")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used (corrupt, wrong version, or refused for the configuration)."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded, verified checkpoint."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    path: Path
+
+    @property
+    def seq(self) -> int:
+        return int(self.meta.get("seq", 0))
+
+
+def _digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(a.dtype.str.encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform/filesystem.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Load and verify one checkpoint file.
+
+    Raises
+    ------
+    CheckpointError
+        Unreadable, not a checkpoint, checksum mismatch or unsupported format version.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile/np errors of every kind mean the same: unusable
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    if _META not in arrays or _SUM not in arrays:
+        raise CheckpointError(f"{path}: not a streamgmm checkpoint (no metadata/checksum)")
+    stored = arrays.pop(_SUM).tobytes().decode("ascii", "replace")
+    if _digest(arrays) != stored:
+        raise CheckpointError(f"{path}: checksum mismatch (file corrupted)")
+    try:
+        meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8"))
+    except ValueError as e:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {version!r}, this streamgmm reads {FORMAT_VERSION}"
+        )
+    return Checkpoint(arrays, meta, path)
+
+
+class CheckpointStore:
+    """The checkpoints of one processor, in one directory.
+
+    Parameters
+    ----------
+    directory
+        Created if missing.
+    keep
+        How many of the newest checkpoints to keep (at least 1).
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 3):
+        self.dir = Path(directory)
+        self.keep = max(1, int(keep))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.dir.glob(".ckpt-*.tmp"):  # left by a crash mid-write
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+    def paths(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def save(self, arrays: dict[str, np.ndarray], meta: dict) -> Path:
+        """Write a new checkpoint atomically and prune old ones; returns its path."""
+        paths = self.paths()
+        seq = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
+        meta = {**meta, "format_version": FORMAT_VERSION, "seq": seq, "created": time.time()}
+        out: dict[str, np.ndarray] = {}
+        for k, v in arrays.items():
+            if k in (_META, _SUM):
+                raise ValueError(f"reserved array name {k!r}")
+            a = np.asarray(v)
+            if a.dtype.hasobject:
+                raise ValueError(f"array {k!r} has dtype object; checkpoints hold numbers only")
+            out[k] = a
+        out[_META] = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
+        out[_SUM] = np.frombuffer(_digest(out).encode("ascii"), dtype=np.uint8)
+        final = self.dir / f"ckpt-{seq:012d}.npz"
+        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=self.dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **out)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(self.dir)
+        for old in self.paths()[: -self.keep]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+        return final
+
+    def load_latest(self) -> Checkpoint | None:
+        """The newest checkpoint that verifies, or ``None`` if the directory has none.
+
+        A corrupt newer checkpoint is logged as an error and the previous one is used.
+
+        Raises
+        ------
+        CheckpointError
+            Checkpoint files exist but none of them verifies (starting over silently would
+            learn every record a second time).
+        """
+        paths = self.paths()
+        errors = []
+        for p in reversed(paths):
+            try:
+                return read_checkpoint(p)
+            except CheckpointError as e:
+                log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
+                errors.append(str(e))
+        if paths:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.dir}: " + "; ".join(errors)
+                + " (start over with --fresh)"
+            )
+        return None

@@ -1,0 +1,379 @@
+"""Decode raw records into feature vectors (or dead-letter reasons) and encode results as JSON.
+
+Decoding is strict on purpose: a record contributes to the model only if every feature is a
+finite JSON number (CSV: a string that parses as a finite float).  Everything else becomes a
+dead letter with a human-readable reason, and never touches the model.
+
+Example
+-------
+>>> from streamgmm.service.records import RawRecord
+>>> dec = Decoder(features=None)
+>>> recs = [RawRecord(None, "f", 0, i, None, v, None) for i, v in enumerate(
+...     ['{"a": 1, "b": 2.5, "id": "x"}', '{"a": "hot", "b": 1}', 'nope', '{"a": 1e400, "b": 0}'])]
+>>> out = dec.decode_batch(recs)
+>>> dec.features, out.X.tolist(), out.rows
+(['a', 'b'], [[1.0, 2.5]], [0])
+>>> [r for _, r in out.dead]  # doctest: +NORMALIZE_WHITESPACE
+["feature 'a' is not a number: 'hot'", 'not JSON: Expecting value: line 1 column 1 (char 0)',
+ "feature 'a' overflows float64"]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .records import RawRecord
+
+__all__ = ["DecodedBatch", "Decoder", "encode_dead_letter", "encode_outputs", "output_key"]
+
+
+class _NonFinite:
+    """Marker for the JSON constants NaN/Infinity, so they are rejected with their own reason."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+# One decoder built once: json.loads(..., parse_constant=...) would build one per call.
+_JSON = json.JSONDecoder(parse_constant=_NonFinite)
+_NUMBER = (int, float)
+_NONFINITE_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+
+
+@dataclass
+class DecodedBatch:
+    """Result of :meth:`Decoder.decode_batch`.
+
+    ``X`` holds the valid rows in arrival order, ``rows[i]`` is the batch index of ``X[i]``;
+    ``keys``/``timestamps`` are per valid row; ``dead`` lists ``(batch index, reason)``.
+    """
+
+    X: np.ndarray
+    rows: list[int]
+    keys: list[Any]
+    timestamps: list[Any]
+    dead: list[tuple[int, str]] = field(default_factory=list)
+
+
+class Decoder:
+    """Turns raw JSON/CSV records into float64 feature rows.
+
+    Parameters
+    ----------
+    features
+        Field names, in order. ``None``: the numeric fields of the first valid record, fixed
+        from then on (read :attr:`features` after decoding).
+    max_record_bytes
+        Larger records are dead letters ("oversized").
+    key_field, timestamp_field
+        Optional fields copied to the output as ``key`` / ``timestamp``; never used as features
+        when features are inferred.
+    vector_field
+        If set, the features are read as a JSON array in this field (its length must equal the
+        number of features, else "wrong dimension").
+    max_abs
+        Larger magnitudes are dead letters ("overflows"): the model's statistics square them.
+    """
+
+    def __init__(
+        self,
+        features: Sequence[str] | None,
+        *,
+        max_record_bytes: int = 65536,
+        key_field: str | None = None,
+        timestamp_field: str | None = "timestamp",
+        vector_field: str | None = None,
+        max_abs: float = 1e150,
+    ):
+        self.max_abs = float(max_abs)
+        self.features = list(features) if features is not None else None
+        self.max_record_bytes = max_record_bytes
+        self.key_field = key_field
+        self.timestamp_field = timestamp_field
+        self.vector_field = vector_field
+        if vector_field is not None and self.features is None:
+            raise ValueError("vector_field needs an explicit feature list")
+
+    # -- feature inference ---------------------------------------------------------------
+    def _infer(self, obj: dict, csv: bool) -> list[str] | None:
+        skip = {self.key_field, self.timestamp_field}
+        names = []
+        for k, v in obj.items():
+            if k in skip:
+                continue
+            if csv:
+                try:
+                    if math.isfinite(float(v)):
+                        names.append(k)
+                except (TypeError, ValueError):
+                    pass
+            elif type(v) in _NUMBER and math.isfinite(float(v)):
+                names.append(k)
+        return names or None
+
+    # -- per-record checks (slow path, only for records that failed the fast one) ---------
+    def _why_json(self, obj: dict) -> str:
+        if self.vector_field is not None:
+            if self.vector_field not in obj:
+                return f"missing field '{self.vector_field}'"
+            vec = obj[self.vector_field]
+            if not isinstance(vec, list):
+                return f"field '{self.vector_field}' is not an array: {_short(vec)}"
+            if len(vec) != len(self.features):
+                return f"wrong dimension: got {len(vec)} values, expected {len(self.features)}"
+            items = list(zip(self.features, vec, strict=True))
+        else:
+            missing = [f for f in self.features if f not in obj]
+            if missing:
+                return "missing feature " + ", ".join(f"'{f}'" for f in missing)
+            items = [(f, obj[f]) for f in self.features]
+        for name, v in items:
+            if isinstance(v, _NonFinite):
+                return f"feature '{name}' is {v.text} (not finite)"
+            if type(v) not in _NUMBER:
+                return f"feature '{name}' is not a number: {_short(v)}"
+            try:
+                fv = float(v)
+            except OverflowError:
+                return f"feature '{name}' overflows float64"
+            if not math.isfinite(fv):
+                return f"feature '{name}' overflows float64"
+        return ""
+
+    def _csv_row(self, obj: dict) -> list[float] | str:
+        out = []
+        for name in self.features:
+            if name not in obj:
+                return f"missing feature '{name}'"
+            s = obj[name]
+            try:
+                v = float(s)
+            except (TypeError, ValueError):
+                return f"feature '{name}' is not a number: {_short(s)}"
+            if not math.isfinite(v):
+                if s.strip().lower() in _NONFINITE_WORDS:
+                    return f"feature '{name}' is {s.strip()} (not finite)"
+                return f"feature '{name}' overflows float64"
+            out.append(v)
+        return out
+
+    # -- batch decoding -------------------------------------------------------------------
+    def decode_batch(self, batch: Sequence[RawRecord]) -> DecodedBatch:
+        """Decode one mini-batch; never raises on bad input."""
+        rows: list[int] = []
+        vecs: list[list] = []
+        keys: list[Any] = []
+        stamps: list[Any] = []
+        dead: list[tuple[int, str]] = []
+        maxb = self.max_record_bytes
+        kf, tf, vf = self.key_field, self.timestamp_field, self.vector_field
+        for i, rec in enumerate(batch):
+            value = rec.value
+            if len(value) > maxb:
+                dead.append((i, f"oversized: {len(value)} bytes > max_record_bytes={maxb}"))
+                continue
+            parsed = rec.parsed
+            csv = parsed is not None
+            if csv:
+                if isinstance(parsed, str):
+                    dead.append((i, parsed))
+                    continue
+                obj = parsed
+            else:
+                try:
+                    text = value.decode("utf-8") if isinstance(value, bytes) else value
+                    obj = _JSON.decode(text)
+                except UnicodeDecodeError as e:
+                    dead.append((i, f"not UTF-8 text: {e.reason} at byte {e.start}"))
+                    continue
+                except ValueError as e:
+                    dead.append((i, f"not JSON: {e}"))
+                    continue
+                except RecursionError:
+                    dead.append((i, "not JSON: nested too deeply"))
+                    continue
+                if type(obj) is not dict:
+                    dead.append((i, f"not a JSON object (got {_json_type(obj)})"))
+                    continue
+            if self.features is None:
+                inferred = self._infer(obj, csv)
+                if inferred is None:
+                    dead.append((i, "no numeric fields to use as features"))
+                    continue
+                self.features = inferred
+            if csv:
+                row = self._csv_row(obj)
+                if isinstance(row, str):
+                    dead.append((i, row))
+                    continue
+            else:
+                try:
+                    row = obj[vf] if vf is not None else [obj[f] for f in self.features]
+                except KeyError:
+                    row = None
+                # Fast check: exact int/float types only (bool, str, None, NaN markers fail).
+                try:
+                    ok = (
+                        row is not None
+                        and type(row) is list
+                        and len(row) == len(self.features)
+                        and all(type(x) is float or type(x) is int for x in row)
+                        and all(math.isfinite(x) for x in row)
+                    )
+                except OverflowError:  # an integer beyond float64
+                    ok = False
+                if not ok:
+                    try:
+                        reason = self._why_json(obj)
+                    except OverflowError:
+                        reason = "a feature overflows float64"
+                    dead.append((i, reason or "invalid features"))
+                    continue
+            rows.append(i)
+            vecs.append(row)
+            k = rec.key
+            if k is None and kf is not None:
+                k = obj.get(kf)
+            keys.append(k)
+            ts = obj.get(tf) if tf is not None else None
+            stamps.append(ts if ts is not None else rec.timestamp)
+        d = len(self.features) if self.features is not None else 0
+        if not vecs:
+            return DecodedBatch(np.empty((0, d), dtype=np.float64), rows, keys, stamps, dead)
+        X = np.array(vecs, dtype=np.float64)
+        big = np.abs(X) > self.max_abs
+        if big.any():
+            # Finite but so large that squares overflow: the model refuses them, so must we.
+            keep = ~big.any(axis=1)
+            for j in np.flatnonzero(~keep):
+                name = self.features[int(np.argmax(big[j]))]
+                dead.append((rows[j], f"feature '{name}' overflows (|value| > {self.max_abs:g})"))
+            dead.sort()
+            X = X[keep]
+            sel = np.flatnonzero(keep).tolist()
+            rows = [rows[j] for j in sel]
+            keys = [keys[j] for j in sel]
+            stamps = [stamps[j] for j in sel]
+        return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+def _json_type(obj: Any) -> str:
+    if isinstance(obj, _NonFinite):
+        return "number"
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(obj), "number"
+    )
+
+
+def _short(v: Any, n: int = 40) -> str:
+    s = repr(v.text) if isinstance(v, _NonFinite) else repr(v)
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# -- encoding ----------------------------------------------------------------------------
+def _jnum(x: float) -> str:
+    # JSON has no NaN/inf: non-finite numbers (no model yet, infinite threshold) become null.
+    return repr(x) if math.isfinite(x) else "null"
+
+
+def _key_json(k: Any) -> str:
+    if k is None:
+        return "null"
+    if isinstance(k, bytes):
+        k = k.decode("utf-8", "replace")
+    return json.dumps(k)
+
+
+def source_prefix(rec: RawRecord) -> str:
+    """JSON of the source coordinates up to the offset, e.g. ``{"topic":"t","partition":0,``."""
+    if rec.topic is not None:
+        return '{"topic":%s,"partition":%d,"offset":' % (json.dumps(rec.topic), rec.partition)
+    return '{"file":%s,"partition":%d,"offset":' % (json.dumps(rec.file), rec.partition)
+
+
+def output_key(rec: RawRecord) -> bytes:
+    """Kafka key of a result: the input key, else the source coordinates (replays collide)."""
+    k = rec.key
+    if k is not None:
+        return k if isinstance(k, bytes) else str(k).encode()
+    return f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
+
+
+def encode_outputs(
+    batch: Sequence[RawRecord],
+    decoded: DecodedBatch,
+    log_density: np.ndarray,
+    proba: np.ndarray,
+    threshold: float,
+    anomaly: np.ndarray,
+    model_version: int,
+) -> list[str]:
+    """One JSON line (no newline) per valid row of ``decoded``, in the same order.
+
+    Floats are written with ``repr`` (shortest round-trip form) rather than ``json.dumps`` of a
+    dict: the string template is several times faster and this runs for every record.
+    """
+    cache: dict[tuple, str] = {}
+    ld = log_density.tolist()
+    pr = proba.tolist()
+    an = anomaly.tolist()
+    cl = np.argmax(proba, axis=1).tolist() if proba.shape[1] else [0] * len(ld)
+    thr = _jnum(float(threshold))
+    tail = ',"threshold":%s,"model_version":%d' % (thr, model_version)
+    out = []
+    for j, i in enumerate(decoded.rows):
+        rec = batch[i]
+        ck = (rec.topic, rec.file, rec.partition)
+        pre = cache.get(ck)
+        if pre is None:
+            pre = cache[ck] = '{"source":' + source_prefix(rec)
+        x = ld[j]
+        finite = math.isfinite(x)
+        s = (
+            '%s%d},"key":%s,"probabilities":[%s],"cluster":%d,"log_density":%s,"score":%s,'
+            '"anomaly":%s%s'
+            % (
+                pre,
+                rec.offset,
+                _key_json(decoded.keys[j]),
+                ",".join(map(repr, pr[j])),
+                cl[j],
+                repr(x) if finite else "null",
+                repr(-x) if finite else "null",
+                "true" if an[j] else "false",
+                tail,
+            )
+        )
+        ts = decoded.timestamps[j]
+        if ts is not None:
+            s += ',"timestamp":' + json.dumps(ts) + "}"
+        else:
+            s += "}"
+        out.append(s)
+    return out
+
+
+def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None) -> str:
+    """JSON dead letter: ``source``, ``key``, ``error`` and the raw ``record`` (as text)."""
+    raw = rec.value
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    d = {"source": rec.coordinates(), "key": None, "error": reason, "record": text}
+    if rec.key is not None:
+        d["key"] = rec.key.decode("utf-8", "replace") if isinstance(rec.key, bytes) else rec.key
+    if max_bytes is not None and len(text) > max_bytes:
+        # A dead letter must fit where it goes; keep the head of an oversized record.
+        d["record"] = text[:max_bytes]
+        d["record_truncated"] = True
+        d["record_length"] = len(text)
+    return json.dumps(d, ensure_ascii=False)

@@ -1,0 +1,303 @@
+"""Configuration of the stream processor: pydantic models, YAML, ``STREAMGMM_*`` env, CLI flags.
+
+Precedence, lowest first: model defaults < YAML file (``--config``) < environment variables <
+command-line flags.  Environment variables name a field by its path, nested levels joined by a
+double underscore: ``STREAMGMM_MODEL__N_COMPONENTS=5``, ``STREAMGMM_KAFKA__GROUP_ID=g1``,
+``STREAMGMM_FEATURES=a,b,c``.  Values are read as YAML scalars/lists, so numbers, booleans and
+``null`` behave as in the YAML file.
+
+Example
+-------
+>>> cfg = load_config(overrides={"input": {"path": "in.jsonl"}, "features": "a,b"}, env={})
+>>> cfg.mode, cfg.features, cfg.model.n_components
+('file', ['a', 'b'], 3)
+>>> try:
+...     load_config(overrides={"model": {"n_components": 0}}, env={})
+... except ConfigError as e:
+...     print(e)
+invalid configuration: model.n_components: Input should be greater than or equal to 1 (got 0)
+
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "CheckpointConfig",
+    "ConfigError",
+    "GateConfig",
+    "InputConfig",
+    "KafkaConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "ServiceConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "STREAMGMM_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message is meant for the user as is."""
+
+
+class _Strict(BaseModel):
+    # A typo in a YAML key must be an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    """Hyper-parameters of :class:`streamgmm.OnlineGaussianMixture`."""
+
+    n_components: int = Field(3, ge=1)
+    covariance_type: Literal["full", "diag", "spherical", "tied"] = "full"
+    half_life: float | None = Field(None, gt=0)
+    step_exponent: float = Field(0.8, gt=0.5, le=1.0)
+    step_offset: float = Field(2.0, ge=0)
+    warm_up: int | None = Field(None, ge=1)
+    n_init: int = Field(3, ge=1)
+    reg_covar: float = Field(1e-6, ge=0)
+    random_state: int | None = 0
+
+
+class GateConfig(_Strict):
+    """Anomaly threshold and learning gate (:class:`streamgmm.anomaly.AnomalyGate`)."""
+
+    enabled: bool = True
+    false_alarm_rate: float = Field(0.01, gt=0, lt=1)
+    refresh_every: int = Field(1000, ge=1)
+    n_calibration: int = Field(2000, ge=10)
+    drift_factor: float = Field(5.0, gt=1)
+    drift_window: int = Field(1000, ge=1)
+    random_state: int | None = 0
+
+
+class InputConfig(_Strict):
+    """File/stdin source. ``path`` ``-`` means stdin."""
+
+    path: str | None = None
+    format: Literal["auto", "jsonl", "csv"] = "auto"
+
+
+class OutputConfig(_Strict):
+    """File/stdout sinks. ``path`` ``-`` (default) is stdout; ``dead_letter`` ``None`` means
+    ``<output>.dlq.jsonl`` beside a file output, stderr beside stdout."""
+
+    path: str | None = None
+    dead_letter: str | None = None
+
+
+class KafkaConfig(_Strict):
+    """Kafka source and sink (kafka-python)."""
+
+    bootstrap_servers: str | None = None
+    topics: list[str] = Field(default_factory=list)
+    output_topic: str | None = None
+    # None -> "<input topic>.dlq", one dead-letter topic per input topic.
+    dead_letter_topic: str | None = None
+    group_id: str | None = None
+    client_id: str = "streamgmm"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    max_poll_records: int = Field(2000, ge=1)
+    poll_timeout_ms: int = Field(200, ge=1)
+    session_timeout_ms: int = Field(10000, ge=1000)
+    linger_ms: int = Field(5, ge=0)
+    producer_batch_size: int = Field(262144, ge=1024)
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _split_topics(cls, v: Any) -> Any:
+        return _split_csv(v)
+
+
+class CheckpointConfig(_Strict):
+    """When and where the model state and input offsets are saved."""
+
+    dir: str | None = None
+    every_records: int | None = Field(10000, ge=1)
+    every_seconds: float | None = Field(30.0, gt=0)
+    keep: int = Field(3, ge=1)
+
+
+class ServiceConfig(_Strict):
+    """Everything ``streamgmm run`` needs.
+
+    ``mode`` is derived: ``kafka`` when topics are configured, else ``file``.
+    """
+
+    input: InputConfig = Field(default_factory=InputConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    features: list[str] | None = None
+    key_field: str | None = None
+    timestamp_field: str | None = "timestamp"
+    vector_field: str | None = None
+    batch_size: int = Field(500, ge=1, le=1_000_000)
+    max_record_bytes: int = Field(65536, ge=16)
+    max_records: int | None = Field(None, ge=1)
+    idle_timeout: float | None = Field(None, gt=0)
+    metrics_port: int | None = Field(None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    progress: bool | None = None
+    fresh: bool = False
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _split_features(cls, v: Any) -> Any:
+        v = _split_csv(v)
+        if isinstance(v, list) and not v:
+            return None
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _unique_features(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate feature names in {v}")
+        return v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> ServiceConfig:
+        k = self.kafka
+        if k.topics:
+            missing = [n for n in ("bootstrap_servers", "group_id") if not getattr(k, n)]
+            if missing:
+                raise ValueError(f"Kafka input needs kafka.{' and kafka.'.join(missing)}")
+            if self.input.path is not None:
+                raise ValueError("give either an input path or Kafka topics, not both")
+            if not k.output_topic and self.output.path is None:
+                raise ValueError("Kafka input needs kafka.output_topic (or an output path)")
+        else:
+            if self.input.path is None:
+                raise ValueError("no input: give --input PATH|- or Kafka --topic")
+            if k.output_topic:
+                raise ValueError("kafka.output_topic is set but no Kafka input topic is given")
+        if self.vector_field is not None and self.features is None:
+            raise ValueError("vector_field needs an explicit feature list (features)")
+        return self
+
+    @property
+    def mode(self) -> str:
+        return "kafka" if self.kafka.topics else "file"
+
+    def fingerprint(self) -> str:
+        """Hash of the settings a checkpoint's model depends on (model + gate hyper-parameters).
+
+        The feature list is checked on its own so the error can name the difference.
+        """
+        blob = json.dumps(
+            {"model": self.model.model_dump(), "gate": self.gate.model_dump()}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _split_csv(v: Any) -> Any:
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return v
+
+
+def _deep_merge(base: dict, over: Mapping) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def env_overrides(env: Mapping[str, str]) -> dict:
+    """Nested dict from ``STREAMGMM_A__B=value`` variables (values parsed as YAML scalars)."""
+    out: dict = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        path = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        # "a,b,c" parses as a plain string; list fields split it in their validators.
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"invalid configuration: {name} conflicts with another variable")
+        node[path[-1]] = value
+    return out
+
+
+def _format_errors(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        where = f"{loc}: " if loc else ""
+        suffix = f" (got {got!r})" if loc and not isinstance(got, dict | list) else ""
+        parts.append(f"{where}{msg}{suffix}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: Mapping | None = None,
+    env: Mapping[str, str] | None = None,
+) -> ServiceConfig:
+    """Build a :class:`ServiceConfig` from a YAML file, the environment and overrides.
+
+    Parameters
+    ----------
+    path
+        YAML file, optional.
+    overrides
+        Nested dict of settings that win over everything (the CLI flags).
+    env
+        Environment to read ``STREAMGMM_*`` from; ``os.environ`` by default.
+
+    Raises
+    ------
+    ConfigError
+        With one readable message naming every invalid field.
+    """
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = loaded
+    data = _deep_merge(data, env_overrides(os.environ if env is None else env))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return ServiceConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
