@@ -11,6 +11,7 @@ Command line::
     python scripts/kafka_broker.py start [--port P]     # prints KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:P
     python scripts/kafka_broker.py status
     python scripts/kafka_broker.py stop [--keep-data]   # stops every broker this script recorded
+    python scripts/kafka_broker.py stop --pid PID       # ... or only one (--data-dir DIR works too)
     python scripts/kafka_broker.py start --data-dir DIR # restart on kept data (same ports)
 
 From Python (the pytest fixtures in tests/conftest.py load this file with importlib)::
@@ -242,6 +243,10 @@ share.coordinator.state.topic.num.partitions=1
 # Fast consumer-group joins in tests (kafka-python's own test broker does the same).
 group.initial.rebalance.delay.ms=0
 group.min.session.timeout.ms=1000
+# After a kill -9 the controller refuses the restarted broker's registration until the old
+# session expires (default 9 s); a shorter session makes crash-recovery tests quicker.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=1000
 # Light on a 2-core machine.
 num.network.threads=2
 num.io.threads=4
@@ -375,9 +380,7 @@ class Broker:
         if not keep_data and self.owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def restart(
-        self, ready_timeout: float = DEFAULT_READY_TIMEOUT, hard: bool = False
-    ) -> Broker:
+    def restart(self, ready_timeout: float = DEFAULT_READY_TIMEOUT, hard: bool = False) -> Broker:
         """Stop (keeping the data) and start again on the same ports; updates this object."""
         self.stop(keep_data=True, hard=hard)
         new = _launch(
@@ -478,8 +481,8 @@ def _wait_ready(broker: Broker, timeout: float) -> None:
         if not broker.alive():
             code = broker._proc.poll() if broker._proc is not None else "?"
             raise BrokerError(
-                f"Kafka broker exited during startup (exit code {code}); log tail "
-                f"({broker.log_path}):\n{broker.log_tail()}"
+                f"Kafka broker exited during startup (exit code {code}); full log kept in "
+                f"{LAST_LOG}; tail:\n{broker.log_tail()}"
             )
         if not _port_open(broker.port):
             time.sleep(0.25)
@@ -502,7 +505,7 @@ def _wait_ready(broker: Broker, timeout: float) -> None:
         time.sleep(0.5)
     raise BrokerError(
         f"Kafka broker at {broker.bootstrap} not ready after {timeout:.0f} s "
-        f"(last: {last_error}); log tail ({broker.log_path}):\n{broker.log_tail()}"
+        f"(last: {last_error}); full log kept in {LAST_LOG}; tail:\n{broker.log_tail()}"
     )
 
 
@@ -627,7 +630,12 @@ def start_broker(
         path = Path(data_dir)
         owns = path.resolve().is_relative_to(RUN_DIR.resolve())
     t0 = time.monotonic()
-    broker = _launch(path, port, heap, owner_pid, owns, ready_timeout)
+    try:
+        broker = _launch(path, port, heap, owner_pid, owns, ready_timeout)
+    except BaseException:
+        if data_dir is None:  # a fresh folder of ours: its log was copied to LAST_LOG already
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     _log(f"broker pid {broker.pid} ready at {broker.bootstrap} in {time.monotonic() - t0:.1f} s")
     return broker
 

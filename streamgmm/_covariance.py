@@ -71,6 +71,34 @@ def exact_precision(cov: np.ndarray, reg: np.ndarray, covariance_type: str, n_co
     return 1.0 / sigma, d * np.log(sigma)
 
 
+def stabilise(cov: np.ndarray, reg: np.ndarray, covariance_type: str) -> np.ndarray:
+    """``cov``, with the least diagonal jitter that makes every ``C + reg`` factorisable.
+
+    The regulariser is fixed at warm-up in that era's units; if the data's scale later grows by
+    many orders of magnitude, ``C + reg`` can be positive definite in exact arithmetic yet
+    not in floating point.  Jitter relative to the matrix's own diagonal restores it.
+    """
+    if covariance_type not in ("full", "tied"):
+        return cov
+    d = reg.shape[0]
+    idx = np.arange(d)
+    try:
+        np.linalg.cholesky(regularised(cov, reg, covariance_type))
+        return cov
+    except np.linalg.LinAlgError:
+        pass
+    mats = cov.reshape(-1, d, d).copy()
+    for m in mats:
+        base = max(1e-12 * float(np.abs(m[idx, idx]).max()), np.finfo(float).tiny)
+        for attempt in range(40):
+            try:
+                np.linalg.cholesky(m + np.diag(reg))
+                break
+            except np.linalg.LinAlgError:
+                m[idx, idx] += base * 10.0**attempt
+    return mats.reshape(cov.shape)
+
+
 def precisions_cholesky(cov: np.ndarray, reg: np.ndarray, covariance_type: str) -> np.ndarray:
     """scikit-learn's ``precisions_cholesky_``: ``precision = L @ L.T`` (upper ``L`` for full)."""
     sigma = regularised(cov, reg, covariance_type)
@@ -88,9 +116,7 @@ def centered_rows(X: np.ndarray, means: np.ndarray) -> np.ndarray:
 
 def mahalanobis(diff: np.ndarray, prec: np.ndarray, covariance_type: str) -> np.ndarray:
     """Squared Mahalanobis distances (n, K) of centered rows ``diff`` (K, n, D)."""
-    if covariance_type == "full":
-        q = np.einsum("knd,knd->kn", diff @ prec, diff)
-    elif covariance_type == "tied":
+    if covariance_type == "full" or covariance_type == "tied":
         q = np.einsum("knd,knd->kn", diff @ prec, diff)
     elif covariance_type == "diag":
         q = np.einsum("knd,kd->kn", diff * diff, prec)

@@ -23,8 +23,11 @@ FLUSH = 1e-30
 TINY_WEIGHT = 1e-250
 # |x - mu| beyond this could overflow the outer product e e^T.
 MAX_DEVIATION = 1e150
-# After a step this large the rank-one path is refreshed exactly.
+# After a step this large the rank-one path is refreshed exactly...
 BIG_STEP = 0.25
+# ...and after an update this large along its own direction (w e^T P e): the precision then
+# loses most of its digits in that direction to cancellation.
+BIG_UPDATE = 1.0
 # What a learn kernel did with its sample.
 LEARNED, LEARNED_REFRESH, REJECTED = 0, 1, -1
 
@@ -137,17 +140,25 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
             w = rho * resp[k] / s0_new
             if w > w_cap:
                 w = w_cap
-            if w > BIG_STEP:
-                status = LEARNED_REFRESH
             qk = q[k] if q[k] > 0.0 else 0.0
+            if w > BIG_STEP or w * qk > BIG_UPDATE:
+                status = LEARNED_REFRESH
             c = w / (1.0 + w * qk)
             inv = 1.0 / (1.0 - w)
             for i in range(d):
                 means[k, i] += w * e[k, i]
+            # Upper triangle mirrored: (c u_i) u_j and (c u_j) u_i round differently, and an
+            # antisymmetric error would grow by 1 / (1 - w) at every step.
             for i in range(d):
-                for j in range(d):
-                    cov[k, i, j] = (1.0 - w) * (cov[k, i, j] + w * e[k, i] * e[k, j])
-                    prec[k, i, j] = (prec[k, i, j] - c * u[k, i] * u[k, j]) * inv
+                we = w * e[k, i]
+                cu = c * u[k, i]
+                for j in range(i, d):
+                    cij = (1.0 - w) * (cov[k, i, j] + we * e[k, j])
+                    pij = (prec[k, i, j] - cu * u[k, j]) * inv
+                    cov[k, i, j] = cij
+                    cov[k, j, i] = cij
+                    prec[k, i, j] = pij
+                    prec[k, j, i] = pij
             logdet[k] += d * np.log1p(-w) + np.log1p(w * qk)
         s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
     return lse, status
@@ -190,11 +201,19 @@ def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
                 pe[i] = acc
                 qk += acc * e[k, i]
             qk = qk if qk > 0.0 else 0.0
+            if a * qk > BIG_UPDATE:
+                status = LEARNED_REFRESH
             c = a / (1.0 + a * qk)
-            for i in range(d):
-                for j in range(d):
-                    cov[i, j] += a * e[k, i] * e[k, j]
-                    prec[i, j] -= c * pe[i] * pe[j]
+            for i in range(d):  # mirrored, as in learn_full
+                ae = a * e[k, i]
+                cp = c * pe[i]
+                for j in range(i, d):
+                    cij = cov[i, j] + ae * e[k, j]
+                    pij = prec[i, j] - cp * pe[j]
+                    cov[i, j] = cij
+                    cov[j, i] = cij
+                    prec[i, j] = pij
+                    prec[j, i] = pij
             gain += np.log1p(a * qk)
             for i in range(d):
                 means[k, i] += w * e[k, i]

@@ -61,6 +61,18 @@ def _em(X, resp, covariance_type, reg, max_iter, tol):
     return weights, means, cov, resp, lower
 
 
+def feature_scales(X: np.ndarray) -> np.ndarray:
+    """Each feature's standard deviation, or 1 where the feature is constant.
+
+    A feature counts as constant when its variance is no more than rounding noise of its mean:
+    its scale is then unknown, and 1 (absolute units) is the only neutral guess.  Taking the
+    noise as the scale would make the regulariser vanish and every later value impossible.
+    """
+    var = X.var(axis=0)
+    noise = (1e-13 * np.abs(X.mean(axis=0))) ** 2
+    return np.sqrt(np.where(var > noise, var, 1.0))
+
+
 def fit_batch(
     X: np.ndarray,
     n_components: int,
@@ -75,8 +87,10 @@ def fit_batch(
 ) -> BatchFit:
     """Fit a mixture to X by batch EM; covariances returned without the regulariser."""
     center = X.mean(axis=0)
-    scale = X.std(axis=0)
-    scale[~(scale > 0)] = 1.0
+    scale = feature_scales(X)
+    if covariance_type == "spherical":
+        # One variance per component is only meaningful in units shared by all features.
+        scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     Xs = (X - center) / scale
     # In standardised units the regulariser is the same for every feature.
     reg = np.full(X.shape[1], reg_covar)
@@ -115,6 +129,4 @@ def _unstandardise(cov, scale, covariance_type):
         return cov * scale[:, None] * scale[None, :]
     if covariance_type == "diag":
         return cov * scale**2
-    # A spherical variance stays spherical only in units where the features share a scale;
-    # the geometric mean keeps the volume right.
-    return cov * float(np.exp(2.0 * np.log(scale).mean()))
+    return cov * scale[0] ** 2  # spherical: one scale shared by all features

@@ -16,7 +16,7 @@ from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
-from streamgmm._warm_up import fit_batch
+from streamgmm._warm_up import feature_scales, fit_batch
 
 STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
 STATE_VERSION = 1
@@ -295,23 +295,28 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     @property
     def covariances_(self):
         self._check_fitted()
-        return cov_ops.regularised(self._cov, self._reg, self.covariance_type)
+        return cov_ops.regularised(self._stable_cov(), self._reg, self.covariance_type)
 
     @property
     def precisions_cholesky_(self):
         self._check_fitted()
-        return cov_ops.precisions_cholesky(self._cov, self._reg, self.covariance_type)
+        return cov_ops.precisions_cholesky(self._stable_cov(), self._reg, self.covariance_type)
 
     @property
     def precisions_(self):
         self._check_fitted()
         return cov_ops.exact_precision(
-            self._cov, self._reg, self.covariance_type, self.n_components
+            self._stable_cov(), self._reg, self.covariance_type, self.n_components
         )[0]
+
+    def _stable_cov(self):
+        return cov_ops.stabilise(self._cov, self._reg, self.covariance_type)
 
     def _covariance_matrices(self):
         """Each component's regularised covariance as a (K, D, D) matrix."""
-        return cov_ops.full_matrices(self._cov, self._reg, self.covariance_type, self.n_components)
+        return cov_ops.full_matrices(
+            self._stable_cov(), self._reg, self.covariance_type, self.n_components
+        )
 
     def __sklearn_is_fitted__(self):
         return self._has_model()
@@ -491,9 +496,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ internals
 
     def _reset(self):
-        for name in list(vars(self)):
-            if name not in self._get_param_names():
-                delattr(self, name)
+        # Only what this class set: frameworks (sklearn's callbacks, pipelines) may have set
+        # their own attributes on the instance.
+        for name in _LEARNED_ATTRIBUTES:
+            self.__dict__.pop(name, None)
 
     def _start(self, n_features, n_rows, seed=None, warm_up_size=None):
         k = self.n_components
@@ -621,22 +627,26 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         n = X.shape[0]
         g = -np.expm1(np.log1p(-self._steps(n)).sum())
         nk, d, V = cov_ops.batch_moments(diff, resp, self.covariance_type)
+        # Per sample a step is capped at W_CAP; n_k samples in a row could move a component
+        # by 1 - (1 - W_CAP)^n_k in all, which is the batch's cap.
+        w_cap = -np.expm1(np.maximum(nk, 1.0) * np.log1p(-W_CAP))
         s0, means, cov = cov_ops.pooled_update(
-            self._s0, self._means, self._cov, g, nk / n, d, V, W_CAP, self.covariance_type
+            self._s0, self._means, self._cov, g, nk / n, d, V, w_cap, self.covariance_type
         )
         self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, n)
 
     def _commit(self, s0, means, cov, n):
         """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
+        if self.covariance_type in ("full", "tied"):  # outer products round asymmetrically
+            cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+            cov = cov_ops.stabilise(cov, self._reg, self.covariance_type)
         try:
             prec, logdet = cov_ops.exact_precision(
                 cov, self._reg, self.covariance_type, self.n_components
             )
         except np.linalg.LinAlgError:
             prec = None
-        if prec is None or not all(
-            np.isfinite(a).all() for a in (s0, means, cov, prec, logdet)
-        ):
+        if prec is None or not all(np.isfinite(a).all() for a in (s0, means, cov, prec, logdet)):
             warnings.warn(
                 "a non-finite update was rolled back to the last good state",
                 RuntimeWarning,
@@ -651,6 +661,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _refresh(self):
         """Recompute precisions exactly from the covariance statistics (and re-seed)."""
+        self._cov = cov_ops.stabilise(self._cov, self._reg, self.covariance_type)
         self._prec, self._logdet = cov_ops.exact_precision(
             self._cov, self._reg, self.covariance_type, self.n_components
         )
@@ -713,9 +724,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._provisional_n = n
 
     def _fit_buffer(self, X, n_init, trim_fraction, stream):
-        var = X.var(axis=0)
-        scale2 = np.where(var > 0, var, 1.0)
-        self._reg = self.reg_covar * scale2
+        self._reg = self.reg_covar * feature_scales(X) ** 2
         fit = fit_batch(
             X,
             self.n_components,
@@ -730,7 +739,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         )
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
-        self._cov = np.ascontiguousarray(fit.cov)
+        self._cov = np.ascontiguousarray(
+            cov_ops.stabilise(fit.cov, self._reg, self.covariance_type)
+        )
         self._prec, self._logdet = cov_ops.exact_precision(
             self._cov, self._reg, self.covariance_type, self.n_components
         )
@@ -746,6 +757,31 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             "spherical": k,
         }[self.covariance_type]
         return int(cov_params + k * d + k - 1)
+
+
+_LEARNED_ATTRIBUTES = (
+    "n_features_in_",
+    "feature_names_in_",
+    "n_samples_seen_",
+    "warming_up_",
+    "_buffer",
+    "_n_buffered",
+    "_provisional_n",
+    "_warm_up_size",
+    "_seed",
+    "_since_refresh",
+    "_rho_floor",
+    "_tied",
+    "_spherical",
+    "_s0",
+    "_means",
+    "_cov",
+    "_prec",
+    "_prec3",
+    "_logdet",
+    "_reg",
+    "_reg_mean",
+)
 
 
 def _state_shapes(covariance_type, k, d):

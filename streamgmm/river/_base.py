@@ -172,12 +172,16 @@ class MixtureAdapter:
         """Diagonal Gaussian of the warm-up's running moments, on the features it knows."""
         rec = record_values(x)
         log_density = 0.0
-        for name, v in rec.items():
+        for name in canonical_order(rec):  # a fixed order: sums must not depend on key order
+            v = rec[name]
             s = self._stats.get(name)
             if s is None or s[0] < 2:
                 continue
             n, mean, m2 = s
-            var = max(m2 / n, 1e-12 * max(1.0, mean * mean))
+            # Regularised as the core does: reg_covar relative to the variance, or absolute
+            # for a feature that has been constant so far.
+            var = m2 / n
+            var = var * (1.0 + self.reg_covar) if var > 0 else max(self.reg_covar, 1e-12)
             log_density -= 0.5 * ((v - mean) ** 2 / var + _LOG_2PI + math.log(var))
         return log_density
 
@@ -253,6 +257,6 @@ class MixtureAdapter:
         for row in X.itertuples(index=False, name=None):
             yield {
                 c: v
-                for c, v in zip(columns, row)
+                for c, v in zip(columns, row, strict=True)
                 if not (v is None or (isinstance(v, float) and v != v))
             }

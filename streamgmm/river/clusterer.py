@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from river import base
 
@@ -142,8 +144,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         z, missing = self._standardised(x)
         self._count_unseen(x, missing)
         if not missing:
-            self._model._learn_one(z)
-            self.n_learned_ += 1
+            if self._model._learn_one(z) > -math.inf:  # -inf: underflow, not learned
+                self.n_learned_ += 1
             return
         observed = ~np.isnan(z)
         if observed.any():

@@ -132,7 +132,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         false_alarm_rate: float = 0.01,
         refresh_every: int = 1000,
         n_calibration: int = 2000,
-        drift_factor: float = 5.0,
+        drift_factor: float = 10.0,
         drift_window: int = 1000,
         gating: bool = True,
         seed: int | None = None,
@@ -176,6 +176,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self._threshold_z = math.inf  # in standardised units, as the gate computes it
         self._flags: list[bool] = []
         self.n_flagged_ = 0
+        self._cache = None
 
     @classmethod
     def _unit_test_params(cls):
@@ -214,7 +215,21 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     def score_one(self, x: dict) -> float:
         """Negative log-density of `x` (marginal over missing features); no state change."""
-        return -self._log_density(x)
+        if self._model is None:
+            return 0.0 - self._provisional_log_density(x)  # 0.0 - 0.0, not -0.0
+        z, missing = self._standardised(x)
+        ld, observed = self._log_density_z(z, missing)
+        if observed is None:
+            # The prequential loop scores x then learns it: keep what learn_one would recompute.
+            # A cache, not state: dropped from pickles/copies, keyed on a copy of x and on the
+            # number of updates so far.
+            self._cache = (dict(x), z, ld, self.n_learned_)
+        return -self._to_input_units(ld, observed)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_cache"] = None
+        return state
 
     def is_anomaly(self, x: dict) -> bool:
         """Whether `score_one(x)` exceeds the calibrated threshold; no state change."""
@@ -226,19 +241,28 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         if model is None:
             self._buffer_one(x)
             return
-        z, missing = self._standardised(x)
+        cache = self._cache
+        if cache is not None and cache[3] == self.n_learned_ and cache[0] == x:
+            z, missing, ld = cache[1], False, cache[2]
+        else:
+            z, missing = self._standardised(x)
+            ld = None
+        self._cache = None
         self._count_unseen(x, missing)
         thr = self._threshold_z
         if not missing:
             if self.gating and self.gate_.gating and thr < math.inf:
                 # Score first: a flagged record must not touch the model.
-                flagged = -model._score_one(z) > thr
-                if not flagged:
-                    model._learn_one(z)
+                if ld is None:
+                    ld = model._score_one(z)
+                flagged = -ld > thr
+                if not flagged and model._learn_one(z) > -math.inf:
                     self.n_learned_ += 1
             else:
-                flagged = -model._learn_one(z) > thr
-                self.n_learned_ += 1
+                ld = model._learn_one(z)  # -inf: density underflow, the core did not learn
+                flagged = -ld > thr
+                if ld > -math.inf:
+                    self.n_learned_ += 1
         else:
             ld, observed = self._log_density_z(z, missing)
             if not observed.any():

@@ -43,6 +43,8 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
+    "checkpoint_paths",
+    "latest_checkpoint",
     "read_checkpoint",
 ]
 
@@ -121,6 +123,31 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(arrays, meta, path)
 
 
+def checkpoint_paths(directory: str | os.PathLike) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest first (read-only)."""
+    d = Path(directory)
+    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
+    """The newest checkpoint in ``directory`` that verifies (read-only; see
+    :meth:`CheckpointStore.load_latest`)."""
+    paths = checkpoint_paths(directory)
+    errors = []
+    for p in reversed(paths):
+        try:
+            return read_checkpoint(p)
+        except CheckpointError as e:
+            log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
+            errors.append(str(e))
+    if paths:
+        raise CheckpointError(
+            f"no usable checkpoint in {directory}: " + "; ".join(errors) + " (start over with --fresh)"
+        )
+    return None
+
+
 class CheckpointStore:
     """The checkpoints of one processor, in one directory.
 
@@ -142,8 +169,7 @@ class CheckpointStore:
 
     def paths(self) -> list[Path]:
         """Checkpoint files, oldest first."""
-        found = [(int(m.group(1)), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name))]
-        return [p for _, p in sorted(found)]
+        return checkpoint_paths(self.dir)
 
     def save(self, arrays: dict[str, np.ndarray], meta: dict) -> Path:
         """Write a new checkpoint atomically and prune old ones; returns its path."""
@@ -189,17 +215,4 @@ class CheckpointStore:
             Checkpoint files exist but none of them verifies (starting over silently would
             learn every record a second time).
         """
-        paths = self.paths()
-        errors = []
-        for p in reversed(paths):
-            try:
-                return read_checkpoint(p)
-            except CheckpointError as e:
-                log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
-                errors.append(str(e))
-        if paths:
-            raise CheckpointError(
-                f"no usable checkpoint in {self.dir}: " + "; ".join(errors)
-                + " (start over with --fresh)"
-            )
-        return None
+        return latest_checkpoint(self.dir)

@@ -288,7 +288,10 @@ def load_config(
         except OSError as e:
             raise ConfigError(f"cannot read config file {p}: {e.strerror or e}") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"config file {p} is not valid YAML{where}: {what}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

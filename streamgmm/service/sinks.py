@@ -99,7 +99,6 @@ def make_producer(cfg):
         linger_ms=cfg.linger_ms,
         batch_size=cfg.producer_batch_size,
         max_request_size=16 * 1024 * 1024,
-        buffer_memory=128 * 1024 * 1024,
     )
 
 

@@ -1,0 +1,499 @@
+"""The processing loop: source -> decode -> score, then learn (gated) -> encode -> sinks.
+
+Per mini-batch: every valid record is scored by the model *as it was before the batch*
+(prequential), then the batch is learned in one step, except rows the anomaly gate keeps out.
+Each valid input yields exactly one output, each invalid one exactly one dead letter.
+
+Delivery and recovery.  A checkpoint holds the model and gate state together with the next
+input offset of every partition/file it has consumed.  It is written every
+``checkpoint.every_records`` records and/or ``every_seconds`` seconds (always at a batch end),
+at shutdown and before partitions are revoked, in the order *flush outputs -> write checkpoint
+-> commit offsets*.  After a crash the processor restores the newest checkpoint and re-reads
+from its offsets: outputs after it are produced again (at-least-once; Kafka outputs are keyed by
+the source coordinates or input key, a file output is cut back to its size at the checkpoint
+so it ends up exactly as one uninterrupted run writes it), while the restored model has never
+learned those records — no update is ever applied twice.  File batches end at fixed positions
+(multiples of ``batch_size``), so a replay is bit-identical; Kafka batches follow ``poll()``, so
+a replay agrees within the core's batch-size tolerance.
+
+Records scored before any model exists (the very first mini-batch of a fresh run) get
+``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
+core's warm-up, scores come from its provisional fit and the threshold may still be ``null``
+(infinite) until the gate can calibrate.  ``model_version`` is the number of rows the model had
+learned when it scored the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, CheckpointStore
+from .codec import Decoder, encode_dead_letter, encode_outputs
+from .config import ServiceConfig
+from .metrics import Metrics, MetricsServer
+from .records import RawRecord
+from .sinks import FileSink, KafkaSink, make_producer
+from .sources import FileSource, Interrupted, KafkaSource, file_identity
+
+__all__ = ["Processor", "build_model", "model_from_checkpoint"]
+
+log = logging.getLogger("streamgmm.service")
+
+
+def build_model(cfg: ServiceConfig):
+    """A fresh model and anomaly gate from the configuration."""
+    from streamgmm import OnlineGaussianMixture
+    from streamgmm.anomaly import AnomalyGate
+
+    m = cfg.model
+    model = OnlineGaussianMixture(
+        n_components=m.n_components,
+        covariance_type=m.covariance_type,
+        half_life=m.half_life,
+        step_exponent=m.step_exponent,
+        step_offset=m.step_offset,
+        warm_up=m.warm_up,
+        n_init=m.n_init,
+        reg_covar=m.reg_covar,
+        random_state=m.random_state,
+    )
+    g = cfg.gate
+    gate = AnomalyGate(
+        false_alarm_rate=g.false_alarm_rate,
+        refresh_every=g.refresh_every,
+        n_calibration=g.n_calibration,
+        drift_factor=g.drift_factor,
+        drift_window=g.drift_window,
+        random_state=g.random_state,
+    )
+    return model, gate
+
+
+def _split(arrays: dict, prefix: str) -> dict:
+    n = len(prefix)
+    return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def model_from_checkpoint(ck):
+    """``(model, gate)`` rebuilt from a loaded checkpoint."""
+    from streamgmm import OnlineGaussianMixture
+    from streamgmm.anomaly import AnomalyGate
+
+    try:
+        model = OnlineGaussianMixture.from_state(_split(ck.arrays, "model."), ck.meta["model_meta"])
+        gate = AnomalyGate.from_state(_split(ck.arrays, "gate."), ck.meta["gate_meta"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{ck.path}: model state cannot be restored: {e}") from None
+    return model, gate
+
+
+class Processor:
+    """Runs one stream-processing job as configured.
+
+    Parameters
+    ----------
+    cfg
+        A validated :class:`~streamgmm.service.config.ServiceConfig`.
+    handle_signals
+        Install SIGTERM/SIGINT handlers (graceful stop) while :meth:`run` runs; only possible
+        in the main thread.
+
+    Attributes
+    ----------
+    model, gate
+        The :class:`streamgmm.OnlineGaussianMixture` and :class:`streamgmm.anomaly.AnomalyGate`.
+    offsets
+        Next offset per Kafka ``(topic, partition)`` or per input file identity.
+    metrics
+        :class:`~streamgmm.service.metrics.Metrics`.
+    """
+
+    def __init__(self, cfg: ServiceConfig, *, handle_signals: bool = True):
+        self.cfg = cfg
+        self.handle_signals = handle_signals
+        self.metrics = Metrics()
+        self.offsets: dict = {}
+        self.counts = {"in": 0, "out": 0, "dead": 0, "anomalies": 0}
+        self.sink_sizes: dict[str, int] = {}
+        self.store = CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
+        self._stop = False
+        self._processing = False
+        self.source = None
+        self.restored_from: Path | None = None
+        ck = None
+        if self.store is not None and not cfg.fresh:
+            ck = self.store.load_latest()
+        features = cfg.features
+        if ck is not None:
+            self._check_compatible(ck)
+            self.model, self.gate = model_from_checkpoint(ck)
+            features = ck.meta.get("features") or features
+            off = ck.meta.get("offsets", {})
+            for k, v in off.get("kafka", {}).items():
+                t, p = k.rsplit(":", 1)
+                self.offsets[(t, int(p))] = int(v)
+            for k, v in off.get("files", {}).items():
+                self.offsets[k] = int(v)
+            self.counts.update(ck.meta.get("counts", {}))
+            self.sink_sizes = {k: int(v) for k, v in ck.meta.get("sinks", {}).items()}
+            self.restored_from = ck.path
+            log.info(
+                "restored checkpoint %s: %d rows learned, offsets %s",
+                ck.path.name, self._n_seen(), off,
+            )
+        else:
+            self.model, self.gate = build_model(cfg)
+        self.decoder = Decoder(
+            features,
+            max_record_bytes=cfg.max_record_bytes,
+            key_field=cfg.key_field,
+            timestamp_field=cfg.timestamp_field,
+            vector_field=cfg.vector_field,
+            max_abs=_max_abs(),
+        )
+        self._resumed = ck is not None
+
+    # -- checkpoint compatibility ----------------------------------------------------------
+    def _check_compatible(self, ck) -> None:
+        meta, cfg = ck.meta, self.cfg
+        fp = cfg.fingerprint()
+        if meta.get("fingerprint") != fp:
+            old = meta.get("config", {})
+            new = {"model": cfg.model.model_dump(), "gate": cfg.gate.model_dump()}
+            diffs = [
+                f"{sec}.{k}: checkpoint {old.get(sec, {}).get(k)!r} != configured {v!r}"
+                for sec in ("model", "gate")
+                for k, v in new[sec].items()
+                if old.get(sec, {}).get(k) != v
+            ]
+            raise CheckpointError(
+                f"checkpoint {ck.path} was made with a different configuration ("
+                + ("; ".join(diffs) or "fingerprint differs")
+                + "). Use the same settings, another --checkpoint-dir, or --fresh to start over."
+            )
+        if cfg.features is not None and meta.get("features") not in (None, cfg.features):
+            raise CheckpointError(
+                f"checkpoint {ck.path} has features {meta.get('features')}, configured "
+                f"{cfg.features}. Use the same features, another --checkpoint-dir, or --fresh."
+            )
+
+    def _n_seen(self) -> int:
+        return int(getattr(self.model, "n_samples_seen_", 0))
+
+    # -- sources and sinks -------------------------------------------------------------------
+    def _open(self) -> None:
+        cfg = self.cfg
+        self.producer = None
+        if cfg.mode == "kafka":
+            self.source = KafkaSource(cfg.kafka, self._on_assigned, self._on_revoked, self._on_lost)
+        else:
+            ident = file_identity(cfg.input.path)
+            start = self.offsets.get(ident, 0)
+            self.source = FileSource(cfg.input.path, cfg.input.format, cfg.batch_size, start)
+            if start:
+                log.info("resuming %s at record %d", cfg.input.path, start)
+        k = cfg.kafka
+        if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
+            self.producer = make_producer(k)
+            self.out = KafkaSink(self.producer, k.output_topic)
+        else:
+            self.out = self._file_sink(cfg.output.path or "-")
+        dlq = cfg.output.dead_letter
+        if dlq is None and self.producer is not None:
+            fixed = k.dead_letter_topic
+            self.dead = KafkaSink(self.producer, fixed, lambda r: f"{r.topic}.dlq")
+        else:
+            if dlq is None:
+                outp = cfg.output.path or "-"
+                dlq = "<stderr>" if outp == "-" else _dlq_path(outp)
+            self.dead = self._file_sink(dlq)
+
+    def _file_sink(self, path: str) -> FileSink:
+        if path in ("-", "<stderr>"):
+            return FileSink(path)
+        ident = file_identity(path)
+        resume = self.sink_sizes.get(ident) if self._resumed else None
+        sink = FileSink(path, resume_size=resume)
+        sink.identity = ident
+        return sink
+
+    # -- Kafka rebalance callbacks (run inside poll(), i.e. between batches) -------------------
+    def _on_assigned(self, tps):
+        mine = set(tps) | (self.source.assigned() if self.source else set())
+        # Offsets of partitions another instance now owns are stale: drop them so a later
+        # re-assignment starts from the group's committed offset, not from our old position.
+        for key in [k for k in self.offsets if isinstance(k, tuple) and k not in mine]:
+            del self.offsets[key]
+        seeks = {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
+        log.info("partitions assigned: %s; seeking %s", tps, seeks)
+        return seeks
+
+    def _on_revoked(self, tps):
+        log.info("partitions revoked: %s", tps)
+        self._checkpoint(commit=False)
+        offs = {tp: self.offsets.pop(tp) for tp in tps if tp in self.offsets}
+        return offs
+
+    def _on_lost(self, tps):
+        log.warning("partitions lost (group membership expired): %s", tps)
+        for tp in tps:
+            self.offsets.pop(tp, None)
+
+    # -- checkpointing ---------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self.out.flush()
+        self.dead.flush()
+        for s in (self.out, self.dead):
+            if isinstance(s, FileSink) and s.is_file:
+                self.sink_sizes[s.identity] = s._f.tell()
+
+    def _checkpoint(self, commit: bool = True) -> None:
+        """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee)."""
+        self._flush()
+        if self.store is not None:
+            m_arrays, m_meta = self.model.get_state()
+            g_arrays, g_meta = self.gate.get_state()
+            arrays = {f"model.{k}": v for k, v in m_arrays.items()}
+            arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
+            kafka_offs = {f"{k[0]}:{k[1]}": o for k, o in self.offsets.items() if isinstance(k, tuple)}
+            file_offs = {k: o for k, o in self.offsets.items() if isinstance(k, str)}
+            meta = {
+                "fingerprint": self.cfg.fingerprint(),
+                "config": {"model": self.cfg.model.model_dump(), "gate": self.cfg.gate.model_dump()},
+                "features": self.decoder.features,
+                "offsets": {"kafka": kafka_offs, "files": file_offs},
+                "sinks": dict(self.sink_sizes),
+                "counts": dict(self.counts),
+                "n_samples_seen": self._n_seen(),
+                "model_meta": m_meta,
+                "gate_meta": g_meta,
+            }
+            path = self.store.save(arrays, meta)
+            log.debug("checkpoint %s written", path.name)
+        self.metrics.last_checkpoint = time.time()
+        self.metrics.checkpoints.inc()
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        if commit and isinstance(self.source, KafkaSource):
+            self.source.commit({k: v for k, v in self.offsets.items() if isinstance(k, tuple)})
+
+    # -- one batch -------------------------------------------------------------------------------
+    def process_batch(self, batch: list[RawRecord]) -> None:
+        t0 = time.perf_counter()
+        dec = self.decoder.decode_batch(batch)
+        lines: list[str] = []
+        if dec.rows:
+            lines = self._score_and_learn(batch, dec)
+        dead = dec.dead
+        if dead:
+            dl = [encode_dead_letter(batch[i], why, self.cfg.max_record_bytes) for i, why in dead]
+            self.dead.write([batch[i] for i, _ in dead], dl)
+        if lines:
+            self.out.write([batch[i] for i in dec.rows], lines)
+        offsets = self.offsets
+        if batch[0].topic is None:
+            offsets[self.source.identity] = batch[-1].offset + 1
+        else:
+            for r in batch:
+                offsets[(r.topic, r.partition)] = r.offset + 1
+        n = len(batch)
+        self.counts["in"] += n
+        self.counts["out"] += len(lines)
+        self.counts["dead"] += len(dead)
+        m = self.metrics
+        m.records_in.inc(n)
+        m.records_out.inc(len(lines))
+        if dead:
+            m.dead_letters.inc(len(dead))
+        m.batch_latency.observe(time.perf_counter() - t0)
+        m.last_batch = time.time()
+        self._since_ckpt += n
+
+    def _score_and_learn(self, batch, dec) -> list[str]:
+        model, gate = self.model, self.gate
+        thr = float(gate.threshold_for(model))
+        version = self._n_seen()
+        gated = self.cfg.gate.enabled and gate.gating and math.isfinite(thr)
+        try:
+            r = model.score_and_learn(dec.X, threshold=thr if gated else None)
+            log_density, proba = r.log_density, r.proba
+        except Exception as e:
+            # The core validates before touching its state; isolate the offending rows.
+            log.warning("batch rejected by the model (%s); retrying row by row", e)
+            return self._row_by_row(batch, dec, thr, gated, version)
+        with np.errstate(invalid="ignore"):
+            flags = -log_density > thr
+        gate.observe(flags)
+        n_anom = int(flags.sum())
+        self.counts["anomalies"] += n_anom
+        self.metrics.anomalies.inc(n_anom)
+        self.metrics.samples_seen.set(self._n_seen())
+        if math.isfinite(thr):
+            self.metrics.threshold.set(thr)
+        return encode_outputs(batch, dec, log_density, proba, thr, flags, version)
+
+    def _row_by_row(self, batch, dec, thr, gated, version) -> list[str]:
+        keep, lds, probas = [], [], []
+        for j, i in enumerate(dec.rows):
+            try:
+                r = self.model.score_and_learn(dec.X[j : j + 1], threshold=thr if gated else None)
+            except Exception as e:
+                dec.dead.append((i, f"rejected by the model: {e}"))
+                continue
+            keep.append(j)
+            lds.append(r.log_density[0])
+            probas.append(r.proba[0])
+        dec.dead.sort()
+        dec.rows = [dec.rows[j] for j in keep]
+        dec.keys = [dec.keys[j] for j in keep]
+        dec.timestamps = [dec.timestamps[j] for j in keep]
+        if not keep:
+            return []
+        ld = np.asarray(lds)
+        with np.errstate(invalid="ignore"):
+            flags = -ld > thr
+        self.gate.observe(flags)
+        self.counts["anomalies"] += int(flags.sum())
+        return encode_outputs(batch, dec, ld, np.asarray(probas), thr, flags, version)
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to stop after the current batch (thread- and signal-safe)."""
+        self._stop = True
+        self.metrics.running = False
+        src = self.source
+        if src is not None:
+            src.stop()
+            if getattr(src, "in_read", False) and not self._processing:
+                raise Interrupted()
+
+    def _signal(self, signum, frame) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        self.stop()
+
+    def run(self) -> int:
+        """Process until the input ends, a stop is requested or a limit is reached; returns 0."""
+        cfg = self.cfg
+        old_handlers = {}
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGTERM, signal.SIGINT):
+                old_handlers[s] = signal.signal(s, self._signal)
+        server = None
+        try:
+            if cfg.metrics_port is not None:
+                server = MetricsServer(self.metrics, cfg.metrics_host, cfg.metrics_port)
+                self.metrics_port = server.port
+                log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
+            self._open()
+            self._loop()
+            self._checkpoint()
+            log.info(
+                "stopped: %d records in, %d out, %d dead letters, %d anomalies, %d rows learned",
+                self.counts["in"], self.counts["out"], self.counts["dead"],
+                self.counts["anomalies"], self._n_seen(),
+            )
+            return 0
+        finally:
+            self.metrics.running = False
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            self._close()
+            if server is not None:
+                server.close()
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        ck = cfg.checkpoint
+        every_n = ck.every_records
+        every_t = ck.every_seconds
+        self._since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        last_data = time.monotonic()
+        bar = self._progress()
+        kafka = isinstance(self.source, KafkaSource)
+        batches = self.source.batches()
+        try:
+            for batch in batches:
+                if batch:
+                    self._processing = True
+                    try:
+                        self.process_batch(batch)
+                    finally:
+                        self._processing = False
+                    last_data = time.monotonic()
+                    if bar is not None:
+                        bar.update(self.source.bytes_read - bar.n)
+                    if kafka:
+                        lag = self.source.lag(self.offsets)
+                        if lag is not None:
+                            self.metrics.consumer_lag.set(lag)
+                elif cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout:
+                    log.info("no input for %.1f s: stopping", cfg.idle_timeout)
+                    break
+                if self._stop:
+                    break
+                if cfg.max_records is not None and self.counts["in"] >= cfg.max_records:
+                    log.info("max_records=%d reached: stopping", cfg.max_records)
+                    break
+                if (every_n is not None and self._since_ckpt >= every_n) or (
+                    every_t is not None and time.monotonic() - self._last_ckpt >= every_t
+                    and self._since_ckpt > 0
+                ):
+                    self._checkpoint()
+        except Interrupted:
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                batches.close()
+            if bar is not None:
+                bar.close()
+
+    def _progress(self):
+        cfg = self.cfg
+        if cfg.mode != "file" or cfg.input.path == "-":
+            return None
+        import sys
+
+        show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
+        if not show:
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.source.size, unit="B", unit_scale=True, desc="streamgmm",
+                    initial=0, file=sys.stderr)
+
+    def _close(self) -> None:
+        for name in ("out", "dead"):
+            s = getattr(self, name, None)
+            if s is not None:
+                try:
+                    s.close()
+                except Exception as e:
+                    log.error("closing %s sink: %s", name, e)
+        if getattr(self, "producer", None) is not None:
+            with contextlib.suppress(Exception):
+                self.producer.close(timeout=10)
+        if isinstance(self.source, KafkaSource):
+            self.source.close()
+
+
+def _dlq_path(out: str) -> str:
+    p = Path(out)
+    stem = p.name[: -len(".jsonl")] if p.name.endswith(".jsonl") else p.name
+    return str(p.with_name(stem + ".dlq.jsonl"))
+
+
+def _max_abs() -> float:
+    try:
+        from streamgmm.online import MAX_ABS_VALUE
+    except ImportError:  # older core: keep the documented bound
+        return 1e150
+    return float(MAX_ABS_VALUE)
