@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _data import KnownMixture
+from streamgmm.datasets import KnownMixture
 from sklearn.mixture import GaussianMixture
 
 from streamgmm import OnlineGaussianMixture

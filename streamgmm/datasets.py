@@ -1,4 +1,4 @@
-"""Synthetic mixtures with known densities, shared by the core tests and benchmarks."""
+"""Synthetic Gaussian mixtures with known densities: for tests, benchmarks and demos."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ from scipy.stats import multivariate_normal
 
 
 class KnownMixture:
-    """A Gaussian mixture with known parameters: draw from it and evaluate its log-density."""
+    """A Gaussian mixture with known parameters: draw from it and evaluate its log-density.
+
+    Examples
+    --------
+    >>> from streamgmm.datasets import KnownMixture
+    >>> truth = KnownMixture.random(n_components=3, n_features=2, seed=0)
+    >>> X, labels = truth.sample(1000, seed=1)
+    >>> X.shape, truth.log_density(X).shape
+    ((1000, 2), (1000,))
+    """
 
     def __init__(self, weights, means, covariances):
         self.weights = np.asarray(weights, dtype=float)
