@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from streamgmm.datasets import KnownMixture
 from sklearn.mixture import GaussianMixture
 
 from streamgmm import OnlineGaussianMixture
+from streamgmm.datasets import KnownMixture
 
 
 def _online_pass(X, batch_size, **params):

@@ -36,12 +36,11 @@ def _rows(n, seed=0):
 def _write_jsonl(path, X, bad=None):
     """JSONL of X; ``bad`` maps a line number to a raw line inserted there."""
     bad = bad or {}
-    lines, i = [], 0
-    for x in X:
+    lines = []
+    for i, x in enumerate(X):
         while len(lines) in bad:
             lines.append(bad[len(lines)])
         lines.append(json.dumps({"a": x[0], "b": x[1], "c": x[2], "timestamp": i, "id": f"r{i}"}))
-        i += 1
     path.write_text("\n".join(lines) + "\n")
     return len(lines)
 

@@ -216,7 +216,7 @@ def test_checkpoint_corrupt_falls_back_then_refuses(tmp_path, caplog):
     assert "skipping unusable checkpoint" in caplog.text
     for p in store.paths()[:-1]:
         p.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="no usable checkpoint.*--fresh"):
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*--fresh"):
         store.load_latest()
 
 

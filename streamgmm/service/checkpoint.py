@@ -143,7 +143,9 @@ def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
             errors.append(str(e))
     if paths:
         raise CheckpointError(
-            f"no usable checkpoint in {directory}: " + "; ".join(errors) + " (start over with --fresh)"
+            f"no usable checkpoint in {directory}: "
+            + "; ".join(errors)
+            + " (start over with --fresh)"
         )
     return None
 

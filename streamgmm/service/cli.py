@@ -96,17 +96,19 @@ def _parser() -> argparse.ArgumentParser:
         "learning it, flags anomalies, checkpoints model + offsets.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    S = argparse.SUPPRESS  # noqa: N806 - unset flags must not override YAML/env
+    S = argparse.SUPPRESS
 
-    r = sub.add_parser("run", help="process a file, stdin or Kafka topics",
-                       argument_default=S)
+    r = sub.add_parser("run", help="process a file, stdin or Kafka topics", argument_default=S)
     r.add_argument("--config", help="YAML configuration file (see configs/)")
     g = r.add_argument_group("file mode")
     g.add_argument("--input", metavar="PATH|-", help="JSONL or CSV file, or - for stdin")
     g.add_argument("--input-format", choices=["auto", "jsonl", "csv"])
     g.add_argument("--output", metavar="PATH|-", help="JSONL output (default stdout)")
-    g.add_argument("--dead-letter", metavar="PATH",
-                   help="JSONL dead letters (default <output>.dlq.jsonl, stderr for stdout)")
+    g.add_argument(
+        "--dead-letter",
+        metavar="PATH",
+        help="JSONL dead letters (default <output>.dlq.jsonl, stderr for stdout)",
+    )
     g = r.add_argument_group("Kafka mode")
     g.add_argument("--bootstrap-servers", metavar="HOST:PORT")
     g.add_argument("--topic", help="input topic(s), comma separated")
@@ -115,8 +117,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--group-id")
     g.add_argument("--max-poll-records")
     g = r.add_argument_group("records")
-    g.add_argument("--features", metavar="a,b,c",
-                   help="feature fields (default: numeric fields of the first valid record)")
+    g.add_argument(
+        "--features",
+        metavar="a,b,c",
+        help="feature fields (default: numeric fields of the first valid record)",
+    )
     g.add_argument("--key-field")
     g.add_argument("--timestamp-field")
     g.add_argument("--vector-field", help="read the features as an array in this field")
@@ -129,8 +134,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-every", metavar="N", help="records between checkpoints")
     g.add_argument("--checkpoint-interval", metavar="SECONDS")
     g.add_argument("--keep-checkpoints", metavar="N")
-    g.add_argument("--fresh", action="store_const", const=True,
-                   help="ignore existing checkpoints and start a new model")
+    g.add_argument(
+        "--fresh",
+        action="store_const",
+        const=True,
+        help="ignore existing checkpoints and start a new model",
+    )
     g = r.add_argument_group("model")
     g.add_argument("--n-components")
     g.add_argument("--covariance-type")
@@ -139,8 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--n-init")
     g.add_argument("--random-state")
     g.add_argument("--false-alarm-rate")
-    g.add_argument("--no-gate", dest="gate", action="store_const", const=False,
-                   help="learn from flagged records too")
+    g.add_argument(
+        "--no-gate",
+        dest="gate",
+        action="store_const",
+        const=False,
+        help="learn from flagged records too",
+    )
     g = r.add_argument_group("operations")
     g.add_argument("--metrics-port", help="serve /metrics and /healthz on this port (0: any)")
     g.add_argument("--metrics-host")
@@ -258,12 +272,16 @@ def _inspect(ns) -> int:
         return 0
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["created"] or 0))
     print(f"checkpoint   {s['path']} (#{s['seq']}, {created})")
-    print(f"model        {s['n_components']} components, {s['covariance_type']} covariance, "
-          f"{s['n_samples_seen']} rows learned" + (" (warming up)" if s["warming_up"] else ""))
+    print(
+        f"model        {s['n_components']} components, {s['covariance_type']} covariance, "
+        f"{s['n_samples_seen']} rows learned" + (" (warming up)" if s["warming_up"] else "")
+    )
     print(f"features     {', '.join(s['features'] or []) or '(not fixed yet)'}")
     c = s["counts"] or {}
-    print(f"records      {c.get('in', 0)} in, {c.get('out', 0)} out, {c.get('dead', 0)} dead "
-          f"letters, {c.get('anomalies', 0)} anomalies")
+    print(
+        f"records      {c.get('in', 0)} in, {c.get('out', 0)} out, {c.get('dead', 0)} dead "
+        f"letters, {c.get('anomalies', 0)} anomalies"
+    )
     thr = s["threshold"]
     print(f"threshold    {thr:.4g}" if thr is not None else "threshold    (not calibrated)")
     offs = s["offsets"] or {}

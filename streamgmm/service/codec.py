@@ -30,6 +30,16 @@ import numpy as np
 
 from .records import RawRecord
 
+try:  # optional accelerator (several times faster JSON); stdlib json gives identical decisions
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
+try:  # the C string quoter behind json.dumps, without json.dumps' per-call overhead
+    from json.encoder import c_encode_basestring as _quote
+except ImportError:  # pragma: no cover - pure-Python json build
+    from json.encoder import py_encode_basestring as _quote
+
 __all__ = ["DecodedBatch", "Decoder", "encode_dead_letter", "encode_outputs", "output_key"]
 
 
@@ -48,7 +58,19 @@ class _NonFinite:
 # One decoder built once: json.loads(..., parse_constant=...) would build one per call.
 _JSON = json.JSONDecoder(parse_constant=_NonFinite)
 _NUMBER = (int, float)
-_NONFINITE_WORDS = {"nan", "+nan", "-nan", "inf", "+inf", "-inf", "infinity", "+infinity", "-infinity"}
+_NUMERIC_TYPES = frozenset(_NUMBER)
+_FALLBACK = object()
+_NONFINITE_WORDS = {
+    "nan",
+    "+nan",
+    "-nan",
+    "inf",
+    "+inf",
+    "-inf",
+    "infinity",
+    "+infinity",
+    "-infinity",
+}
 
 
 @dataclass
@@ -168,6 +190,12 @@ class Decoder:
             out.append(v)
         return out
 
+    def _reason(self, obj: dict) -> str:
+        try:
+            return self._why_json(obj) or "invalid features"
+        except OverflowError:
+            return "a feature overflows float64"
+
     # -- batch decoding -------------------------------------------------------------------
     def decode_batch(self, batch: Sequence[RawRecord]) -> DecodedBatch:
         """Decode one mini-batch; never raises on bad input."""
@@ -178,6 +206,9 @@ class Decoder:
         dead: list[tuple[int, str]] = []
         maxb = self.max_record_bytes
         kf, tf, vf = self.key_field, self.timestamp_field, self.vector_field
+        numeric = _NUMERIC_TYPES
+        feats = self.features
+        nfeat = len(feats) if feats is not None else 0
         for i, rec in enumerate(batch):
             value = rec.value
             if len(value) > maxb:
@@ -191,9 +222,17 @@ class Decoder:
                     continue
                 obj = parsed
             else:
+                if _orjson is not None:
+                    try:
+                        obj = _orjson.loads(value)
+                    except _orjson.JSONDecodeError:
+                        obj = _FALLBACK  # stdlib decides (and explains): NaN, huge ints, ...
+                else:
+                    obj = _FALLBACK
                 try:
-                    text = value.decode("utf-8") if isinstance(value, bytes) else value
-                    obj = _JSON.decode(text)
+                    if obj is _FALLBACK:
+                        text = value.decode("utf-8") if isinstance(value, bytes) else value
+                        obj = _JSON.decode(text)
                 except UnicodeDecodeError as e:
                     dead.append((i, f"not UTF-8 text: {e.reason} at byte {e.start}"))
                     continue
@@ -211,7 +250,8 @@ class Decoder:
                 if inferred is None:
                     dead.append((i, "no numeric fields to use as features"))
                     continue
-                self.features = inferred
+                self.features = feats = inferred
+                nfeat = len(feats)
             if csv:
                 row = self._csv_row(obj)
                 if isinstance(row, str):
@@ -219,26 +259,14 @@ class Decoder:
                     continue
             else:
                 try:
-                    row = obj[vf] if vf is not None else [obj[f] for f in self.features]
-                except KeyError:
-                    row = None
-                # Fast check: exact int/float types only (bool, str, None, NaN markers fail).
-                try:
-                    ok = (
-                        row is not None
-                        and type(row) is list
-                        and len(row) == len(self.features)
-                        and all(type(x) is float or type(x) is int for x in row)
-                        and all(math.isfinite(x) for x in row)
-                    )
-                except OverflowError:  # an integer beyond float64
+                    row = obj[vf] if vf is not None else [obj[f] for f in feats]
+                    # Fast check: exact int/float types only (bool, str, None, NaN markers fail);
+                    # finiteness is checked for the whole batch at once below.
+                    ok = type(row) is list and len(row) == nfeat and numeric >= set(map(type, row))
+                except (KeyError, TypeError):
                     ok = False
                 if not ok:
-                    try:
-                        reason = self._why_json(obj)
-                    except OverflowError:
-                        reason = "a feature overflows float64"
-                    dead.append((i, reason or "invalid features"))
+                    dead.append((i, self._reason(obj)))
                     continue
             rows.append(i)
             vecs.append(row)
@@ -251,14 +279,23 @@ class Decoder:
         d = len(self.features) if self.features is not None else 0
         if not vecs:
             return DecodedBatch(np.empty((0, d), dtype=np.float64), rows, keys, stamps, dead)
-        X = np.array(vecs, dtype=np.float64)
-        big = np.abs(X) > self.max_abs
+        try:
+            X = np.array(vecs, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: rebuild row by row
+            X = np.array([[_to_float(v) for v in row] for row in vecs], dtype=np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            big = ~(np.abs(X) <= self.max_abs)  # also catches inf from 1e400 / huge ints
         if big.any():
             # Finite but so large that squares overflow: the model refuses them, so must we.
             keep = ~big.any(axis=1)
             for j in np.flatnonzero(~keep):
-                name = self.features[int(np.argmax(big[j]))]
-                dead.append((rows[j], f"feature '{name}' overflows (|value| > {self.max_abs:g})"))
+                col = int(np.argmax(big[j]))
+                name = self.features[col]
+                if np.isinf(X[j, col]):
+                    why = f"feature '{name}' overflows float64"
+                else:
+                    why = f"feature '{name}' overflows: |value| > {self.max_abs:g} is not supported"
+                dead.append((rows[j], why))
             dead.sort()
             X = X[keep]
             sel = np.flatnonzero(keep).tolist()
@@ -266,6 +303,13 @@ class Decoder:
             keys = [keys[j] for j in sel]
             stamps = [stamps[j] for j in sel]
         return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+def _to_float(v) -> float:
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
 
 
 def _json_type(obj: Any) -> str:
@@ -290,16 +334,22 @@ def _jnum(x: float) -> str:
 def _key_json(k: Any) -> str:
     if k is None:
         return "null"
-    if isinstance(k, bytes):
-        k = k.decode("utf-8", "replace")
+    if type(k) is bytes:
+        return _quote(k.decode("utf-8", "replace"))
+    if type(k) is str:
+        return _quote(k)
     return json.dumps(k)
+
+
+def _ts_json(ts: Any) -> str:
+    return str(ts) if type(ts) is int else json.dumps(ts)
 
 
 def source_prefix(rec: RawRecord) -> str:
     """JSON of the source coordinates up to the offset, e.g. ``{"topic":"t","partition":0,``."""
     if rec.topic is not None:
-        return '{"topic":%s,"partition":%d,"offset":' % (json.dumps(rec.topic), rec.partition)
-    return '{"file":%s,"partition":%d,"offset":' % (json.dumps(rec.file), rec.partition)
+        return '{"topic":%s,"partition":%d,"offset":' % (json.dumps(rec.topic), rec.partition)  # noqa: UP031 - %-formatting is the fastest here
+    return '{"file":%s,"partition":%d,"offset":' % (json.dumps(rec.file), rec.partition)  # noqa: UP031 - %-formatting is the fastest here
 
 
 def output_key(rec: RawRecord) -> bytes:
@@ -324,13 +374,17 @@ def encode_outputs(
     Floats are written with ``repr`` (shortest round-trip form) rather than ``json.dumps`` of a
     dict: the string template is several times faster and this runs for every record.
     """
+    if _orjson is not None:
+        return _encode_outputs_orjson(
+            batch, decoded, log_density, proba, threshold, anomaly, model_version
+        )
     cache: dict[tuple, str] = {}
     ld = log_density.tolist()
     pr = proba.tolist()
     an = anomaly.tolist()
     cl = np.argmax(proba, axis=1).tolist() if proba.shape[1] else [0] * len(ld)
     thr = _jnum(float(threshold))
-    tail = ',"threshold":%s,"model_version":%d' % (thr, model_version)
+    tail = ',"threshold":%s,"model_version":%d' % (thr, model_version)  # noqa: UP031 - %-formatting is the fastest here
     out = []
     for j, i in enumerate(decoded.rows):
         rec = batch[i]
@@ -341,7 +395,7 @@ def encode_outputs(
         x = ld[j]
         finite = math.isfinite(x)
         s = (
-            '%s%d},"key":%s,"probabilities":[%s],"cluster":%d,"log_density":%s,"score":%s,'
+            '%s%d},"key":%s,"probabilities":[%s],"cluster":%d,"log_density":%s,"score":%s,'  # noqa: UP031 - %-formatting is the fastest here
             '"anomaly":%s%s'
             % (
                 pre,
@@ -357,10 +411,49 @@ def encode_outputs(
         )
         ts = decoded.timestamps[j]
         if ts is not None:
-            s += ',"timestamp":' + json.dumps(ts) + "}"
+            s += ',"timestamp":' + _ts_json(ts) + "}"
         else:
             s += "}"
         out.append(s)
+    return out
+
+
+def _encode_outputs_orjson(batch, decoded, log_density, proba, threshold, anomaly, model_version):
+    # Same fields and order as the string template; orjson writes NaN/inf as null.
+    dumps = _orjson.dumps
+    ld = log_density.tolist()
+    pr = proba.tolist()
+    an = anomaly.tolist()
+    cl = np.argmax(proba, axis=1).tolist() if proba.shape[1] else [0] * len(ld)
+    thr = float(threshold)
+    keys, stamps = decoded.keys, decoded.timestamps
+    out = []
+    for j, i in enumerate(decoded.rows):
+        rec = batch[i]
+        src = (
+            {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+            if rec.topic is not None
+            else {"file": rec.file, "partition": rec.partition, "offset": rec.offset}
+        )
+        k = keys[j]
+        if type(k) is bytes:
+            k = k.decode("utf-8", "replace")
+        x = ld[j]
+        d = {
+            "source": src,
+            "key": k,
+            "probabilities": pr[j],
+            "cluster": cl[j],
+            "log_density": x,
+            "score": -x,
+            "anomaly": an[j],
+            "threshold": thr,
+            "model_version": model_version,
+        }
+        ts = stamps[j]
+        if ts is not None:
+            d["timestamp"] = ts
+        out.append(dumps(d).decode())
     return out
 
 

@@ -46,7 +46,9 @@ def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
     return X, anomalous
 
 
-def run_demo(n: int = 20000, seed: int = 7, plot: str | None = None, workdir: str | None = None) -> int:
+def run_demo(
+    n: int = 20000, seed: int = 7, plot: str | None = None, workdir: str | None = None
+) -> int:
     from .config import load_config
     from .processor import Processor
 
@@ -58,8 +60,11 @@ def run_demo(n: int = 20000, seed: int = 7, plot: str | None = None, workdir: st
     wd.mkdir(parents=True, exist_ok=True)
     X, truth = make_stream(n, seed)
     src = wd / "sensors.jsonl"
-    bad = {n // 3: "not json at all", n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
-           (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}'}
+    bad = {
+        n // 3: "not json at all",
+        n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
+        (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}',
+    }
     with open(src, "w") as f:
         for i, row in enumerate(X):
             if i in bad:
@@ -84,8 +89,8 @@ def run_demo(n: int = 20000, seed: int = 7, plot: str | None = None, workdir: st
     )
     proc = Processor(cfg, handle_signals=False)
     proc.run()
-    recs = [json.loads(line) for line in open(out)]
-    dead = [json.loads(line) for line in open(wd / "dead.jsonl")]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    dead = [json.loads(line) for line in (wd / "dead.jsonl").read_text().splitlines()]
     flags = np.array([r["anomaly"] for r in recs])
     scores = np.array([np.nan if r["score"] is None else r["score"] for r in recs])
     thr = np.array([np.nan if r["threshold"] is None else r["threshold"] for r in recs])
@@ -98,22 +103,30 @@ def run_demo(n: int = 20000, seed: int = 7, plot: str | None = None, workdir: st
     fn = int((~flags & truth & ev).sum())
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
-    print(f"streamgmm demo: {n} sensor records (3 features, 3 regimes, drift, "
-          f"{int(truth.sum())} injected anomalies) + {len(dead)} malformed lines")
-    print(f"  outputs {len(recs)}, dead letters {len(dead)} "
-          f"({'; '.join(sorted({d['error'] for d in dead}))})")
+    print(
+        f"streamgmm demo: {n} sensor records (3 features, 3 regimes, drift, "
+        f"{int(truth.sum())} injected anomalies) + {len(dead)} malformed lines"
+    )
+    print(
+        f"  outputs {len(recs)}, dead letters {len(dead)} "
+        f"({'; '.join(sorted({d['error'] for d in dead}))})"
+    )
     print(f"  rows learned {proc.model.n_samples_seen_}, anomalies flagged {int(flags.sum())}")
-    print(f"  detection after warm-up: precision {precision:.3f}  recall {recall:.3f}  "
-          f"(tp {tp}, fp {fp}, fn {fn})")
+    print(
+        f"  detection after warm-up: precision {precision:.3f}  recall {recall:.3f}  "
+        f"(tp {tp}, fp {fp}, fn {fn})"
+    )
     # Right after the abrupt pressure jump every reading looks anomalous until the gate sees
     # sustained flagging (drift), learns from everything again and the model re-adapts.
     calm = ev & ~((np.arange(n) >= int(0.6 * n)) & (np.arange(n) < int(0.6 * n) + 1500))
     tp2 = int((flags & truth & calm).sum())
     fp2 = int((flags & ~truth & calm).sum())
     fn2 = int((~flags & truth & calm).sum())
-    print(f"  excluding the 1500 records after the abrupt jump: precision "
-          f"{tp2 / max(tp2 + fp2, 1):.3f}  recall {tp2 / max(tp2 + fn2, 1):.3f}  "
-          f"(tp {tp2}, fp {fp2}, fn {fn2})")
+    print(
+        f"  excluding the 1500 records after the abrupt jump: precision "
+        f"{tp2 / max(tp2 + fp2, 1):.3f}  recall {tp2 / max(tp2 + fn2, 1):.3f}  "
+        f"(tp {tp2}, fp {fp2}, fn {fn2})"
+    )
     if plot:
         _plot(plot, X, truth, flags, scores, thr, clusters, proc.model)
         print(f"  plot written to {plot}")
@@ -137,15 +150,31 @@ def _plot(path, X, truth, flags, scores, thr, clusters, model) -> None:
     m = last & flags
     ax1.scatter(X[m, 0], X[m, 1], s=25, marker="x", c="k", label="flagged")
     m = last & truth & ~flags
-    ax1.scatter(X[m, 0], X[m, 1], s=25, marker="o", facecolors="none", edgecolors="r",
-                label="missed anomaly")
+    ax1.scatter(
+        X[m, 0],
+        X[m, 1],
+        s=25,
+        marker="o",
+        facecolors="none",
+        edgecolors="r",
+        label="missed anomaly",
+    )
     covs = model._covariance_matrices()
     for k, (mu, cov) in enumerate(zip(model.means_, covs, strict=True)):
         vals, vecs = np.linalg.eigh(cov[:2, :2])
         angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
         for nsig in (1, 2):
-            ax1.add_patch(Ellipse(mu[:2], 2 * nsig * math.sqrt(vals[1]), 2 * nsig * math.sqrt(vals[0]),
-                                  angle=angle, fill=False, lw=1.2, color=plt.cm.tab10(k % 10)))
+            ax1.add_patch(
+                Ellipse(
+                    mu[:2],
+                    2 * nsig * math.sqrt(vals[1]),
+                    2 * nsig * math.sqrt(vals[0]),
+                    angle=angle,
+                    fill=False,
+                    lw=1.2,
+                    color=plt.cm.tab10(k % 10),
+                )
+            )
     ax1.set_xlabel("temperature")
     ax1.set_ylabel("pressure")
     ax1.set_title("last 30% of the stream, coloured by cluster (final components)")

@@ -32,7 +32,9 @@ class Metrics:
         self.records_in = Counter("streamgmm_records_in", "Input records read", registry=r)
         self.records_out = Counter("streamgmm_records_out", "Output records written", registry=r)
         self.dead_letters = Counter(
-            "streamgmm_dead_letters", "Invalid input records sent to the dead-letter sink", registry=r
+            "streamgmm_dead_letters",
+            "Invalid input records sent to the dead-letter sink",
+            registry=r,
         )
         self.anomalies = Counter("streamgmm_anomalies", "Records flagged as anomalies", registry=r)
         self.checkpoints = Counter("streamgmm_checkpoints", "Checkpoints written", registry=r)
@@ -42,7 +44,9 @@ class Metrics:
         self.samples_seen = Gauge(
             "streamgmm_model_samples_seen", "Rows the model has learned from", registry=r
         )
-        self.threshold = Gauge("streamgmm_anomaly_threshold", "Current anomaly threshold", registry=r)
+        self.threshold = Gauge(
+            "streamgmm_anomaly_threshold", "Current anomaly threshold", registry=r
+        )
         self.batch_latency = Histogram(
             "streamgmm_batch_latency_seconds",
             "Time to decode, score, learn and encode one mini-batch",

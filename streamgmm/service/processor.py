@@ -123,7 +123,9 @@ class Processor:
         self.offsets: dict = {}
         self.counts = {"in": 0, "out": 0, "dead": 0, "anomalies": 0}
         self.sink_sizes: dict[str, int] = {}
-        self.store = CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
+        self.store = (
+            CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
+        )
         self._stop = False
         self._processing = False
         self.source = None
@@ -147,7 +149,9 @@ class Processor:
             self.restored_from = ck.path
             log.info(
                 "restored checkpoint %s: %d rows learned, offsets %s",
-                ck.path.name, self._n_seen(), off,
+                ck.path.name,
+                self._n_seen(),
+                off,
             )
         else:
             self.model, self.gate = build_model(cfg)
@@ -263,11 +267,16 @@ class Processor:
             g_arrays, g_meta = self.gate.get_state()
             arrays = {f"model.{k}": v for k, v in m_arrays.items()}
             arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
-            kafka_offs = {f"{k[0]}:{k[1]}": o for k, o in self.offsets.items() if isinstance(k, tuple)}
+            kafka_offs = {
+                f"{k[0]}:{k[1]}": o for k, o in self.offsets.items() if isinstance(k, tuple)
+            }
             file_offs = {k: o for k, o in self.offsets.items() if isinstance(k, str)}
             meta = {
                 "fingerprint": self.cfg.fingerprint(),
-                "config": {"model": self.cfg.model.model_dump(), "gate": self.cfg.gate.model_dump()},
+                "config": {
+                    "model": self.cfg.model.model_dump(),
+                    "gate": self.cfg.gate.model_dump(),
+                },
                 "features": self.decoder.features,
                 "offsets": {"kafka": kafka_offs, "files": file_offs},
                 "sinks": dict(self.sink_sizes),
@@ -301,6 +310,8 @@ class Processor:
         offsets = self.offsets
         if batch[0].topic is None:
             offsets[self.source.identity] = batch[-1].offset + 1
+        elif isinstance(self.source, KafkaSource):
+            offsets.update(self.source.next_offsets)
         else:
             for r in batch:
                 offsets[(r.topic, r.partition)] = r.offset + 1
@@ -397,8 +408,11 @@ class Processor:
             self._checkpoint()
             log.info(
                 "stopped: %d records in, %d out, %d dead letters, %d anomalies, %d rows learned",
-                self.counts["in"], self.counts["out"], self.counts["dead"],
-                self.counts["anomalies"], self._n_seen(),
+                self.counts["in"],
+                self.counts["out"],
+                self.counts["dead"],
+                self.counts["anomalies"],
+                self._n_seen(),
             )
             return 0
         finally:
@@ -435,7 +449,9 @@ class Processor:
                         lag = self.source.lag(self.offsets)
                         if lag is not None:
                             self.metrics.consumer_lag.set(lag)
-                elif cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout:
+                elif (
+                    cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout
+                ):
                     log.info("no input for %.1f s: stopping", cfg.idle_timeout)
                     break
                 if self._stop:
@@ -444,7 +460,8 @@ class Processor:
                     log.info("max_records=%d reached: stopping", cfg.max_records)
                     break
                 if (every_n is not None and self._since_ckpt >= every_n) or (
-                    every_t is not None and time.monotonic() - self._last_ckpt >= every_t
+                    every_t is not None
+                    and time.monotonic() - self._last_ckpt >= every_t
                     and self._since_ckpt > 0
                 ):
                     self._checkpoint()
@@ -467,8 +484,14 @@ class Processor:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=self.source.size, unit="B", unit_scale=True, desc="streamgmm",
-                    initial=0, file=sys.stderr)
+        return tqdm(
+            total=self.source.size,
+            unit="B",
+            unit_scale=True,
+            desc="streamgmm",
+            initial=0,
+            file=sys.stderr,
+        )
 
     def _close(self) -> None:
         for name in ("out", "dead"):

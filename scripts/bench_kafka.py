@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""End-to-end throughput of the stream processor vs a bare kafka-python consume->produce pipe.
+
+Both read the same topic of K=5, D=10 JSON records in the same run, with the same consumer and
+producer settings; the processor also decodes, scores, learns, encodes and checkpoints.  Target:
+processor >= 0.7 x bare pipe.  Also reports the file path (JSONL in -> JSONL out) in records/s.
+
+    python scripts/bench_kafka.py [--n 200000] [--rounds 2]
+
+Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts a broker with scripts/kafka_broker.py and
+stops it (by its pid) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from streamgmm.service.config import load_config  # noqa: E402
+from streamgmm.service.processor import Processor  # noqa: E402
+
+K, D = 5, 10
+FEATURES = [f"f{j}" for j in range(D)]
+MAX_POLL = 2000
+LINGER = 5
+BATCH_BYTES = 262144
+
+
+def _broker():
+    spec = importlib.util.spec_from_file_location("kafka_broker", HERE / "kafka_broker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.start_broker(owner_pid=os.getpid())
+
+
+def make_records(n: int, seed: int = 0) -> list[bytes]:
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 4, (K, D))
+    X = means[rng.integers(0, K, n)] + rng.standard_normal((n, D))
+    return [json.dumps(dict(zip(FEATURES, map(float, row), strict=True))).encode() for row in X]
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=LINGER, batch_size=BATCH_BYTES)
+    for i, v in enumerate(values):
+        p.send(topic, value=v, key=str(i).encode())
+    p.flush()
+    p.close()
+
+
+def bare_pipe(bootstrap: str, tin: str, tout: str, n: int) -> float:
+    """Consume n records and produce each unchanged: the floor any Kafka processor pays."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    t0 = time.perf_counter()
+    c = KafkaConsumer(
+        tin,
+        bootstrap_servers=bootstrap,
+        group_id=f"bare-{uuid.uuid4().hex[:6]}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=MAX_POLL,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=LINGER, batch_size=BATCH_BYTES)
+    seen = 0
+    while seen < n:
+        for msgs in c.poll(timeout_ms=200, max_records=MAX_POLL).values():
+            for m in msgs:
+                p.send(tout, value=m.value, key=m.key)
+            seen += len(msgs)
+    p.flush()
+    c.commit()
+    # Closing counts on both sides: the processor's run() also ends with closing its clients.
+    p.close()
+    c.close()
+    return time.perf_counter() - t0
+
+
+def processor(bootstrap: str, tin: str, tout: str, n: int, ckdir: str) -> tuple[float, Processor]:
+    cfg = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "topics": [tin],
+                "output_topic": tout,
+                "group_id": f"sgmm-{uuid.uuid4().hex[:6]}",
+                "max_poll_records": MAX_POLL,
+                "linger_ms": LINGER,
+                "producer_batch_size": BATCH_BYTES,
+            },
+            "features": FEATURES,
+            "model": {"n_components": K, "random_state": 0},
+            # time-based checkpoints (each one waits for every output to be acknowledged)
+            "checkpoint": {"dir": ckdir, "every_records": None, "every_seconds": 5.0},
+            "max_records": n,
+            "log_level": "WARNING",
+        },
+        env={},
+    )
+    t0 = time.perf_counter()
+    proc = Processor(cfg, handle_signals=False)
+    proc.run()
+    return time.perf_counter() - t0, proc
+
+
+def file_path(values: list[bytes], workdir: str) -> float:
+    inp = Path(workdir) / "bench.jsonl"
+    inp.write_bytes(b"\n".join(values) + b"\n")
+    cfg = load_config(
+        overrides={
+            "input": {"path": str(inp)},
+            "output": {"path": str(Path(workdir) / "out.jsonl")},
+            "features": FEATURES,
+            "model": {"n_components": K, "random_state": 0},
+            "checkpoint": {"dir": str(Path(workdir) / "ck-file"), "every_records": 50000},
+            "batch_size": 1000,
+            "progress": False,
+            "log_level": "WARNING",
+        },
+        env={},
+    )
+    t0 = time.perf_counter()
+    Processor(cfg, handle_signals=False).run()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=2, help="alternating rounds; best of each")
+    args = ap.parse_args()
+    import logging
+
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = _broker()
+        bootstrap = broker.bootstrap
+    try:
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        values = make_records(args.n)
+        tag = uuid.uuid4().hex[:6]
+        tin = f"bench-in-{tag}"
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        outs = [f"bench-out-{tag}-{i}" for i in range(2 * args.rounds)]
+        admin.create_topics([NewTopic(t, 1, 1) for t in [tin, *outs]])
+        admin.close()
+        produce(bootstrap, tin, values)
+        print(f"topic {tin}: {args.n} JSON records, K={K} D={D}, 1 partition; broker {bootstrap}")
+        bare, ours = [], []
+        with tempfile.TemporaryDirectory() as wd:
+            for r in range(args.rounds):
+                dt = bare_pipe(bootstrap, tin, outs[2 * r], args.n)
+                bare.append(args.n / dt)
+                dt, proc = processor(
+                    bootstrap, tin, outs[2 * r + 1], args.n, str(Path(wd) / f"ck{r}")
+                )
+                ours.append(proc.counts["in"] / dt)
+                print(
+                    f"round {r + 1}: bare pipe {bare[-1]:,.0f} rec/s   "
+                    f"streamgmm {ours[-1]:,.0f} rec/s   ratio {ours[-1] / bare[-1]:.2f}"
+                )
+            fdt = file_path(values, wd)
+        b, o = max(bare), max(ours)
+        print(
+            f"best: bare kafka-python pipe {b:,.0f} rec/s, streamgmm end to end {o:,.0f} rec/s "
+            f"-> ratio {o / b:.2f} (target >= 0.70)"
+        )
+        print(f"file path (JSONL -> JSONL, batch 1000): {args.n / fdt:,.0f} rec/s")
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

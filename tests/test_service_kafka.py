@@ -1,0 +1,256 @@
+"""The stream processor against a real Apache Kafka broker (tests/conftest.py starts it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from streamgmm.service.checkpoint import latest_checkpoint
+from streamgmm.service.config import load_config
+from streamgmm.service.processor import Processor
+
+pytestmark = pytest.mark.kafka
+
+BAD = [
+    b"not json",
+    b"[1,2,3]",
+    b'{"a": 1, "b": 2}',
+    b'{"a": "x", "b": 1, "c": 2}',
+    b'{"a": NaN, "b": 1, "c": 2}',
+    b'{"a": 1e400, "b": 1, "c": 2}',
+]
+
+
+def _cli() -> list[str]:
+    exe = shutil.which("streamgmm")
+    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
+
+
+def _produce(bootstrap, topic, n, seed=0, bad_every=None, start=0):
+    """n records round-robin over partitions; every ``bad_every``-th is invalid. Returns the
+    number of valid records."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 3.0], [0.0, 7.0, -4.0]])
+    X = centres[rng.integers(0, 3, n)] + rng.standard_normal((n, 3))
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    valid = 0
+    for i, x in enumerate(X):
+        if bad_every and i % bad_every == bad_every - 1:
+            v = BAD[(i // bad_every) % len(BAD)]
+        else:
+            v = json.dumps({"a": x[0], "b": x[1], "c": x[2]}).encode()
+            valid += 1
+        p.send(topic, value=v, key=f"k{start + i}".encode())
+    p.flush()
+    p.close()
+    return valid
+
+
+def _read_all(bootstrap, topic):
+    """Every record of a topic, read without a group up to the current end offsets."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    parts = c.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in parts]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    end = c.end_offsets(tps)
+    out = []
+    deadline = time.monotonic() + 30
+    while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+        for msgs in c.poll(timeout_ms=500).values():
+            out.extend(msgs)
+    c.close()
+    return out
+
+
+def _coords(records):
+    return [
+        (
+            json.loads(m.value)["source"]["topic"],
+            json.loads(m.value)["source"]["partition"],
+            json.loads(m.value)["source"]["offset"],
+        )
+        for m in records
+    ]
+
+
+def _cfg(bootstrap, tin, tout, tdlq, group, ckdir, **over):
+    d = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "topics": [tin],
+            "output_topic": tout,
+            "dead_letter_topic": tdlq,
+            "group_id": group,
+            "max_poll_records": 500,
+        },
+        "features": ["a", "b", "c"],
+        "checkpoint": {"dir": str(ckdir), "every_records": 1000},
+        "model": {"n_components": 3, "warm_up": 300, "random_state": 0},
+        "gate": {"enabled": False},  # so that every valid record is learned exactly once
+        "idle_timeout": 2.0,
+    }
+    for k, v in over.items():
+        if isinstance(v, dict):
+            d.setdefault(k, {}).update(v)
+        else:
+            d[k] = v
+    return load_config(overrides=d, env={})
+
+
+def _input_coords(topic, bootstrap):
+    return sorted((m.topic, m.partition, m.offset) for m in _read_all(bootstrap, topic))
+
+
+def test_kafka_one_output_or_dead_letter_per_input(kafka_bootstrap, new_topic, tmp_path):
+    tin, tout, tdlq = new_topic(3), new_topic(2), new_topic(1)
+    valid = _produce(kafka_bootstrap, tin, 3000, bad_every=100)
+    proc = Processor(
+        _cfg(kafka_bootstrap, tin, tout, tdlq, "g-one", tmp_path / "ck"), handle_signals=False
+    )
+    assert proc.run() == 0
+    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    assert len(outs) == valid == 2970 and len(dead) == 30
+    assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
+    o = json.loads(outs[-1].value)
+    assert o["key"] == outs[-1].key.decode() and o["key"].startswith("k")
+    assert abs(sum(o["probabilities"]) - 1) < 1e-9 and isinstance(o["timestamp"], int)
+    d = json.loads(dead[0].value)
+    assert d["error"] and d["record"].encode() in BAD
+    assert proc.model.n_samples_seen_ == valid
+    meta = latest_checkpoint(tmp_path / "ck").meta
+    assert sum(meta["offsets"]["kafka"].values()) == 3000
+    # offsets were committed for the group after the checkpoint
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id="g-one")
+    committed = {p: c.committed(TopicPartition(tin, p)) for p in range(3)}
+    c.close()
+    assert {f"{tin}:{p}": o for p, o in committed.items()} == meta["offsets"]["kafka"]
+
+
+def test_kafka_stop_restart_resumes_without_relearning(kafka_bootstrap, new_topic, tmp_path):
+    tin, tout, tdlq = new_topic(2), new_topic(1), new_topic(1)
+    valid = _produce(kafka_bootstrap, tin, 2000, bad_every=50)
+    ck = tmp_path / "ck"
+    p1 = Processor(
+        _cfg(kafka_bootstrap, tin, tout, tdlq, "g-rs", ck, max_records=900), handle_signals=False
+    )
+    assert p1.run() == 0
+    first = p1.counts["in"]
+    assert 900 <= first < 2000
+    valid += _produce(kafka_bootstrap, tin, 1000, seed=1, bad_every=50, start=2000)
+    p2 = Processor(_cfg(kafka_bootstrap, tin, tout, tdlq, "g-rs", ck), handle_signals=False)
+    assert p2.restored_from is not None
+    assert p2.run() == 0
+    assert p2.model.n_samples_seen_ == valid  # nothing learned twice, nothing skipped
+    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
+
+
+def test_kafka_sigterm_mid_stream(kafka_bootstrap, new_topic, tmp_path):
+    tin, tout, tdlq = new_topic(2), new_topic(1), new_topic(1)
+    valid = _produce(kafka_bootstrap, tin, 30000, bad_every=1000)
+    ck = tmp_path / "ck"
+    cmd = [
+        *_cli(),
+        "run",
+        "--bootstrap-servers",
+        kafka_bootstrap,
+        "--topic",
+        tin,
+        "--output-topic",
+        tout,
+        "--dead-letter-topic",
+        tdlq,
+        "--group-id",
+        "g-term",
+        "--checkpoint-dir",
+        str(ck),
+        "--checkpoint-every",
+        "2000",
+        "--features",
+        "a,b,c",
+        "--warm-up",
+        "300",
+        "--no-gate",
+        "--max-poll-records",
+        "200",
+        "--idle-timeout",
+        "3",
+    ]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    while not list(ck.glob("ckpt-*.npz")) and time.monotonic() < end:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    meta = latest_checkpoint(ck).meta
+    done = sum(meta["offsets"]["kafka"].values())
+    assert 0 < done < 30000, "SIGTERM should arrive mid-stream"
+    assert len(_read_all(kafka_bootstrap, tout)) + len(_read_all(kafka_bootstrap, tdlq)) == done
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    meta = latest_checkpoint(ck).meta
+    assert meta["n_samples_seen"] == valid
+    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
+
+
+def test_kafka_two_instances_split_partitions(kafka_bootstrap, new_topic, tmp_path):
+    tin, tout, tdlq = new_topic(4), new_topic(2), new_topic(1)
+    valid = _produce(kafka_bootstrap, tin, 30000, bad_every=200)
+    procs = []
+    for i in range(2):
+        cmd = [
+            *_cli(),
+            "run",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--topic",
+            tin,
+            "--output-topic",
+            tout,
+            "--dead-letter-topic",
+            tdlq,
+            "--group-id",
+            "g-two",
+            "--checkpoint-dir",
+            str(tmp_path / f"ck{i}"),
+            "--features",
+            "a,b,c",
+            "--warm-up",
+            "300",
+            "--no-gate",
+            "--max-poll-records",
+            "100",
+            "--idle-timeout",
+            "5",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "STREAMGMM_LOG_FORMAT": "text"},
+            )
+        )
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    metas = [latest_checkpoint(tmp_path / f"ck{i}").meta for i in range(2)]
+    # both instances worked, on different partitions at the end
+    assert all(m["n_samples_seen"] > 0 for m in metas)
+    assert not set(metas[0]["offsets"]["kafka"]) & set(metas[1]["offsets"]["kafka"])
+    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    got = _coords(outs) + _coords(dead)
+    assert sorted(set(got)) == _input_coords(tin, kafka_bootstrap)  # nothing lost
+    # a rebalance replays at most what was in flight, never learned twice by one model
+    assert sum(m["n_samples_seen"] for m in metas) <= valid + (len(got) - len(set(got)))
