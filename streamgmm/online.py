@@ -137,7 +137,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         "half_life": [Interval(Real, 0, None, closed="neither"), None],
         "step_exponent": [Interval(Real, 0.5, 1.0, closed="right")],
         "step_offset": [Interval(Real, 0, None, closed="left")],
-        "warm_up": [Interval(Integral, 1, None, closed="left"), None],
+        "warm_up": [Interval(Integral, 2, None, closed="left"), None],
         "n_init": [Interval(Integral, 1, None, closed="left")],
         "init_params": [StrOptions({"k-means++", "random_from_data"})],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],

@@ -141,7 +141,7 @@ def _streams(draw):
 def test_any_shape_scale_or_degenerate_stream_stays_finite(case):
     X, k, covariance_type, batch = case
     model = OnlineGaussianMixture(
-        k, covariance_type=covariance_type, warm_up=max(k, len(X) // 3), random_state=0
+        k, covariance_type=covariance_type, warm_up=max(k, 2, len(X) // 3), random_state=0
     )
     for i in range(0, len(X), batch):
         model.partial_fit(X[i : i + batch])

@@ -31,32 +31,12 @@ from streamgmm._missing import learn_one_partial, marginal_log_prob
 
 from ._features import canonical_order, count_unseen, record_values, to_vector
 
-_COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _check_core_params(p: Any) -> None:
-    _check_int("n_components", p.n_components, 1)
-    if p.covariance_type not in _COVARIANCE_TYPES:
-        raise ValueError(
-            f"covariance_type must be one of {_COVARIANCE_TYPES}, got {p.covariance_type!r}"
-        )
-    if p.half_life is not None and not (p.half_life > 0):
-        raise ValueError(f"half_life must be None or > 0, got {p.half_life!r}")
-    if not (0.5 < p.step_exponent <= 1.0):
-        raise ValueError(f"step_exponent must be in (0.5, 1], got {p.step_exponent!r}")
-    if not (p.step_offset >= 0):
-        raise ValueError(f"step_offset must be >= 0, got {p.step_offset!r}")
-    if p.warm_up is not None:
-        _check_int("warm_up", p.warm_up, 2)
-    _check_int("n_init", p.n_init, 1)
-    if not (p.reg_covar >= 0) or math.isinf(p.reg_covar):
-        raise ValueError(f"reg_covar must be finite and >= 0, got {p.reg_covar!r}")
+def _check_core_params(adapter: Any) -> None:
+    """Validate the core's parameters where the adapter is built (River checks at init)."""
+    OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
 
 
 class MixtureAdapter:
@@ -234,7 +214,7 @@ class MixtureAdapter:
             return np.full(k, 1.0 / k)
         z, missing = self._standardised(x)
         if not missing:
-            return np.asarray(self._model.predict_proba(z[None, :])[0], dtype=np.float64)
+            return self._model._proba_one(z)[1]
         observed = ~np.isnan(z)
         _, resp = marginal_log_prob(self._model, z, observed)
         return resp

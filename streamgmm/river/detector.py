@@ -9,7 +9,7 @@ from river import base
 
 from streamgmm.anomaly import AnomalyGate
 
-from ._base import MixtureAdapter, _check_core_params, _check_int
+from ._base import MixtureAdapter, _check_core_params
 
 __all__ = ["GaussianMixtureDetector"]
 
@@ -154,14 +154,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self.gating = gating
         self.seed = seed
         _check_core_params(self)
-        if not (0.0 < false_alarm_rate < 1.0):
-            raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate!r}")
-        _check_int("refresh_every", refresh_every, 1)
-        _check_int("n_calibration", n_calibration, 10)
-        _check_int("drift_window", drift_window, 1)
-        if not (drift_factor > 1.0):
-            raise ValueError(f"drift_factor must be > 1, got {drift_factor!r}")
-        self._reset()
+        self._reset()  # builds the AnomalyGate, which validates its own parameters
 
     def _reset(self) -> None:
         super()._reset()
