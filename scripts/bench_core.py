@@ -8,7 +8,9 @@ Prints, on the same data (a known K=5, D=10 mixture):
 - batch-size invariance: held-out log-likelihood after one pass with B in {1, 10, 100, 1000};
 - mini-batch throughput (K=5, D=10, B=1000), samples/s;
 - per-sample cost of ``partial_fit`` on one row (public API, with validation) and of the
-  compiled fast path ``_learn_one`` / ``_score_one`` that the River estimators use.
+  compiled fast path ``_learn_one`` / ``_score_one`` that the River estimators use;
+- memory over a 1M-record stream: the model state's size and the process's resident memory,
+  sampled every 100k records (they must stay flat: the state is O(K D^2)).
 
 BLAS is limited to one thread for both sides (threadpoolctl), so the figures are "one core".
 """
@@ -16,6 +18,7 @@ BLAS is limited to one thread for both sides (threadpoolctl), so the figures are
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -37,6 +40,17 @@ def online_pass(X, batch_size, **params):
         for i in range(0, len(X), batch_size):
             model.partial_fit(X[i : i + batch_size])
     return model, time.perf_counter() - start
+
+
+def resident_mib():
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def state_bytes(model):
+    arrays, _ = model.get_state()
+    return sum(a.nbytes for a in arrays.values())
 
 
 def best_of(repeats, fn):
@@ -122,10 +136,22 @@ def main():
         us_learn = best_of(args.repeats, per_sample(lambda m: m._learn_one))
         us_score = best_of(args.repeats, per_sample(lambda m: m._score_one))
         print("per-sample cost, K=5 D=10 (one row at a time)")
-        print(f"  partial_fit(x[None])   {us_public:6.2f} us  (public API, sklearn validation)")
+        print(f"  partial_fit(x[None])   {us_public:6.2f} us  (public API: input checks included)")
         print(f"  _learn_one(x)          {us_learn:6.2f} us  (fast path; target well under 15 us)")
         print(f"  _score_one(x)          {us_score:6.2f} us")
         print(f"  learn + score          {us_learn + us_score:6.2f} us")
+        print()
+
+        print("memory over a 1,000,000-record stream (K=5 D=10, mini-batches of 1000)")
+        model = OnlineGaussianMixture.from_state(*warm.get_state())
+        for chunk in range(10):
+            stream, _ = truth.sample(100_000, seed=100 + chunk)
+            for i in range(0, len(stream), 1000):
+                model.partial_fit(stream[i : i + 1000])
+            print(
+                f"  {model.n_samples_seen_:9,d} rows learned: state {state_bytes(model):6,d} bytes,"
+                f" process RSS {resident_mib():7.1f} MiB"
+            )
 
 
 if __name__ == "__main__":
