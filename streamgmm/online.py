@@ -75,8 +75,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     step_offset
         Offset ``t0`` of the step schedule.
     warm_up
-        Rows buffered and fitted in batch before going online.  ``None`` means
-        ``max(1000, 10 K (D + 1))``.
+        Rows buffered and fitted in batch before going online (at least 2, and never fewer
+        than K).  ``None`` means ``max(1000, 10 K (D + 1))``.
     n_init
         Initialisations of the warm-up fit; the best is kept.
     init_params
