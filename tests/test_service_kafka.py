@@ -205,9 +205,25 @@ def test_kafka_sigterm_mid_stream(kafka_bootstrap, new_topic, tmp_path):
     assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
 
 
-def test_kafka_two_instances_split_partitions(kafka_bootstrap, new_topic, tmp_path):
+def _wait_for_members(admin, group, n, timeout=60.0):
+    """Until the group is stable with n members that all hold partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        g = admin.describe_groups([group]).get(group) or {}
+        members = g.get("members") or []
+        if (
+            g.get("group_state") == "Stable"
+            and len(members) == n
+            and all(m.get("member_assignment") for m in members)
+        ):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"group {group} did not reach {n} members with partitions")
+
+
+def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_topic, tmp_path):
     tin, tout, tdlq = new_topic(4), new_topic(2), new_topic(1)
-    valid = _produce(kafka_bootstrap, tin, 30000, bad_every=200)
+    valid = _produce(kafka_bootstrap, tin, 15000, bad_every=200)
     procs = []
     for i in range(2):
         cmd = [
@@ -232,8 +248,10 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, new_topic, tmp_pa
             "--no-gate",
             "--max-poll-records",
             "100",
+            # Long enough that the first instance, having drained the first half, still waits
+            # for the second one to start and join on a loaded 2-core machine.
             "--idle-timeout",
-            "5",
+            "12",
         ]
         procs.append(
             subprocess.Popen(
@@ -243,6 +261,10 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, new_topic, tmp_pa
                 env={**os.environ, "STREAMGMM_LOG_FORMAT": "text"},
             )
         )
+    # The second half arrives once both instances share the partitions: a fast first instance
+    # could otherwise drain the topic before the second one has even started.
+    _wait_for_members(kafka_admin, "g-two", 2)
+    valid += _produce(kafka_bootstrap, tin, 15000, seed=1, bad_every=200, start=15000)
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     metas = [latest_checkpoint(tmp_path / f"ck{i}").meta for i in range(2)]

@@ -7,7 +7,9 @@ every other array's name, dtype, shape and bytes).  It is written to a temporary
 renamed into place and the directory fsynced, so a crash leaves either the old set of checkpoints
 or the old set plus one complete new file, never a torn one.  The last ``keep`` are kept; a
 checkpoint that fails its checksum or version check is skipped (logged) in favour of the
-previous one.
+previous one.  Beside each checkpoint ``N`` a batch journal ``batches-N.jsonl`` lists the Kafka
+batches processed after it (see :mod:`streamgmm.service.processor`); a write failure (disk full,
+read-only, no access) raises :class:`CheckpointWriteError` naming the directory.
 
 Example
 -------
@@ -38,11 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import faults
+
 __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
+    "CheckpointWriteError",
     "checkpoint_paths",
     "latest_checkpoint",
     "read_checkpoint",
@@ -50,12 +55,18 @@ __all__ = [
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
+_JOURNAL = re.compile(r"^batches-(\d{12})\.jsonl$")
 _META, _SUM = "__meta__", "__sha256__"
 log = logging.getLogger("streamgmm.service.checkpoint")
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used (corrupt, wrong version, or refused for the configuration)."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint (or the batch journal) cannot be written: disk full, read-only, no access.
+    The message names the directory; nothing is committed past the last durable checkpoint."""
 
 
 @dataclass
@@ -164,10 +175,17 @@ class CheckpointStore:
     def __init__(self, directory: str | os.PathLike, keep: int = 3):
         self.dir = Path(directory)
         self.keep = max(1, int(keep))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.dir.glob(".ckpt-*.tmp"):  # left by a crash mid-write
-            with contextlib.suppress(OSError):
+        try:  # fail now, clearly, rather than at the first checkpoint after minutes of work
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for stale in self.dir.glob(".ckpt-*.tmp"):  # left by a crash mid-write
                 stale.unlink()
+            fd, probe = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=self.dir)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise CheckpointError(
+                f"checkpoint directory {self.dir} is not writable: {e.strerror or e}"
+            ) from None
 
     def paths(self) -> list[Path]:
         """Checkpoint files, oldest first."""
@@ -189,22 +207,78 @@ class CheckpointStore:
         out[_META] = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
         out[_SUM] = np.frombuffer(_digest(out).encode("ascii"), dtype=np.uint8)
         final = self.dir / f"ckpt-{seq:012d}.npz"
-        fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=self.dir)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=self.dir)
+        except OSError as e:
+            raise CheckpointWriteError(
+                f"cannot write a checkpoint in {self.dir}: {e.strerror or e}"
+            ) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **out)
                 f.flush()
                 os.fsync(f.fileno())
+            faults.point("checkpoint_write")
             os.replace(tmp, final)
-        except BaseException:
+        except BaseException as e:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            if isinstance(e, OSError):  # disk full, read-only, permissions: say where
+                raise CheckpointWriteError(
+                    f"cannot write a checkpoint in {self.dir}: {e.strerror or e}"
+                ) from None
             raise
         _fsync_dir(self.dir)
         for old in self.paths()[: -self.keep]:
             with contextlib.suppress(OSError):
                 old.unlink()
+        oldest = int(_NAME.match(self.paths()[0].name).group(1))
+        for j in self.dir.glob("batches-*.jsonl"):
+            m = _JOURNAL.match(j.name)
+            if m and int(m.group(1)) < oldest:
+                with contextlib.suppress(OSError):
+                    j.unlink()
         return final
+
+    # -- batch journal ---------------------------------------------------------------------------
+    def journal_path(self, seq: int) -> Path:
+        """The batch journal of the batches processed after checkpoint ``seq`` (0: before the
+        first checkpoint)."""
+        return self.dir / f"batches-{seq:012d}.jsonl"
+
+    def journal_replay(self, seq: int) -> tuple[list[list], Path]:
+        """Batches journaled after checkpoint ``seq``, oldest first, and the journal to append
+        to.
+
+        The journals of ``seq`` and of every later checkpoint are chained: after falling back to
+        an older checkpoint (a newer one was damaged) the batches after the damaged one replay
+        too. A torn last line (a crash mid-write) ends the replay.
+        """
+        found = sorted(
+            (int(m.group(1)), p)
+            for p in self.dir.glob("batches-*.jsonl")
+            if (m := _JOURNAL.match(p.name)) and int(m.group(1)) >= seq
+        )
+        plan: list[list] = []
+        for _, p in found:
+            try:
+                text = p.read_text("utf-8")
+            except OSError as e:
+                log.error("batch journal %s unreadable (%s): replay order may differ", p, e)
+                break
+            lines = text.split("\n")
+            complete = lines[:-1]  # the last piece lacks its newline: torn or empty
+            try:
+                plan.extend(json.loads(line) for line in complete if line)
+            except ValueError as e:
+                log.error("batch journal %s damaged (%s): replay order may differ", p, e)
+                break
+        last = found[-1][1] if found else self.journal_path(seq)
+        with contextlib.suppress(OSError), open(last, "r+b") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):  # cut a torn last line before appending
+                f.truncate(data.rfind(b"\n") + 1)
+        return plan, last
 
     def load_latest(self) -> Checkpoint | None:
         """The newest checkpoint that verifies, or ``None`` if the directory has none.

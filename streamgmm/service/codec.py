@@ -4,6 +4,12 @@ Decoding is strict on purpose: a record contributes to the model only if every f
 finite JSON number (CSV: a string that parses as a finite float).  Everything else becomes a
 dead letter with a human-readable reason, and never touches the model.
 
+orjson parses and writes all JSON; the stdlib's json only handles what orjson refuses, so that
+the decisions and dead-letter reasons stay those of the stdlib (NaN/Infinity constants, numbers
+beyond float64) and odd but legal values still get written (lone surrogates from a file that is
+not UTF-8, integers beyond 64 bits).  Results and dead letters are UTF-8 ``bytes``, which the
+sinks write as they are.
+
 Example
 -------
 >>> from streamgmm.service.records import RawRecord
@@ -22,23 +28,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from .records import RawRecord
-
-try:  # optional accelerator (several times faster JSON); stdlib json gives identical decisions
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
-
-try:  # the C string quoter behind json.dumps, without json.dumps' per-call overhead
-    from json.encoder import c_encode_basestring as _quote
-except ImportError:  # pragma: no cover - pure-Python json build
-    from json.encoder import py_encode_basestring as _quote
 
 __all__ = ["DecodedBatch", "Decoder", "encode_dead_letter", "encode_outputs", "output_key"]
 
@@ -55,7 +53,12 @@ class _NonFinite:
         return self.text
 
 
-# One decoder built once: json.loads(..., parse_constant=...) would build one per call.
+# orjson parses every record; the stdlib decoder (built once: json.loads(..., parse_constant=...)
+# would build one per call) only sees what orjson rejects, to explain or decide it.
+_loads = orjson.loads
+_dumps = orjson.dumps
+_DecodeError = orjson.JSONDecodeError
+_EncodeError = orjson.JSONEncodeError
 _JSON = json.JSONDecoder(parse_constant=_NonFinite)
 _NUMBER = (int, float)
 _NUMERIC_TYPES = frozenset(_NUMBER)
@@ -200,7 +203,11 @@ class Decoder:
     def decode_batch(self, batch: Sequence[RawRecord]) -> DecodedBatch:
         """Decode one mini-batch; never raises on bad input."""
         rows: list[int] = []
-        vecs: list[list] = []
+        # Feature values of all valid rows, flat: per-row lists kept alive to the end of a
+        # 2000-record batch would be promoted by the garbage collector and make full collections
+        # more frequent.
+        flat: list = []
+        extend = flat.extend
         keys: list[Any] = []
         stamps: list[Any] = []
         dead: list[tuple[int, str]] = []
@@ -209,10 +216,15 @@ class Decoder:
         numeric = _NUMERIC_TYPES
         feats = self.features
         nfeat = len(feats) if feats is not None else 0
+        get = _row_getter(feats) if feats is not None else None
         for i, rec in enumerate(batch):
             value = rec.value
-            if len(value) > maxb:
-                dead.append((i, f"oversized: {len(value)} bytes > max_record_bytes={maxb}"))
+            try:
+                if len(value) > maxb:
+                    dead.append((i, f"oversized: {len(value)} bytes > max_record_bytes={maxb}"))
+                    continue
+            except TypeError:  # a Kafka message with a null value (tombstone)
+                dead.append((i, "no value (null Kafka message)"))
                 continue
             parsed = rec.parsed
             csv = parsed is not None
@@ -222,18 +234,22 @@ class Decoder:
                     continue
                 obj = parsed
             else:
-                if _orjson is not None:
-                    try:
-                        obj = _orjson.loads(value)
-                    except _orjson.JSONDecodeError:
-                        obj = _FALLBACK  # stdlib decides (and explains): NaN, huge ints, ...
-                else:
+                try:
+                    obj = _loads(value)
+                except _DecodeError:
+                    # orjson rejects what the stdlib parses and then explains or decides the
+                    # same way as before: NaN/Infinity (refused below with their own reason),
+                    # numbers beyond float64, invalid UTF-8, nesting limits, malformed JSON.
                     obj = _FALLBACK
                 try:
                     if obj is _FALLBACK:
-                        text = value.decode("utf-8") if isinstance(value, bytes) else value
+                        if isinstance(value, bytes):
+                            text = value.decode("utf-8")
+                        else:  # a file line read with surrogateescape: its bytes were not UTF-8
+                            text = value
+                            value.encode("utf-8")
                         obj = _JSON.decode(text)
-                except UnicodeDecodeError as e:
+                except UnicodeError as e:
                     dead.append((i, f"not UTF-8 text: {e.reason} at byte {e.start}"))
                     continue
                 except ValueError as e:
@@ -252,24 +268,33 @@ class Decoder:
                     continue
                 self.features = feats = inferred
                 nfeat = len(feats)
+                get = _row_getter(feats)
             if csv:
                 row = self._csv_row(obj)
                 if isinstance(row, str):
                     dead.append((i, row))
                     continue
             else:
+                # Fast check: exact int/float types only (bool, str, None, NaN markers fail);
+                # finiteness is checked for the whole batch at once below.
                 try:
-                    row = obj[vf] if vf is not None else [obj[f] for f in feats]
-                    # Fast check: exact int/float types only (bool, str, None, NaN markers fail);
-                    # finiteness is checked for the whole batch at once below.
-                    ok = type(row) is list and len(row) == nfeat and numeric >= set(map(type, row))
+                    if vf is None:
+                        row = get(obj)
+                        ok = numeric >= set(map(type, row))
+                    else:
+                        row = obj[vf]
+                        ok = (
+                            type(row) is list
+                            and len(row) == nfeat
+                            and numeric >= set(map(type, row))
+                        )
                 except (KeyError, TypeError):
                     ok = False
                 if not ok:
                     dead.append((i, self._reason(obj)))
                     continue
             rows.append(i)
-            vecs.append(row)
+            extend(row)
             k = rec.key
             if k is None and kf is not None:
                 k = obj.get(kf)
@@ -277,12 +302,13 @@ class Decoder:
             ts = obj.get(tf) if tf is not None else None
             stamps.append(ts if ts is not None else rec.timestamp)
         d = len(self.features) if self.features is not None else 0
-        if not vecs:
+        if not rows:
             return DecodedBatch(np.empty((0, d), dtype=np.float64), rows, keys, stamps, dead)
         try:
-            X = np.array(vecs, dtype=np.float64)
-        except OverflowError:  # an integer beyond float64: rebuild row by row
-            X = np.array([[_to_float(v) for v in row] for row in vecs], dtype=np.float64)
+            X = np.array(flat, dtype=np.float64)
+        except OverflowError:  # an integer beyond float64: convert value by value
+            X = np.array([_to_float(v) for v in flat], dtype=np.float64)
+        X = X.reshape(len(rows), d)
         with np.errstate(invalid="ignore", over="ignore"):
             big = ~(np.abs(X) <= self.max_abs)  # also catches inf from 1e400 / huge ints
         if big.any():
@@ -303,6 +329,12 @@ class Decoder:
             keys = [keys[j] for j in sel]
             stamps = [stamps[j] for j in sel]
         return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+def _row_getter(features: Sequence[str]) -> Callable[[dict], tuple]:
+    # itemgetter fetches all features in C: a tuple, faster than a list comprehension.
+    get = operator.itemgetter(*features)
+    return get if len(features) > 1 else lambda obj: (get(obj),)
 
 
 def _to_float(v) -> float:
@@ -326,37 +358,38 @@ def _short(v: Any, n: int = 40) -> str:
 
 
 # -- encoding ----------------------------------------------------------------------------
-def _jnum(x: float) -> str:
-    # JSON has no NaN/inf: non-finite numbers (no model yet, infinite threshold) become null.
-    return repr(x) if math.isfinite(x) else "null"
+# Everything leaves as UTF-8 JSON bytes, written to files and Kafka as is.  orjson writes NaN and
+# infinities as null (JSON has none): a score before any model exists, an infinite threshold.
 
 
-def _key_json(k: Any) -> str:
-    if k is None:
-        return "null"
-    if type(k) is bytes:
-        return _quote(k.decode("utf-8", "replace"))
-    if type(k) is str:
-        return _quote(k)
-    return json.dumps(k)
+def _plain(v: Any) -> Any:
+    """``v`` with non-finite floats and NaN/Infinity markers as ``None`` (for the stdlib)."""
+    if type(v) is float:
+        return v if math.isfinite(v) else None
+    if isinstance(v, _NonFinite):
+        return None
+    if isinstance(v, np.ndarray):
+        return _plain(v.tolist())
+    if type(v) is dict:
+        return {k: _plain(x) for k, x in v.items()}
+    if type(v) is list:
+        return [_plain(x) for x in v]
+    return v
 
 
-def _ts_json(ts: Any) -> str:
-    return str(ts) if type(ts) is int else json.dumps(ts)
-
-
-def source_prefix(rec: RawRecord) -> str:
-    """JSON of the source coordinates up to the offset, e.g. ``{"topic":"t","partition":0,``."""
-    if rec.topic is not None:
-        return '{"topic":%s,"partition":%d,"offset":' % (json.dumps(rec.topic), rec.partition)  # noqa: UP031 - %-formatting is the fastest here
-    return '{"file":%s,"partition":%d,"offset":' % (json.dumps(rec.file), rec.partition)  # noqa: UP031 - %-formatting is the fastest here
+def _dumps_slow(d: dict) -> bytes:
+    # What orjson refuses to write: lone surrogates (a file that is not valid UTF-8, read with
+    # surrogateescape: they turn back into the original bytes), integers beyond 64 bits and the
+    # NaN/Infinity markers of the stdlib parse, e.g. in a key or timestamp field.
+    text = json.dumps(_plain(d), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8", "surrogateescape")
 
 
 def output_key(rec: RawRecord) -> bytes:
     """Kafka key of a result: the input key, else the source coordinates (replays collide)."""
     k = rec.key
     if k is not None:
-        return k if isinstance(k, bytes) else str(k).encode()
+        return k if isinstance(k, bytes) else str(k).encode("utf-8", "surrogateescape")
     return f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
 
 
@@ -368,66 +401,23 @@ def encode_outputs(
     threshold: float,
     anomaly: np.ndarray,
     model_version: int,
-) -> list[str]:
-    """One JSON line (no newline) per valid row of ``decoded``, in the same order.
+) -> list[bytes]:
+    """One JSON document (UTF-8 bytes, no newline) per valid row of ``decoded``, in order.
 
-    Floats are written with ``repr`` (shortest round-trip form) rather than ``json.dumps`` of a
-    dict: the string template is several times faster and this runs for every record.
+    Fields: ``source``, ``key``, ``probabilities``, ``cluster``, ``log_density``, ``score``,
+    ``anomaly``, ``threshold``, ``model_version`` and ``timestamp`` if the input has one.
     """
-    if _orjson is not None:
-        return _encode_outputs_orjson(
-            batch, decoded, log_density, proba, threshold, anomaly, model_version
-        )
-    cache: dict[tuple, str] = {}
     ld = log_density.tolist()
-    pr = proba.tolist()
+    # Rows of the array go to orjson as they are (untracked views; per-row lists from tolist()
+    # would live through the batch and burden the garbage collector).
+    pr = np.ascontiguousarray(proba, dtype=np.float64)
     an = anomaly.tolist()
-    cl = np.argmax(proba, axis=1).tolist() if proba.shape[1] else [0] * len(ld)
-    thr = _jnum(float(threshold))
-    tail = ',"threshold":%s,"model_version":%d' % (thr, model_version)  # noqa: UP031 - %-formatting is the fastest here
-    out = []
-    for j, i in enumerate(decoded.rows):
-        rec = batch[i]
-        ck = (rec.topic, rec.file, rec.partition)
-        pre = cache.get(ck)
-        if pre is None:
-            pre = cache[ck] = '{"source":' + source_prefix(rec)
-        x = ld[j]
-        finite = math.isfinite(x)
-        s = (
-            '%s%d},"key":%s,"probabilities":[%s],"cluster":%d,"log_density":%s,"score":%s,'  # noqa: UP031 - %-formatting is the fastest here
-            '"anomaly":%s%s'
-            % (
-                pre,
-                rec.offset,
-                _key_json(decoded.keys[j]),
-                ",".join(map(repr, pr[j])),
-                cl[j],
-                repr(x) if finite else "null",
-                repr(-x) if finite else "null",
-                "true" if an[j] else "false",
-                tail,
-            )
-        )
-        ts = decoded.timestamps[j]
-        if ts is not None:
-            s += ',"timestamp":' + _ts_json(ts) + "}"
-        else:
-            s += "}"
-        out.append(s)
-    return out
-
-
-def _encode_outputs_orjson(batch, decoded, log_density, proba, threshold, anomaly, model_version):
-    # Same fields and order as the string template; orjson writes NaN/inf as null.
-    dumps = _orjson.dumps
-    ld = log_density.tolist()
-    pr = proba.tolist()
-    an = anomaly.tolist()
-    cl = np.argmax(proba, axis=1).tolist() if proba.shape[1] else [0] * len(ld)
+    cl = pr.argmax(axis=1).tolist() if pr.shape[1] else [0] * len(ld)
     thr = float(threshold)
     keys, stamps = decoded.keys, decoded.timestamps
-    out = []
+    dumps, opt = _dumps, orjson.OPT_SERIALIZE_NUMPY
+    out: list[bytes] = []
+    append = out.append
     for j, i in enumerate(decoded.rows):
         rec = batch[i]
         src = (
@@ -453,15 +443,24 @@ def _encode_outputs_orjson(batch, decoded, log_density, proba, threshold, anomal
         ts = stamps[j]
         if ts is not None:
             d["timestamp"] = ts
-        out.append(dumps(d).decode())
+        try:
+            append(dumps(d, option=opt))
+        except _EncodeError:
+            append(_dumps_slow(d))
     return out
 
 
-def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None) -> str:
-    """JSON dead letter: ``source``, ``key``, ``error`` and the raw ``record`` (as text)."""
+def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None) -> bytes:
+    """JSON dead letter (UTF-8 bytes): ``source``, ``key``, ``error`` and the raw ``record``.
+
+    The record is kept as text (invalid UTF-8 from Kafka replaced by U+FFFD; from a file, the
+    original bytes are written back).
+    """
     raw = rec.value
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     d = {"source": rec.coordinates(), "key": None, "error": reason, "record": text}
+    if text is None:  # null Kafka message
+        text = ""
     if rec.key is not None:
         d["key"] = rec.key.decode("utf-8", "replace") if isinstance(rec.key, bytes) else rec.key
     if max_bytes is not None and len(text) > max_bytes:
@@ -469,4 +468,7 @@ def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None
         d["record"] = text[:max_bytes]
         d["record_truncated"] = True
         d["record_length"] = len(text)
-    return json.dumps(d, ensure_ascii=False)
+    try:
+        return _dumps(d)
+    except _EncodeError:
+        return _dumps_slow(d)

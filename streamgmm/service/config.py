@@ -105,6 +105,9 @@ class KafkaConfig(_Strict):
     # None -> "<input topic>.dlq", one dead-letter topic per input topic.
     dead_letter_topic: str | None = None
     group_id: str | None = None
+    # Static group membership: a restarted instance with the same id takes its partitions
+    # back at once instead of waiting for its old session to expire (session_timeout_ms).
+    group_instance_id: str | None = None
     client_id: str = "streamgmm"
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     max_poll_records: int = Field(2000, ge=1)

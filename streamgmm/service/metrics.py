@@ -60,6 +60,20 @@ class Metrics:
         )
         self.checkpoint_age.set_function(lambda: time.time() - self.last_checkpoint)
         self.running = True
+        # Kafka mode: a callable telling whether any broker connection is up (None otherwise).
+        self.broker_check = None
+        self.broker_connected = Gauge(
+            "streamgmm_broker_connected",
+            "1 while a connection to a Kafka broker is up (Kafka mode)",
+            registry=r,
+        )
+        self.broker_connected.set_function(self._broker_up)
+
+    def _broker_up(self) -> float:
+        try:
+            return float(bool(self.broker_check())) if self.broker_check else float("nan")
+        except Exception:
+            return 0.0
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -73,6 +87,12 @@ class Metrics:
             "checkpoint_age_seconds": round(time.time() - self.last_checkpoint, 3),
             "seconds_since_last_batch": round(time.time() - self.last_batch, 3),
         }
+        if self.broker_check is not None:
+            up = self._broker_up() == 1.0
+            body["broker_connected"] = up
+            if not up and self.running:
+                # still 200: the process is fine and reconnecting; restarting it would not help
+                body["status"] = "degraded: Kafka broker unreachable"
         return (200 if self.running else 503), body
 
 

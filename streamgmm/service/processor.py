@@ -13,8 +13,14 @@ from its offsets: outputs after it are produced again (at-least-once; Kafka outp
 the source coordinates or input key, a file output is cut back to its size at the checkpoint
 so it ends up exactly as one uninterrupted run writes it), while the restored model has never
 learned those records — no update is ever applied twice.  File batches end at fixed positions
-(multiples of ``batch_size``), so a replay is bit-identical; Kafka batches follow ``poll()``, so
-a replay agrees within the core's batch-size tolerance.
+(multiples of ``batch_size``), so a replay is bit-identical.  Kafka batches follow ``poll()``;
+to replay them identically, the grouping of every batch since the last checkpoint (partition,
+first and end offset per segment) is appended to a batch journal (``batches-<seq>.jsonl`` in the
+checkpoint directory, written before the batch is processed, not fsynced) and a restart replays
+those batches first, so duplicate outputs are byte-identical after a process crash.  Only if
+the journal is lost (machine crash) or the partitions moved to another instance does a replay
+regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
+reliability tests: :mod:`streamgmm.service.faults`.
 
 Records scored before any model exists (the very first mini-batch of a fresh run) get
 ``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
@@ -26,6 +32,7 @@ learned when it scored the record.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import signal
@@ -35,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import CheckpointError, CheckpointStore
+from . import faults
+from .checkpoint import CheckpointError, CheckpointStore, CheckpointWriteError
 from .codec import Decoder, encode_dead_letter, encode_outputs
 from .config import ServiceConfig
 from .metrics import Metrics, MetricsServer
@@ -127,12 +135,23 @@ class Processor:
             CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
         )
         self._stop = False
+        self._outage_since: float | None = None
+        self._outage_logged = 0.0
         self._processing = False
         self.source = None
         self.restored_from: Path | None = None
         ck = None
         if self.store is not None and not cfg.fresh:
             ck = self.store.load_latest()
+        # Batch journal (Kafka): the grouping of every batch since the last checkpoint, so a
+        # restart replays the same batches and its duplicate outputs are identical.
+        self._journal = None
+        self._journal_path: Path | None = None
+        self._replay_plan: list = []
+        if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
+            self._replay_plan, self._journal_path = self.store.journal_replay(
+                ck.seq if ck is not None else 0
+            )
         features = cfg.features
         if ck is not None:
             self._check_compatible(ck)
@@ -198,6 +217,14 @@ class Processor:
         self.producer = None
         if cfg.mode == "kafka":
             self.source = KafkaSource(cfg.kafka, self._on_assigned, self._on_revoked, self._on_lost)
+            self.metrics.broker_check = self.source.broker_connected
+            self._watch_stop = threading.Event()
+            threading.Thread(target=self._watch_broker, name="broker-watch", daemon=True).start()
+            if self._replay_plan:
+                log.info("replaying %d journaled batches", len(self._replay_plan))
+                self.source.plan.extend(self._replay_plan)
+            if self._journal_path is not None:
+                self._journal = open(self._journal_path, "a", encoding="utf-8")  # noqa: SIM115
         else:
             ident = file_identity(cfg.input.path)
             start = self.offsets.get(ident, 0)
@@ -242,14 +269,20 @@ class Processor:
 
     def _on_revoked(self, tps):
         log.info("partitions revoked: %s", tps)
+        self.source.drop_plan("partitions revoked")
+        self.source.forget(tps)
         self._checkpoint(commit=False)
         offs = {tp: self.offsets.pop(tp) for tp in tps if tp in self.offsets}
         return offs
 
     def _on_lost(self, tps):
         log.warning("partitions lost (group membership expired): %s", tps)
-        for tp in tps:
-            self.offsets.pop(tp, None)
+        self.source.drop_plan("partitions lost")
+        self.source.forget(tps)
+        # Keep our offsets: they are where the model is. If the partitions come back to this
+        # instance (e.g. after a broker restart) it must seek there, not to the older committed
+        # offset, or it would learn the records in between a second time. If another instance
+        # gets them, _on_assigned drops these offsets.
 
     # -- checkpointing ---------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -258,6 +291,7 @@ class Processor:
         for s in (self.out, self.dead):
             if isinstance(s, FileSink) and s.is_file:
                 self.sink_sizes[s.identity] = s._f.tell()
+        faults.point("flush")
 
     def _checkpoint(self, commit: bool = True) -> None:
         """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee)."""
@@ -287,18 +321,52 @@ class Processor:
             }
             path = self.store.save(arrays, meta)
             log.debug("checkpoint %s written", path.name)
+            if isinstance(self.source, KafkaSource):
+                self._rotate_journal(int(path.stem.split("-")[1]))
         self.metrics.last_checkpoint = time.time()
         self.metrics.checkpoints.inc()
         self._since_ckpt = 0
         self._last_ckpt = time.monotonic()
+        faults.point("commit")
         if commit and isinstance(self.source, KafkaSource):
             self.source.commit({k: v for k, v in self.offsets.items() if isinstance(k, tuple)})
+
+    def _rotate_journal(self, seq: int) -> None:
+        # A new journal per checkpoint; batches still to replay (a checkpoint taken in the
+        # middle of a replay) are the first entries of the new one.
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        self._journal_path = self.store.journal_path(seq)
+        try:
+            self._journal = open(self._journal_path, "w", encoding="utf-8")  # noqa: SIM115
+            if self.source.plan:
+                self._journal.write("".join(json.dumps(e) + "\n" for e in self.source.plan))
+                self._journal.flush()
+        except OSError as e:
+            raise CheckpointWriteError(
+                f"cannot write the batch journal in {self.store.dir}: {e.strerror or e}"
+            ) from None
+
+    def _journal_batch(self) -> None:
+        # Written (not fsynced) before the batch is processed: a killed process loses nothing
+        # the kernel already has; after a machine crash the replay may regroup a few batches.
+        src = self.source
+        if self._journal is not None and not src.replayed:
+            try:
+                self._journal.write(json.dumps(src.segments) + "\n")
+                self._journal.flush()
+            except OSError as e:
+                raise CheckpointWriteError(
+                    f"cannot write the batch journal in {self.store.dir}: {e.strerror or e}"
+                ) from None
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:
         t0 = time.perf_counter()
         dec = self.decoder.decode_batch(batch)
-        lines: list[str] = []
+        lines: list[bytes] = []
+        faults.point("score")
         if dec.rows:
             lines = self._score_and_learn(batch, dec)
         dead = dec.dead
@@ -307,6 +375,7 @@ class Processor:
             self.dead.write([batch[i] for i, _ in dead], dl)
         if lines:
             self.out.write([batch[i] for i in dec.rows], lines)
+        faults.point("produce")
         offsets = self.offsets
         if batch[0].topic is None:
             offsets[self.source.identity] = batch[-1].offset + 1
@@ -328,7 +397,7 @@ class Processor:
         m.last_batch = time.time()
         self._since_ckpt += n
 
-    def _score_and_learn(self, batch, dec) -> list[str]:
+    def _score_and_learn(self, batch, dec) -> list[bytes]:
         model, gate = self.model, self.gate
         thr = float(gate.threshold_for(model))
         version = self._n_seen()
@@ -351,7 +420,7 @@ class Processor:
             self.metrics.threshold.set(thr)
         return encode_outputs(batch, dec, log_density, proba, thr, flags, version)
 
-    def _row_by_row(self, batch, dec, thr, gated, version) -> list[str]:
+    def _row_by_row(self, batch, dec, thr, gated, version) -> list[bytes]:
         keep, lds, probas = [], [], []
         for j, i in enumerate(dec.rows):
             try:
@@ -439,6 +508,8 @@ class Processor:
                 if batch:
                     self._processing = True
                     try:
+                        if kafka:
+                            self._journal_batch()
                         self.process_batch(batch)
                     finally:
                         self._processing = False
@@ -449,6 +520,8 @@ class Processor:
                         lag = self.source.lag(self.offsets)
                         if lag is not None:
                             self.metrics.consumer_lag.set(lag)
+                elif kafka and self._outage_since is not None:
+                    pass  # an outage is not idleness: keep waiting, reconnecting
                 elif (
                     cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout
                 ):
@@ -473,6 +546,31 @@ class Processor:
             if bar is not None:
                 bar.close()
 
+    def _watch_broker(self) -> None:
+        # A thread: the loop itself may sit in a blocking flush/commit while the broker is away.
+        while not self._watch_stop.wait(1.0):
+            self._broker_ok()
+
+    def _broker_ok(self) -> bool:
+        """False while no broker connection is up; logs the outage every 30 s."""
+        try:
+            up = self.source.broker_connected()
+        except Exception:
+            up = True  # cannot tell: behave as before
+        now = time.monotonic()
+        if up:
+            if self._outage_since is not None:
+                log.warning("Kafka broker reachable again after %.1f s", now - self._outage_since)
+            self._outage_since = None
+            return True
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged = now
+            log.warning("Kafka broker unreachable: waiting and reconnecting")
+        elif now - self._outage_logged >= 30:
+            self._outage_logged = now
+            log.warning("Kafka broker unreachable for %.0f s", now - self._outage_since)
+        return False
+
     def _progress(self):
         cfg = self.cfg
         if cfg.mode != "file" or cfg.input.path == "-":
@@ -494,6 +592,8 @@ class Processor:
         )
 
     def _close(self) -> None:
+        if getattr(self, "_watch_stop", None) is not None:
+            self._watch_stop.set()
         for name in ("out", "dead"):
             s = getattr(self, name, None)
             if s is not None:
@@ -504,6 +604,9 @@ class Processor:
         if getattr(self, "producer", None) is not None:
             with contextlib.suppress(Exception):
                 self.producer.close(timeout=10)
+        if self._journal is not None:
+            with contextlib.suppress(OSError):  # a full disk was reported already
+                self._journal.close()
         if isinstance(self.source, KafkaSource):
             self.source.close()
 

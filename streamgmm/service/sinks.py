@@ -1,5 +1,8 @@
 """Output sinks: JSONL file, stdout/stderr, and Kafka topics (kafka-python producer).
 
+Sinks take encoded JSON documents (UTF-8 ``bytes``, see :mod:`~streamgmm.service.codec`) and
+write them as they are.
+
 ``flush()`` returns only once everything written so far is durable (file: fsynced; Kafka: every
 send acknowledged, else :class:`SinkError`), because the processor checkpoints right after it.
 A file sink reports its size at flush time; the checkpoint stores it so a resumed run can cut
@@ -11,7 +14,7 @@ Example
 >>> import tempfile, os
 >>> p = os.path.join(tempfile.mkdtemp(), "out.jsonl")
 >>> s = FileSink(p)
->>> s.write(None, ['{"a":1}', '{"a":2}'])
+>>> s.write(None, [b'{"a":1}', b'{"a":2}'])
 >>> s.flush()
 16
 >>> s.close(); open(p).read()
@@ -76,9 +79,10 @@ class FileSink:
                     resume_size,
                 )
 
-    def write(self, records: Sequence[RawRecord] | None, lines: Sequence[str]) -> None:
+    def write(self, records: Sequence[RawRecord] | None, lines: Sequence[bytes]) -> None:
+        """Append one line per JSON document (``lines``: UTF-8 bytes without newline)."""
         if lines:
-            self._f.write(("\n".join(lines) + "\n").encode("utf-8", "surrogateescape"))
+            self._f.write(b"\n".join(lines) + b"\n")
 
     def flush(self) -> int | None:
         """Make written lines durable; returns the file size (``None`` for stdout/stderr)."""
@@ -109,7 +113,19 @@ def make_producer(cfg):
 
 
 class KafkaSink:
-    """Sends JSON lines to a topic, keyed by the input key or the source coordinates.
+    """Sends JSON documents to a topic, keyed by the input key or the source coordinates.
+
+    The output partition is chosen here, not by the producer's key hash: a result goes to
+    partition ``input partition % partitions of the output topic`` (Kafka Streams'
+    co-partitioning).  When the input is key-partitioned and both topics have the same number of
+    partitions this is exactly key partitioning; in every case a replay after a crash lands in
+    the same partition as the first delivery (and with the same key), and partition order
+    follows input order.  It also spares kafka-python's pure-Python murmur2 hash of every key.
+    Dead letters are routed the same way.
+
+    Delivery is checked with an errback on every send rather than by keeping each future until
+    :meth:`flush`: hundreds of thousands of live futures per checkpoint interval cost the garbage
+    collector more than the check itself.
 
     Parameters
     ----------
@@ -127,34 +143,56 @@ class KafkaSink:
         self.producer = producer
         self.topic = topic
         self.topic_for = topic_for
-        self._pending: list = []
+        # Partition count per topic, read once: partitions added later are not used (a result
+        # still goes to a valid partition, the same one as before the change).
+        self._n_partitions: dict[str, int] = {}
+        # Filled by the producer's I/O thread (errbacks); list.append is atomic under the GIL.
+        self._errors: list[BaseException] = []
 
-    def write(self, records: Sequence[RawRecord], lines: Sequence[str]) -> None:
-        if len(records) != len(lines):
-            raise ValueError("records and lines differ in length")
+    def partitions(self, topic: str) -> int:
+        """Number of partitions of ``topic`` (cached; waits for metadata the first time)."""
+        n = self._n_partitions.get(topic)
+        if n is None:
+            parts = self.producer.partitions_for(topic)
+            if not parts:
+                raise SinkError(f"no partition metadata for topic {topic!r}")
+            n = self._n_partitions[topic] = len(parts)
+        return n
+
+    def write(self, records: Sequence[RawRecord], values: Sequence[bytes]) -> None:
+        if len(records) != len(values):
+            raise ValueError("records and values differ in length")
         send = self.producer.send
-        topic, topic_for = self.topic, self.topic_for
-        append = self._pending.append
+        failed = self._errors.append
+        topic = self.topic
+        if topic is not None:
+            n = self.partitions(topic)
         # Hot loop (one iteration per output record): output_key() inlined.
-        for i, line in enumerate(lines):
-            rec = records[i]
+        for rec, value in zip(records, values):  # noqa: B905 - lengths checked above
+            if topic is None:
+                t = self.topic_for(rec)
+                n = self._n_partitions.get(t) or self.partitions(t)
+            else:
+                t = topic
             k = rec.key
             if k is None:
                 k = f"{rec.topic}:{rec.partition}:{rec.offset}".encode()
             elif type(k) is not bytes:
                 k = output_key(rec)
-            append(
-                send(topic or topic_for(rec), value=line.encode("utf-8", "surrogateescape"), key=k)
-            )
+            send(t, value=value, key=k, partition=rec.partition % n).add_errback(failed)
 
     def flush(self) -> None:
-        self.producer.flush()
-        failed = [f for f in self._pending if f.failed()]
-        self._pending = []
-        if failed:
-            raise SinkError(
-                f"{len(failed)} records were not delivered to Kafka: {failed[0].exception}"
-            )
+        """Wait until every record sent so far is acknowledged; :class:`SinkError` if any failed."""
+        try:
+            self.producer.flush()
+        except Exception as e:  # e.g. kafka-python's own errors while retrying split batches
+            raise SinkError(f"Kafka producer flush failed: {e!r}") from e
+        # flush() returns after every batch's futures resolved, errbacks included.
+        errors = self._errors
+        if errors:
+            n, first = len(errors), errors[0]
+            del errors[:n]
+            raise SinkError(f"{n} records were not delivered to Kafka: {first!r}")
 
     def close(self) -> None:
         self.flush()

@@ -22,9 +22,11 @@ import io
 import logging
 import os
 import sys
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from . import faults
 from .records import RawRecord
 
 __all__ = ["FileSource", "Interrupted", "KafkaSource", "file_identity"]
@@ -210,6 +212,7 @@ class KafkaSource:
         self.consumer = KafkaConsumer(
             bootstrap_servers=cfg.bootstrap_servers.split(","),
             group_id=cfg.group_id,
+            group_instance_id=cfg.group_instance_id,
             client_id=cfg.client_id,
             enable_auto_commit=False,
             auto_offset_reset=cfg.auto_offset_reset,
@@ -246,20 +249,33 @@ class KafkaSource:
 
         self._closing = False
         self.next_offsets: dict[tuple[str, int], int] = {}
+        # Journaled batches to replay first, each a list of [topic, partition, start, end);
+        # records polled meanwhile wait in _held. segments/replayed describe the last batch.
+        self.plan: deque[list] = deque()
+        self._held: dict[tuple[str, int], list[RawRecord]] = {}
+        self.segments: list[tuple[str, int, int, int]] = []
+        self.replayed = False
         self.consumer.subscribe(topics=list(cfg.topics), listener=_Listener())
 
     def stop(self) -> None:
         self._stop = True
 
     def batches(self) -> Iterator[list[RawRecord]]:
-        """Poll forever (until :meth:`stop`); yields ``[]`` when a poll returns nothing."""
+        """Poll forever (until :meth:`stop`); yields ``[]`` when a poll returns nothing.
+
+        While :attr:`plan` holds journaled batches (a restart replaying what the crashed run
+        processed after its checkpoint), records are held back and yielded in exactly those
+        batches, so the replay scores every record with the same model as the first time.
+        """
         poll = self.consumer.poll
         timeout, maxrec = self.cfg.poll_timeout_ms, self.cfg.max_poll_records
         new = tuple.__new__  # RawRecord(...) via tuple.__new__: half the cost per record
         while not self._stop:
+            faults.point("poll")
             got = poll(timeout_ms=timeout, max_records=maxrec)
             batch: list[RawRecord] = []
             nxt: dict[tuple[str, int], int] = {}
+            segs: list[tuple[str, int, int, int]] = []
             for tp, msgs in got.items():
                 if not msgs:
                     continue
@@ -271,8 +287,93 @@ class KafkaSource:
                     ]
                 )
                 nxt[(t, p)] = msgs[-1].offset + 1
+                segs.append((t, p, msgs[0].offset, msgs[-1].offset + 1))
+            if self.plan or self._held:
+                yield from self._replay(batch)
+                continue
             self.next_offsets = nxt  # per partition, for the batch just yielded
+            self.segments, self.replayed = segs, False
             yield batch
+
+    def drop_plan(self, why: str) -> None:
+        """Give up replaying journaled batches (held records are still yielded, in order)."""
+        if self.plan:
+            log.warning(
+                "%s: %d journaled batches will not replay in their original grouping; their "
+                "duplicate outputs may differ slightly from the first ones",
+                why,
+                len(self.plan),
+            )
+            self.plan.clear()
+
+    def forget(self, tps) -> None:
+        """Drop held records of partitions no longer assigned."""
+        for tp in tps:
+            self._held.pop(tuple(tp), None)
+
+    def _replay(self, polled: list[RawRecord]) -> Iterator[list[RawRecord]]:
+        held = self._held
+        # Hold only what the replay needs: kafka-python fetches partitions in turn, so records
+        # of other partitions arrive first. Those beyond the plan are dropped and their
+        # partition rewound to be fetched again after the replay, so memory stays bounded by
+        # the journaled batches. (pause()/resume() would be the natural tool, but in
+        # kafka-python 3.0.12 a resumed partition sometimes never fetched again.)
+        need: dict[tuple[str, int], int] = {}
+        for entry in self.plan:
+            for t, p, _, end in entry:
+                need[(t, p)] = max(need.get((t, p), 0), end)
+        rewind: dict[tuple[str, int], int] = {}
+        for r in polled:
+            key = (r.topic, r.partition)
+            if self.plan and r.offset >= need.get(key, 0):
+                if key not in rewind:
+                    rewind[key] = r.offset
+                continue
+            held.setdefault(key, []).append(r)
+        if rewind:
+            from kafka import TopicPartition
+
+            for (t, p), off in rewind.items():
+                self.consumer.seek(TopicPartition(t, p), off)
+        mine = self.assigned()
+        while self.plan:
+            entry = self.plan[0]
+            if mine and any((t, p) not in mine for t, p, _, _ in entry):
+                self.drop_plan("partitions of the replay were reassigned")
+                break
+            if not all(
+                held.get((t, p)) and held[(t, p)][-1].offset >= end - 1 for t, p, _, end in entry
+            ):
+                if not polled:
+                    yield []  # nothing new: let the loop check stop/idle as usual
+                return
+            self.plan.popleft()
+            batch, nxt, segs = [], {}, []
+            for t, p, start, end in entry:
+                recs = held[(t, p)]
+                cut = next((i for i, r in enumerate(recs) if r.offset >= end), len(recs))
+                part = [r for r in recs[:cut] if r.offset >= start]
+                held[(t, p)] = recs[cut:]
+                batch.extend(part)
+                nxt[(t, p)] = end
+                segs.append((t, p, start, end))
+            self.next_offsets, self.segments, self.replayed = nxt, segs, True
+            yield batch
+        while not self.plan and any(held.values()):
+            # Records held during the replay, in batches of at most max_poll_records.
+            batch, nxt, segs = [], {}, []
+            room = self.cfg.max_poll_records
+            for (t, p), recs in held.items():
+                if recs and room > 0:
+                    part, held[(t, p)] = recs[:room], recs[room:]
+                    room -= len(part)
+                    batch.extend(part)
+                    nxt[(t, p)] = part[-1].offset + 1
+                    segs.append((t, p, part[0].offset, part[-1].offset + 1))
+            self.next_offsets, self.segments, self.replayed = nxt, segs, False
+            yield batch
+        if not self.plan:
+            held.clear()
 
     @staticmethod
     def _to_commit(offsets: dict[tuple[str, int], int]):
@@ -281,15 +382,27 @@ class KafkaSource:
 
         return {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
 
+    def broker_connected(self) -> bool:
+        """Whether any connection to a broker is up (read-only; safe from another thread)."""
+        conns = self.consumer._client._manager._conns
+        return any(c.connected for c in list(conns.values()))
+
     def assigned(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
         """Commit next offsets of currently assigned partitions (outside of poll)."""
+        from kafka.errors import CommitFailedError, KafkaError
+
         mine = self.assigned()
         todo = {k: v for k, v in offsets.items() if k in mine}
         if todo:
-            self.consumer.commit(self._to_commit(todo))
+            try:
+                self.consumer.commit(self._to_commit(todo))
+            except (CommitFailedError, KafkaError) as e:
+                # The checkpoint (with these offsets) is already durable and this instance
+                # resumes from it; a missed commit only makes a new owner replay more.
+                log.warning("offset commit failed (%s); a new owner may replay records", e)
 
     async def _commit_async(self, offsets: dict[tuple[str, int], int]) -> None:
         # Inside a rebalance callback: use the coordinator's coroutine directly.

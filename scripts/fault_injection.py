@@ -1,0 +1,453 @@
+#!/usr/bin/env python
+"""Crash loop against a real Kafka broker: SIGKILL the processor again and again, then audit.
+
+Produces ``--records`` JSON records (plus one invalid record in every ``--bad-every``) to a
+``--partitions``-partition topic, runs ``streamgmm run`` as a subprocess and kills it with SIGKILL
+``--kills`` times, restarting it after each kill, then lets a last run finish the topic. The
+kills rotate over every phase of the loop: ``poll``, ``score``, ``produce``, ``flush``,
+``checkpoint_write`` and ``commit`` are hit exactly through the ``SGMM_FAULTS`` hook
+(``streamgmm/service/faults.py``: the process SIGKILLs itself on the N-th time it reaches that
+point), ``external`` is a SIGKILL from this script at a random moment. An uninterrupted run over
+the same topic is the reference. Prints:
+
+- records in, outputs, dead letters, duplicates (and how many differ from their first copy),
+  lost input offsets;
+- ``n_samples_seen_`` of the final checkpoint (``streamgmm inspect --json``) vs valid records;
+- the final model's difference from the uninterrupted run.
+
+    python scripts/fault_injection.py --records 500000 --kills 30 --seed 1
+
+Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts its own broker with scripts/kafka_broker.py
+and stops it by its pid at the end. The test suite imports this file
+(tests/test_reliability_crash.py) and runs the same loop at a smaller scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CENTRES = np.array([[0.0, 0.0, 0.0], [6.0, 0.0, 3.0], [0.0, 7.0, -4.0]])
+FEATURES = ["a", "b", "c"]
+BAD = [
+    b"not json",
+    b'{"a": 1, "b": 2',
+    b"[1, 2, 3]",
+    b'{"a": 1, "b": 2}',
+    b'{"a": "x", "b": 1, "c": 2}',
+    b'{"a": NaN, "b": 1, "c": 2}',
+    b'{"a": 1e400, "b": 1, "c": 2}',
+    b"\xff\xfe not utf-8",
+    b"",
+]
+PHASES = ("poll", "score", "produce", "flush", "checkpoint_write", "commit", "external")
+# How many times a point is reached before the kill: points reached once per batch get a wider
+# range than those reached once per checkpoint.
+_NTH = {"poll": 14, "score": 12, "produce": 12, "flush": 3, "checkpoint_write": 3, "commit": 3}
+
+
+def _cli() -> list[str]:
+    exe = shutil.which("streamgmm")
+    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
+
+
+def produce(
+    bootstrap: str, topic: str, n: int, partitions: int, seed: int = 0, bad_every: int = 1000
+) -> int:
+    """``n`` records round-robin over the partitions (one invalid in every ``bad_every``), fast
+    (acks=1, large batches). Returns the number of valid records."""
+    from kafka import KafkaProducer
+
+    rng = np.random.default_rng(seed)
+    X = CENTRES[rng.integers(0, len(CENTRES), n)] + rng.standard_normal((n, 3))
+    p = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        enable_idempotence=False,
+        linger_ms=20,
+        batch_size=512 * 1024,
+        compression_type=None,
+    )
+    valid = 0
+    for i, (a, b, c) in enumerate(X.tolist()):
+        if bad_every and i % bad_every == bad_every // 2:
+            v = BAD[(i // bad_every) % len(BAD)]
+        else:
+            v = b'{"a": %r, "b": %r, "c": %r}' % (a, b, c)
+            valid += 1
+        p.send(topic, value=v, partition=i % partitions)
+    p.flush()
+    p.close()
+    return valid
+
+
+def read_topic(bootstrap: str, topic: str) -> list:
+    """Every record of ``topic`` up to its current end offsets (no consumer group)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_poll_records=20000)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    c.assign(tps)
+    c.seek_to_beginning(*tps)
+    end = c.end_offsets(tps)
+    out: list = []
+    deadline = time.monotonic() + 120
+    while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+        for msgs in c.poll(timeout_ms=500).values():
+            out.extend(msgs)
+    c.close()
+    return out
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
+    end = {tp.partition: o for tp, o in c.end_offsets(tps).items()}
+    c.close()
+    return end
+
+
+def make_topics(bootstrap: str, partitions: int, stem: str = "faults") -> tuple[str, str, str]:
+    from kafka import KafkaAdminClient
+
+    tag = uuid.uuid4().hex[:8]
+    names = (f"{stem}-in-{tag}", f"{stem}-out-{tag}", f"{stem}-dlq-{tag}")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        {
+            names[0]: {"num_partitions": partitions, "replication_factor": 1},
+            names[1]: {"num_partitions": 2, "replication_factor": 1},
+            names[2]: {"num_partitions": 1, "replication_factor": 1},
+        },
+        timeout_ms=30_000,
+        wait_for_metadata=True,
+    )
+    admin.close()
+    return names
+
+
+def run_cmd(
+    bootstrap: str, tin: str, tout: str, tdlq: str, group: str, ckdir: Path, every: int
+) -> list[str]:
+    """The ``streamgmm run`` command line of the crash loop (gate off: every valid record is
+    learned, so ``n_samples_seen_`` must equal the valid count)."""
+    return [
+        *_cli(),
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic",
+        tin,
+        "--output-topic",
+        tout,
+        "--dead-letter-topic",
+        tdlq,
+        "--group-id",
+        group,
+        "--checkpoint-dir",
+        str(ckdir),
+        "--checkpoint-every",
+        str(every),
+        "--features",
+        ",".join(FEATURES),
+        "--n-components",
+        "3",
+        "--warm-up",
+        "300",
+        "--random-state",
+        "0",
+        "--no-gate",
+        "--max-poll-records",
+        "1000",
+        "--idle-timeout",
+        "4",
+        "--log-format",
+        "text",
+    ]
+
+
+@dataclass
+class Incarnation:
+    phase: str
+    nth: int | None
+    returncode: int | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class CrashLoop:
+    """Result of :func:`crash_loop`."""
+
+    runs: list[Incarnation] = field(default_factory=list)
+
+    @property
+    def kills(self) -> list[Incarnation]:
+        return [r for r in self.runs if r.returncode == -signal.SIGKILL]
+
+    def kills_by_phase(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for r in self.kills:
+            out[r.phase] += 1
+        return dict(out)
+
+
+def _env(faults: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGMM_")}
+    # Restarts rejoin at once instead of waiting for the killed member's session to expire.
+    env["STREAMGMM_KAFKA__GROUP_INSTANCE_ID"] = "fault-injection"
+    if faults:
+        env["SGMM_FAULTS"] = faults
+    return env
+
+
+def _done(ckdir: Path) -> int:
+    """Input records covered by the newest checkpoint."""
+    from streamgmm.service.checkpoint import latest_checkpoint
+
+    ck = latest_checkpoint(ckdir) if ckdir.exists() else None
+    return sum(ck.meta["offsets"]["kafka"].values()) if ck is not None else 0
+
+
+def crash_loop(
+    cmd: list[str],
+    kills: int,
+    seed: int,
+    log_path: Path,
+    total: int,
+    ckdir: Path,
+    every: int,
+    batch: int = 1000,
+    timeout: float = 120.0,
+):
+    """Run ``cmd`` ``kills`` times with a kill each (rotating over :data:`PHASES`), then once
+    to the end. Returns a :class:`CrashLoop`; raises if a run fails other than by SIGKILL.
+
+    Where a point is reached N times per run, N is drawn so that the kills spread over the
+    whole topic: about twice the records still to do per remaining kill, at most."""
+    rng = random.Random(seed)
+    phases = list(itertools.islice(itertools.cycle(PHASES), kills))
+    rng.shuffle(phases)
+    result = CrashLoop()
+    with open(log_path, "ab") as log:
+        for i, phase in enumerate([*phases, None]):
+            nth = None
+            if phase not in (None, "external"):
+                share = 2 * max(0, total - _done(ckdir)) / max(1, kills - i)
+                per = every if phase in ("flush", "checkpoint_write", "commit") else batch
+                nth = rng.randint(1, max(1, min(_NTH[phase], round(share / per))))
+            faults = f"{phase}:kill@{nth}" if nth else None
+            inc = Incarnation(phase or "final", nth)
+            log.write(f"=== run: {inc.phase} nth={nth}\n".encode())
+            log.flush()
+            t0 = time.monotonic()
+            p = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(faults))
+            try:
+                if phase == "external":
+                    # anywhere from start-up (restore, group join: ~1.4 s) into processing
+                    time.sleep(rng.uniform(0.8, 2.2))
+                    p.send_signal(signal.SIGKILL)
+                inc.returncode = p.wait(timeout=timeout)
+            except BaseException:
+                p.kill()
+                p.wait()
+                raise
+            inc.seconds = time.monotonic() - t0
+            result.runs.append(inc)
+            if inc.returncode not in (0, -signal.SIGKILL):
+                raise RuntimeError(f"run {inc.phase} exited with {inc.returncode}; see {log_path}")
+    return result
+
+
+def inspect(ckdir: Path) -> dict:
+    r = subprocess.run(
+        [*_cli(), "inspect", str(ckdir), "--json"], capture_output=True, text=True, check=True
+    )
+    return json.loads(r.stdout)
+
+
+def audit(bootstrap: str, tin: str, tout: str, tdlq: str) -> dict:
+    """Outputs and dead letters against the input offsets."""
+    outs, dead = read_topic(bootstrap, tout), read_topic(bootstrap, tdlq)
+    by_coord: dict[tuple, list] = defaultdict(list)
+    for m in itertools.chain(outs, dead):
+        src = json.loads(m.value)["source"]
+        by_coord[(src["topic"], src["partition"], src["offset"])].append((m.key, m.value))
+    end = end_offsets(bootstrap, tin)
+    lost = [(tin, p, o) for p, n in end.items() for o in range(n) if (tin, p, o) not in by_coord]
+    extra = [c for c in by_coord if c[0] != tin or c[2] >= end.get(c[1], 0)]
+    dups = {c: v for c, v in by_coord.items() if len(v) > 1}
+    differing = [c for c, v in dups.items() if any(x != v[0] for x in v[1:])]
+    return {
+        "records_in": sum(end.values()),
+        "outputs": len(outs),
+        "dead_letters": len(dead),
+        "duplicated_records": len(dups),
+        "duplicate_copies": sum(len(v) - 1 for v in dups.values()),
+        "duplicates_differing": len(differing),
+        "differing_examples": [dups[c][:2] for c in differing[:2]],
+        "lost": len(lost),
+        "lost_examples": lost[:5],
+        "unexpected": len(extra),
+    }
+
+
+def model_difference(ck_a: Path, ck_b: Path) -> dict:
+    """Largest differences between two final models, components matched by their means."""
+    from streamgmm.service.checkpoint import latest_checkpoint
+    from streamgmm.service.processor import model_from_checkpoint
+
+    a, _ = model_from_checkpoint(latest_checkpoint(ck_a))
+    b, _ = model_from_checkpoint(latest_checkpoint(ck_b))
+    best = None
+    for perm in itertools.permutations(range(a.n_components)):
+        d = float(np.abs(a.means_ - b.means_[list(perm)]).max())
+        if best is None or d < best[0]:
+            best = (d, list(perm))
+    perm = best[1]
+    return {
+        "max_abs_mean": best[0],
+        "max_abs_weight": float(np.abs(a.weights_ - b.weights_[perm]).max()),
+        "max_abs_cov": float(np.abs(a.covariances_ - b.covariances_[perm]).max()),
+        "n_samples_seen": (int(a.n_samples_seen_), int(b.n_samples_seen_)),
+    }
+
+
+def experiment(
+    bootstrap: str,
+    records: int,
+    partitions: int,
+    kills: int,
+    seed: int,
+    workdir: Path,
+    bad_every: int = 1000,
+    every: int = 4000,
+    reference: bool = True,
+) -> dict:
+    """The whole experiment; returns every figure (see the module docstring)."""
+    t0 = time.monotonic()
+    tin, tout, tdlq = make_topics(bootstrap, partitions)
+    valid = produce(bootstrap, tin, records, partitions, seed=seed, bad_every=bad_every)
+    t_produce = time.monotonic() - t0
+    ck = workdir / "ck"
+    loop = crash_loop(
+        run_cmd(bootstrap, tin, tout, tdlq, f"crash-{tin}", ck, every),
+        kills,
+        seed,
+        workdir / "crash-loop.log",
+        total=records,
+        ckdir=ck,
+        every=every,
+    )
+    t_loop = time.monotonic() - t0 - t_produce
+    figures = audit(bootstrap, tin, tout, tdlq)
+    final = inspect(ck)
+    figures.update(
+        valid=valid,
+        n_samples_seen=final["n_samples_seen"],
+        kills=len(loop.kills),
+        kills_by_phase=loop.kills_by_phase(),
+        runs=len(loop.runs),
+        seconds_produce=round(t_produce, 1),
+        seconds_crash_loop=round(t_loop, 1),
+    )
+    if reference:
+        _, rout, rdlq = make_topics(bootstrap, 1, stem="faults-ref")
+        rck = workdir / "ref-ck"
+        cmd = run_cmd(bootstrap, tin, rout, rdlq, f"ref-{tin}", rck, every)
+        with open(workdir / "reference.log", "wb") as log:
+            subprocess.run(cmd, stdout=log, stderr=log, env=_env(None), check=True, timeout=600)
+        figures["model_difference"] = model_difference(ck, rck)
+    return figures
+
+
+def _broker_module():
+    spec = importlib.util.spec_from_file_location("kafka_broker", HERE / "kafka_broker.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bad-every", type=int, default=1000, help="one invalid record per N")
+    ap.add_argument("--checkpoint-every", type=int, default=4000)
+    ap.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")
+    ap.add_argument("--workdir", help="keep logs and checkpoints here (default: a temp dir)")
+    a = ap.parse_args(argv)
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = _broker_module().start_broker(owner_pid=os.getpid())
+        bootstrap = broker.bootstrap
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="streamgmm-faults-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        f = experiment(
+            bootstrap,
+            a.records,
+            a.partitions,
+            a.kills,
+            a.seed,
+            workdir,
+            bad_every=a.bad_every,
+            every=a.checkpoint_every,
+            reference=not a.no_reference,
+        )
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"records in          {f['records_in']}  ({f['valid']} valid)")
+    print(f"outputs             {f['outputs']}")
+    print(f"dead letters        {f['dead_letters']}")
+    print(
+        f"duplicates          {f['duplicated_records']} records output more than once "
+        f"({f['duplicate_copies']} extra copies), {f['duplicates_differing']} differing"
+    )
+    print(f"lost                {f['lost']}")
+    print(f"n_samples_seen_     {f['n_samples_seen']} (valid records: {f['valid']})")
+    print(f"kills               {f['kills']} SIGKILLs in {f['runs']} runs: {f['kills_by_phase']}")
+    if "model_difference" in f:
+        d = f["model_difference"]
+        print(
+            "vs uninterrupted    max |d mean| {:.3g}, max |d weight| {:.3g}, "
+            "max |d cov| {:.3g}".format(d["max_abs_mean"], d["max_abs_weight"], d["max_abs_cov"])
+        )
+    print(
+        f"time                produce {f['seconds_produce']} s, crash loop "
+        f"{f['seconds_crash_loop']} s; logs in {workdir}"
+    )
+    ok = (
+        f["lost"] == 0
+        and f["duplicates_differing"] == 0
+        and f["n_samples_seen"] == f["valid"]
+        and f["unexpected"] == 0
+    )
+    print("RESULT              " + ("OK" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
