@@ -23,7 +23,6 @@ stops it (by its pid) at the end.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -50,9 +49,8 @@ BATCH_BYTES = 262144
 
 
 def _broker():
-    spec = importlib.util.spec_from_file_location("kafka_broker", HERE / "kafka_broker.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import kafka_broker as mod  # beside this script: on the path when run as a script
+
     return mod.start_broker(owner_pid=os.getpid())
 
 

@@ -25,7 +25,6 @@ and stops it by its pid at the end. The test suite imports this file
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import os
@@ -380,9 +379,8 @@ def experiment(
 
 
 def _broker_module():
-    spec = importlib.util.spec_from_file_location("kafka_broker", HERE / "kafka_broker.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import kafka_broker as mod  # beside this script: on the path when run as a script
+
     return mod
 
 

@@ -14,7 +14,7 @@ Command line::
     python scripts/kafka_broker.py stop --pid PID       # ... or only one (--data-dir DIR works too)
     python scripts/kafka_broker.py start --data-dir DIR # restart on kept data (same ports)
 
-From Python (the pytest fixtures in tests/conftest.py load this file with importlib)::
+From Python (tests/conftest.py puts scripts/ on sys.path and imports this module)::
 
     broker = start_broker()          # -> Broker, ready to serve
     broker.bootstrap                 # "127.0.0.1:PORT"

@@ -10,7 +10,6 @@ fails the tests that need it, with the broker's log tail; nothing is skipped.
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import re
 import sys
@@ -24,22 +23,11 @@ import pytest
 # no test may skip.
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
-_BROKER_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "kafka_broker.py"
+# The developer scripts (broker, fault injection) are not part of the streamgmm package: tests
+# import them from scripts/, which is put on the path once, here.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
-
-def _load_broker_module():
-    # The broker helper is a developer script, not part of the streamgmm package: load it by path.
-    name = "streamgmm_test_kafka_broker"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, _BROKER_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-kafka_broker_module = _load_broker_module()
+import kafka_broker as kafka_broker_module
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,11 @@ outage on /healthz, /metrics and in its logs (no crash loop), reconnects and los
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -18,17 +15,11 @@ from streamgmm.service.checkpoint import checkpoint_paths
 
 pytestmark = pytest.mark.kafka
 
-_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fault_injection.py"
-
 
 def _fault_injection():
-    name = "streamgmm_fault_injection"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    import fault_injection  # scripts/ is on the path (conftest.py)
+
+    return fault_injection
 
 
 def _free_port() -> int:

@@ -435,8 +435,7 @@ def _committed(bootstrap: str, group: str, topic: str) -> dict[str, int]:
 def test_kafka_checkpoint_dir_failure_never_commits_past_durable_checkpoint(
     kafka_bootstrap, new_topic, tmp_path, fault
 ):
-    sys.path.insert(0, str(PKG.parent / "scripts"))
-    import fault_injection as fi
+    import fault_injection as fi  # scripts/ is on the path (conftest.py)
 
     tin, tout, tdlq = new_topic(3), new_topic(1), new_topic(1)
     fi.produce(kafka_bootstrap, tin, 60_000, 3, seed=1)

@@ -22,25 +22,15 @@ runs at CI scale. What must hold after 20 SIGKILLs and a final run to the end of
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.kafka
 
-_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "fault_injection.py"
-
 
 def _fault_injection():
-    name = "streamgmm_fault_injection"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, _SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    import fault_injection  # scripts/ is on the path (conftest.py)
+
+    return fault_injection
 
 
 RECORDS, KILLS, PARTITIONS, BAD_EVERY = 200_000, 20, 4, 1000
