@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import numpy as np
 import pytest
+from _kafka import read_all
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaProducer
 
 from streamgmm.service.config import load_config
 from streamgmm.service.processor import Processor
@@ -257,20 +257,6 @@ def test_hypothesis_records_never_hurt_the_service(tmp_path_factory, bad, seed):
 # -- the same corpus through the real broker ---------------------------------------------------
 
 
-def _read_all(bootstrap, topic):
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    end = c.end_offsets(tps)
-    out, deadline = [], time.monotonic() + 30
-    while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-        for msgs in c.poll(timeout_ms=500).values():
-            out.extend(msgs)
-    c.close()
-    return out
-
-
 @pytest.mark.kafka
 def test_corpus_through_the_real_broker(kafka_bootstrap, new_topic, tmp_path):
     tin, tout, tdlq = new_topic(2), new_topic(1), new_topic(1)
@@ -306,7 +292,7 @@ def test_corpus_through_the_real_broker(kafka_bootstrap, new_topic, tmp_path):
     )
     p = Processor(cfg, handle_signals=False)
     assert p.run() == 0  # never died
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     n_bad = sum(not _is_valid(w) for _, w in corpus)
     assert len(dead) == n_bad and len(outs) == len(lines) - n_bad
     res = {}

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from _kafka import read_all
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from streamgmm.service.checkpoint import latest_checkpoint
@@ -55,23 +56,6 @@ def _produce(bootstrap, topic, n, seed=0, bad_every=None, start=0):
     return valid
 
 
-def _read_all(bootstrap, topic):
-    """Every record of a topic, read without a group up to the current end offsets."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    parts = c.partitions_for_topic(topic) or set()
-    tps = [TopicPartition(topic, p) for p in parts]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    end = c.end_offsets(tps)
-    out = []
-    deadline = time.monotonic() + 30
-    while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-        for msgs in c.poll(timeout_ms=500).values():
-            out.extend(msgs)
-    c.close()
-    return out
-
-
 def _coords(records):
     return [
         (
@@ -108,7 +92,7 @@ def _cfg(bootstrap, tin, tout, tdlq, group, ckdir, **over):
 
 
 def _input_coords(topic, bootstrap):
-    return sorted((m.topic, m.partition, m.offset) for m in _read_all(bootstrap, topic))
+    return sorted((m.topic, m.partition, m.offset) for m in read_all(bootstrap, topic))
 
 
 def test_kafka_one_output_or_dead_letter_per_input(kafka_bootstrap, new_topic, tmp_path):
@@ -118,7 +102,7 @@ def test_kafka_one_output_or_dead_letter_per_input(kafka_bootstrap, new_topic, t
         _cfg(kafka_bootstrap, tin, tout, tdlq, "g-one", tmp_path / "ck"), handle_signals=False
     )
     assert proc.run() == 0
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     assert len(outs) == valid == 2970 and len(dead) == 30
     assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
     o = json.loads(outs[-1].value)
@@ -151,7 +135,7 @@ def test_kafka_stop_restart_resumes_without_relearning(kafka_bootstrap, new_topi
     assert p2.restored_from is not None
     assert p2.run() == 0
     assert p2.model.n_samples_seen_ == valid  # nothing learned twice, nothing skipped
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
 
 
@@ -196,12 +180,12 @@ def test_kafka_sigterm_mid_stream(kafka_bootstrap, new_topic, tmp_path):
     meta = latest_checkpoint(ck).meta
     done = sum(meta["offsets"]["kafka"].values())
     assert 0 < done < 30000, "SIGTERM should arrive mid-stream"
-    assert len(_read_all(kafka_bootstrap, tout)) + len(_read_all(kafka_bootstrap, tdlq)) == done
+    assert len(read_all(kafka_bootstrap, tout)) + len(read_all(kafka_bootstrap, tdlq)) == done
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     meta = latest_checkpoint(ck).meta
     assert meta["n_samples_seen"] == valid
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     assert sorted(_coords(outs) + _coords(dead)) == _input_coords(tin, kafka_bootstrap)
 
 
@@ -271,7 +255,7 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     # both instances worked, on different partitions at the end
     assert all(m["n_samples_seen"] > 0 for m in metas)
     assert not set(metas[0]["offsets"]["kafka"]) & set(metas[1]["offsets"]["kafka"])
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     got = _coords(outs) + _coords(dead)
     assert sorted(set(got)) == _input_coords(tin, kafka_bootstrap)  # nothing lost
     # a rebalance replays at most what was in flight, never learned twice by one model

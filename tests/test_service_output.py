@@ -4,11 +4,11 @@ delivery errors (the Kafka tests run against the real broker of tests/conftest.p
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from _kafka import read_all
+from kafka import KafkaProducer
 
 from streamgmm.service.codec import Decoder, encode_dead_letter, encode_outputs
 from streamgmm.service.config import KafkaConfig, load_config
@@ -137,21 +137,6 @@ def test_file_mode_fallbacks_end_to_end(tmp_path):
 # -- Kafka -------------------------------------------------------------------------------------
 
 
-def _read_all(bootstrap, topic):
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    tps = [TopicPartition(topic, p) for p in c.partitions_for_topic(topic) or ()]
-    c.assign(tps)
-    c.seek_to_beginning(*tps)
-    end = c.end_offsets(tps)
-    out = []
-    deadline = time.monotonic() + 30
-    while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
-        for msgs in c.poll(timeout_ms=500).values():
-            out.extend(msgs)
-    c.close()
-    return out
-
-
 @pytest.mark.kafka
 def test_kafka_output_partition_follows_input_partition(
     kafka_bootstrap, kafka_admin, new_topic, tmp_path
@@ -187,8 +172,8 @@ def test_kafka_output_partition_follows_input_partition(
     )
     proc = Processor(cfg, handle_signals=False)
     assert proc.run() == 0
-    inputs = {(m.partition, m.offset): m for m in _read_all(kafka_bootstrap, tin)}
-    outs, dead = _read_all(kafka_bootstrap, tout), _read_all(kafka_bootstrap, tdlq)
+    inputs = {(m.partition, m.offset): m for m in read_all(kafka_bootstrap, tin)}
+    outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     assert len(outs) == n - 24 and len(dead) == 24 and len(inputs) == n
     for m, parts in [(m, 3) for m in outs] + [(m, 2) for m in dead]:
         src = json.loads(m.value)["source"]
@@ -225,5 +210,5 @@ def test_kafka_sink_flush_raises_when_the_broker_rejects(kafka_bootstrap, new_to
             delivered = []
     finally:
         producer.close(timeout=10)
-    got = [m.value for m in _read_all(kafka_bootstrap, small)]
+    got = [m.value for m in read_all(kafka_bootstrap, small)]
     assert got == delivered

@@ -63,7 +63,7 @@ class ModelConfig(_Strict):
     half_life: float | None = Field(None, gt=0)
     step_exponent: float = Field(0.8, gt=0.5, le=1.0)
     step_offset: float = Field(2.0, ge=0)
-    warm_up: int | None = Field(None, ge=1)
+    warm_up: int | None = Field(None, ge=2)
     n_init: int = Field(3, ge=1)
     reg_covar: float = Field(1e-6, ge=0)
     random_state: int | None = 0

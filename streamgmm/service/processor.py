@@ -61,27 +61,9 @@ def build_model(cfg: ServiceConfig):
     from streamgmm import OnlineGaussianMixture
     from streamgmm.anomaly import AnomalyGate
 
-    m = cfg.model
-    model = OnlineGaussianMixture(
-        n_components=m.n_components,
-        covariance_type=m.covariance_type,
-        half_life=m.half_life,
-        step_exponent=m.step_exponent,
-        step_offset=m.step_offset,
-        warm_up=m.warm_up,
-        n_init=m.n_init,
-        reg_covar=m.reg_covar,
-        random_state=m.random_state,
-    )
-    g = cfg.gate
-    gate = AnomalyGate(
-        false_alarm_rate=g.false_alarm_rate,
-        refresh_every=g.refresh_every,
-        n_calibration=g.n_calibration,
-        drift_factor=g.drift_factor,
-        drift_window=g.drift_window,
-        random_state=g.random_state,
-    )
+    # The configuration's sections name exactly the estimators' parameters.
+    model = OnlineGaussianMixture(**cfg.model.model_dump())
+    gate = AnomalyGate(**cfg.gate.model_dump(exclude={"enabled"}))
     return model, gate
 
 
