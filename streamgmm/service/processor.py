@@ -32,7 +32,6 @@ learned when it scored the record.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -43,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from . import faults
-from .checkpoint import CheckpointError, CheckpointStore, CheckpointWriteError
+from .checkpoint import CheckpointError, CheckpointStore
 from .codec import Decoder, encode_dead_letter, encode_outputs
 from .config import ServiceConfig
 from .metrics import Metrics, MetricsServer
@@ -127,7 +126,7 @@ class Processor:
             ck = self.store.load_latest()
         # Batch journal (Kafka): the grouping of every batch since the last checkpoint, so a
         # restart replays the same batches and its duplicate outputs are identical.
-        self._journal = None
+        self._journal = self.store.journal() if self.store is not None else None
         self._journal_path: Path | None = None
         self._replay_plan: list = []
         if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
@@ -206,7 +205,7 @@ class Processor:
                 log.info("replaying %d journaled batches", len(self._replay_plan))
                 self.source.plan.extend(self._replay_plan)
             if self._journal_path is not None:
-                self._journal = open(self._journal_path, "a", encoding="utf-8")  # noqa: SIM115
+                self._journal.open(self._journal_path, "a")
         else:
             ident = file_identity(cfg.input.path)
             start = self.offsets.get(ident, 0)
@@ -316,32 +315,7 @@ class Processor:
     def _rotate_journal(self, seq: int) -> None:
         # A new journal per checkpoint; batches still to replay (a checkpoint taken in the
         # middle of a replay) are the first entries of the new one.
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-        self._journal_path = self.store.journal_path(seq)
-        try:
-            self._journal = open(self._journal_path, "w", encoding="utf-8")  # noqa: SIM115
-            if self.source.plan:
-                self._journal.write("".join(json.dumps(e) + "\n" for e in self.source.plan))
-                self._journal.flush()
-        except OSError as e:
-            raise CheckpointWriteError(
-                f"cannot write the batch journal in {self.store.dir}: {e.strerror or e}"
-            ) from None
-
-    def _journal_batch(self) -> None:
-        # Written (not fsynced) before the batch is processed: a killed process loses nothing
-        # the kernel already has; after a machine crash the replay may regroup a few batches.
-        src = self.source
-        if self._journal is not None and not src.replayed:
-            try:
-                self._journal.write(json.dumps(src.segments) + "\n")
-                self._journal.flush()
-            except OSError as e:
-                raise CheckpointWriteError(
-                    f"cannot write the batch journal in {self.store.dir}: {e.strerror or e}"
-                ) from None
+        self._journal.open(self.store.journal_path(seq), "w", entries=self.source.plan)
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:
@@ -490,8 +464,8 @@ class Processor:
                 if batch:
                     self._processing = True
                     try:
-                        if kafka:
-                            self._journal_batch()
+                        if kafka and self._journal is not None and not self.source.replayed:
+                            self._journal.append(self.source.segments)
                         self.process_batch(batch)
                     finally:
                         self._processing = False
@@ -587,8 +561,7 @@ class Processor:
             with contextlib.suppress(Exception):
                 self.producer.close(timeout=10)
         if self._journal is not None:
-            with contextlib.suppress(OSError):  # a full disk was reported already
-                self._journal.close()
+            self._journal.close()
         if isinstance(self.source, KafkaSource):
             self.source.close()
 
