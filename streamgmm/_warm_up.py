@@ -75,6 +75,7 @@ def feature_scales(X: np.ndarray) -> np.ndarray:
 
 def fit_batch(
     X: np.ndarray,
+    scale: np.ndarray,
     n_components: int,
     covariance_type: str,
     reg_covar: float,
@@ -85,9 +86,11 @@ def fit_batch(
     rng: np.random.Generator,
     trim_fraction: float = 0.02,
 ) -> BatchFit:
-    """Fit a mixture to X by batch EM; covariances returned without the regulariser."""
+    """Fit a mixture to X by batch EM; covariances returned without the regulariser.
+
+    ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
+    """
     center = X.mean(axis=0)
-    scale = feature_scales(X)
     if covariance_type == "spherical":
         # One variance per component is only meaningful in units shared by all features.
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))

@@ -127,7 +127,7 @@ class AnomalyGate:
         """Set the threshold from ``n_calibration`` points drawn from ``model``."""
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.default_rng([seed, self._n_calibrations])
-        X = draw(model, self.n_calibration, rng)
+        X, _ = model._draw(self.n_calibration, rng)
         scores = -model.score_samples(X)
         self.threshold = float(np.quantile(scores, 1.0 - self.false_alarm_rate))
         self._calibrated_at = self._n_observed
@@ -184,16 +184,3 @@ class AnomalyGate:
         gate._window_n = int(meta["window_n"])
         gate._window_flagged = int(meta["window_flagged"])
         return gate
-
-
-def draw(model, n, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points drawn from a fitted mixture with the given generator."""
-    weights = model.weights_
-    counts = rng.multinomial(n, weights / weights.sum())
-    covs = model._covariance_matrices()
-    parts = [
-        rng.multivariate_normal(mean, cov, size=int(c), method="cholesky")
-        for mean, cov, c in zip(model.means_, covs, counts, strict=True)
-        if c
-    ]
-    return np.vstack(parts)

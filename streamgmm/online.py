@@ -260,17 +260,21 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._check_fitted()
         if n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples}. It must be >= 1.")
-        rng = check_random_state(self.random_state)
+        return self._draw(n_samples, check_random_state(self.random_state))
+
+    def _draw(self, n_samples, rng):
+        """(rows, component labels) drawn with ``rng`` (a RandomState or a Generator)."""
         counts = rng.multinomial(n_samples, self.weights_)
+        # A Generator can draw through the Cholesky factor (faster than the SVD default).
+        how = {"method": "cholesky"} if isinstance(rng, np.random.Generator) else {}
         covs = self._covariance_matrices()
         X = np.vstack(
             [
-                rng.multivariate_normal(mean, cov, int(c))
+                rng.multivariate_normal(mean, cov, int(c), **how)
                 for mean, cov, c in zip(self._means, covs, counts, strict=True)
             ]
         )
-        y = np.repeat(np.arange(self.n_components), counts)
-        return X, y
+        return X, np.repeat(np.arange(self.n_components), counts)
 
     def bic(self, X):
         """Bayesian information criterion on X (lower is better)."""
@@ -310,6 +314,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         return cov_ops.exact_precision(
             self._stable_cov(), self._reg, self.covariance_type, self.n_components
         )[0]
+
+    def _factorised(self, cov):
+        """``(cov, precision, logdet)``, factorising once; on failure ``cov`` gets the least
+        diagonal jitter that makes it factorisable (see ``_covariance.stabilise``)."""
+        ct, k = self.covariance_type, self.n_components
+        try:
+            return cov, *cov_ops.exact_precision(cov, self._reg, ct, k)
+        except np.linalg.LinAlgError:
+            cov = cov_ops.stabilise(cov, self._reg, ct)
+            return cov, *cov_ops.exact_precision(cov, self._reg, ct, k)
 
     def _stable_cov(self):
         return cov_ops.stabilise(self._cov, self._reg, self.covariance_type)
@@ -669,11 +683,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
         if self.covariance_type in ("full", "tied"):  # outer products round asymmetrically
             cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
-            cov = cov_ops.stabilise(cov, self._reg, self.covariance_type)
         try:
-            prec, logdet = cov_ops.exact_precision(
-                cov, self._reg, self.covariance_type, self.n_components
-            )
+            cov, prec, logdet = self._factorised(cov)
         except np.linalg.LinAlgError:
             prec = None
         if prec is None or not all(np.isfinite(a).all() for a in (s0, means, cov, prec, logdet)):
@@ -691,10 +702,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _refresh(self):
         """Recompute precisions exactly from the covariance statistics (and re-seed)."""
-        self._cov = cov_ops.stabilise(self._cov, self._reg, self.covariance_type)
-        self._prec, self._logdet = cov_ops.exact_precision(
-            self._cov, self._reg, self.covariance_type, self.n_components
-        )
+        self._cov, self._prec, self._logdet = self._factorised(self._cov)
         self._derive()
         self._since_refresh = 0
         self._reseed_starving()
@@ -735,9 +743,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._cov[k] = self._cov[h]
             elif self.covariance_type == "spherical":
                 self._cov[k] = self._cov[h]
-        self._prec, self._logdet = cov_ops.exact_precision(
-            self._cov, self._reg, self.covariance_type, self.n_components
-        )
+        self._cov, self._prec, self._logdet = self._factorised(self._cov)
         self._derive()
 
     def _finish_warm_up(self):
@@ -754,9 +760,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._provisional_n = n
 
     def _fit_buffer(self, X, n_init, trim_fraction, stream):
-        self._reg = self.reg_covar * feature_scales(X) ** 2
+        scale = feature_scales(X)
+        self._reg = self.reg_covar * scale**2
         fit = fit_batch(
             X,
+            scale,
             self.n_components,
             self.covariance_type,
             self.reg_covar,
@@ -769,12 +777,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         )
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
-        self._cov = np.ascontiguousarray(
-            cov_ops.stabilise(fit.cov, self._reg, self.covariance_type)
-        )
-        self._prec, self._logdet = cov_ops.exact_precision(
-            self._cov, self._reg, self.covariance_type, self.n_components
-        )
+        self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
         self._derive()
         self._since_refresh = 0
 
