@@ -124,6 +124,25 @@ def _resume_and_check(tmp_path, reference, caplog, expect_seq):
     np.testing.assert_array_equal(p.model.covariances_, ref_model.covariances_)
 
 
+def _file_argv(tmp_path, *extra) -> list[str]:
+    """``streamgmm run`` arguments on this module's input, output and checkpoint files."""
+    return [
+        "run",
+        "--input",
+        str(tmp_path / "in.jsonl"),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+        "--features",
+        "a,b,c",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--warm-up",
+        "300",
+        "--no-gate",
+        *extra,
+    ]
+
+
 def test_truncated_newest_checkpoint_falls_back_to_previous(interrupted, reference, caplog):
     tmp_path, paths = interrupted
     newest = paths[-1]
@@ -205,25 +224,7 @@ def test_checkpoint_of_another_configuration_is_refused(interrupted, capsys):
     with pytest.raises(CheckpointError, match="features"):
         Processor(_cfg(tmp_path, features=["a", "b"]), handle_signals=False)
     # the CLI: one clear message, exit code 2, nothing written
-    argv = [
-        "run",
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--output",
-        str(tmp_path / "out.jsonl"),
-        "--features",
-        "a,b,c",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--n-components",
-        "4",
-        "--warm-up",
-        "300",
-        "--no-gate",
-        "--batch-size",
-        "100",
-    ]
-    assert main(argv) == 2
+    assert main(_file_argv(tmp_path, "--n-components", "4", "--batch-size", "100")) == 2
     err = capsys.readouterr().err
     assert "different configuration" in err and "model.n_components: checkpoint 3" in err
     assert {p.name: p.read_bytes() for p in (tmp_path / "ck").iterdir()} == before
@@ -241,21 +242,7 @@ def test_every_checkpoint_damaged_is_a_clear_refusal_not_a_fresh_start(interrupt
     )
     assert r.returncode == 1 and "no usable checkpoint" in r.stderr
     out_before = (tmp_path / "out.jsonl").read_bytes()
-    argv = [
-        "run",
-        "--input",
-        str(tmp_path / "in.jsonl"),
-        "--output",
-        str(tmp_path / "out.jsonl"),
-        "--features",
-        "a,b,c",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--warm-up",
-        "300",
-        "--no-gate",
-    ]
-    assert main(argv) == 2
+    assert main(_file_argv(tmp_path)) == 2
     assert "no usable checkpoint" in capsys.readouterr().err
     assert (tmp_path / "out.jsonl").read_bytes() == out_before
     assert checkpoint_paths(tmp_path / "ck") == paths  # nothing new written

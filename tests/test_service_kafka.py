@@ -36,6 +36,32 @@ def _cli() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
 
 
+def _run_cmd(bootstrap, tin, tout, tdlq, group, ckdir, *extra) -> list[str]:
+    """``streamgmm run`` on Kafka with the settings these tests share, plus ``extra`` flags."""
+    return [
+        *_cli(),
+        "run",
+        "--bootstrap-servers",
+        bootstrap,
+        "--topic",
+        tin,
+        "--output-topic",
+        tout,
+        "--dead-letter-topic",
+        tdlq,
+        "--group-id",
+        group,
+        "--checkpoint-dir",
+        str(ckdir),
+        "--features",
+        "a,b,c",
+        "--warm-up",
+        "300",
+        "--no-gate",
+        *extra,
+    ]
+
+
 def _produce(bootstrap, topic, n, seed=0, bad_every=None, start=0):
     """n records round-robin over partitions; every ``bad_every``-th is invalid. Returns the
     number of valid records."""
@@ -143,33 +169,10 @@ def test_kafka_sigterm_mid_stream(kafka_bootstrap, new_topic, tmp_path):
     tin, tout, tdlq = new_topic(2), new_topic(1), new_topic(1)
     valid = _produce(kafka_bootstrap, tin, 30000, bad_every=1000)
     ck = tmp_path / "ck"
-    cmd = [
-        *_cli(),
-        "run",
-        "--bootstrap-servers",
-        kafka_bootstrap,
-        "--topic",
-        tin,
-        "--output-topic",
-        tout,
-        "--dead-letter-topic",
-        tdlq,
-        "--group-id",
-        "g-term",
-        "--checkpoint-dir",
-        str(ck),
-        "--checkpoint-every",
-        "2000",
-        "--features",
-        "a,b,c",
-        "--warm-up",
-        "300",
-        "--no-gate",
-        "--max-poll-records",
-        "200",
-        "--idle-timeout",
-        "3",
-    ]
+    cmd = _run_cmd(
+        kafka_bootstrap, tin, tout, tdlq, "g-term", ck,
+        "--checkpoint-every", "2000", "--max-poll-records", "200", "--idle-timeout", "3",
+    )  # fmt: skip
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + 60
     while not list(ck.glob("ckpt-*.npz")) and time.monotonic() < end:
@@ -210,33 +213,12 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     valid = _produce(kafka_bootstrap, tin, 15000, bad_every=200)
     procs = []
     for i in range(2):
-        cmd = [
-            *_cli(),
-            "run",
-            "--bootstrap-servers",
-            kafka_bootstrap,
-            "--topic",
-            tin,
-            "--output-topic",
-            tout,
-            "--dead-letter-topic",
-            tdlq,
-            "--group-id",
-            "g-two",
-            "--checkpoint-dir",
-            str(tmp_path / f"ck{i}"),
-            "--features",
-            "a,b,c",
-            "--warm-up",
-            "300",
-            "--no-gate",
-            "--max-poll-records",
-            "100",
-            # Long enough that the first instance, having drained the first half, still waits
-            # for the second one to start and join on a loaded 2-core machine.
-            "--idle-timeout",
-            "12",
-        ]
+        # The idle timeout is long enough that the first instance, having drained the first
+        # half, still waits for the second one to start and join on a loaded 2-core machine.
+        cmd = _run_cmd(
+            kafka_bootstrap, tin, tout, tdlq, "g-two", tmp_path / f"ck{i}",
+            "--max-poll-records", "100", "--idle-timeout", "12",
+        )  # fmt: skip
         procs.append(
             subprocess.Popen(
                 cmd,
