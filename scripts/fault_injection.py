@@ -209,10 +209,15 @@ class CrashLoop:
         return dict(out)
 
 
-def _env(faults: str | None) -> dict[str, str]:
+def _env(faults: str | None, static: bool = True, session_ms: int | None = None) -> dict[str, str]:
+    """The processor's environment: ``static`` membership (restarts rejoin at once instead of
+    waiting for the killed member's session to expire) or the default dynamic one, and an
+    optional shorter group session timeout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMGMM_")}
-    # Restarts rejoin at once instead of waiting for the killed member's session to expire.
-    env["STREAMGMM_KAFKA__GROUP_INSTANCE_ID"] = "fault-injection"
+    if static:
+        env["STREAMGMM_KAFKA__GROUP_INSTANCE_ID"] = "fault-injection"
+    if session_ms is not None:
+        env["STREAMGMM_KAFKA__SESSION_TIMEOUT_MS"] = str(session_ms)
     if faults:
         env["SGMM_FAULTS"] = faults
     return env
@@ -236,9 +241,14 @@ def crash_loop(
     every: int,
     batch: int = 1000,
     timeout: float = 120.0,
+    static: bool = True,
+    session_ms: int | None = None,
+    external: tuple[float, float] = (0.8, 2.2),
 ):
     """Run ``cmd`` ``kills`` times with a kill each (rotating over :data:`PHASES`), then once
     to the end. Returns a :class:`CrashLoop`; raises if a run fails other than by SIGKILL.
+    ``static``/``session_ms``: group membership (see :func:`_env`); ``external``: range of the
+    random moment (seconds after start) of the kills from outside.
 
     Where a point is reached N times per run, N is drawn so that the kills spread over the
     whole topic: about twice the records still to do per remaining kill, at most."""
@@ -258,11 +268,12 @@ def crash_loop(
             log.write(f"=== run: {inc.phase} nth={nth}\n".encode())
             log.flush()
             t0 = time.monotonic()
-            p = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(faults))
+            env = _env(faults, static, session_ms)
+            p = subprocess.Popen(cmd, stdout=log, stderr=log, env=env)
             try:
                 if phase == "external":
                     # anywhere from start-up (restore, group join: ~1.4 s) into processing
-                    time.sleep(rng.uniform(0.8, 2.2))
+                    time.sleep(rng.uniform(*external))
                     p.send_signal(signal.SIGKILL)
                 inc.returncode = p.wait(timeout=timeout)
             except BaseException:
@@ -340,6 +351,9 @@ def experiment(
     bad_every: int = 1000,
     every: int = 4000,
     reference: bool = True,
+    static: bool = True,
+    session_ms: int | None = None,
+    external: tuple[float, float] = (0.8, 2.2),
 ) -> dict:
     """The whole experiment; returns every figure (see the module docstring)."""
     t0 = time.monotonic()
@@ -355,6 +369,9 @@ def experiment(
         total=records,
         ckdir=ck,
         every=every,
+        static=static,
+        session_ms=session_ms,
+        external=external,
     )
     t_loop = time.monotonic() - t0 - t_produce
     figures = audit(bootstrap, tin, tout, tdlq)
@@ -378,45 +395,182 @@ def experiment(
     return figures
 
 
+# -- single faults -----------------------------------------------------------------------------
+def run_once(
+    cmd: list[str],
+    log_path: Path,
+    faults: str | None = None,
+    static: bool = True,
+    session_ms: int | None = None,
+    timeout: float = 90.0,
+) -> int:
+    """One incarnation of ``cmd`` (output appended to ``log_path``); its return code, or
+    ``"timeout"`` if it had to be killed after ``timeout`` seconds (a hang)."""
+    with open(log_path, "ab") as log:
+        log.write(f"=== run: faults={faults} static={static}\n".encode())
+        log.flush()
+        p = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(faults, static, session_ms))
+        try:
+            return p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return "timeout"
+
+
+def _outcome(bootstrap: str, topics: tuple[str, str, str], ck: Path, valid: int) -> dict:
+    figures = audit(bootstrap, *topics)
+    try:
+        figures["n_samples_seen"] = inspect(ck)["n_samples_seen"]
+    except subprocess.CalledProcessError:
+        figures["n_samples_seen"] = None
+    figures["valid"] = valid
+    return figures
+
+
+def delayed_restart(
+    bootstrap: str,
+    workdir: Path,
+    static: bool = False,
+    records: int = 12_000,
+    partitions: int = 2,
+    every: int = 3000,
+    session_ms: int = 3000,
+    seed: int = 0,
+) -> dict:
+    """SIGKILL between "checkpoint written" and "offsets committed" (the committed offsets lag
+    the checkpoint by one interval), wait longer than the group session timeout, restart:
+    the restart must seek to the checkpoint's offsets. Returns the audit figures."""
+    topics = make_topics(bootstrap, partitions, stem="delayed")
+    valid = produce(bootstrap, topics[0], records, partitions, seed=seed)
+    ck = workdir / "ck"
+    cmd = run_cmd(bootstrap, *topics, f"delayed-{topics[0]}", ck, every)
+    log_path = workdir / "delayed-restart.log"
+    first = run_once(cmd, log_path, "commit:kill@2", static, session_ms)
+    time.sleep(session_ms / 1000 + 2)  # the killed member's session expires meanwhile
+    second = run_once(cmd, log_path, None, static, session_ms)
+    return {**_outcome(bootstrap, topics, ck, valid), "returncodes": [first, second]}
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+#: Ways to damage the newest checkpoint (or all of them, keeping the batch journals).
+DAMAGES = {
+    "truncated": lambda paths: paths[-1].write_bytes(paths[-1].read_bytes()[:300]),
+    "zero-length": lambda paths: paths[-1].write_bytes(b""),
+    "bit-flipped": lambda paths: _flip(paths[-1]),
+    "garbage": lambda paths: paths[-1].write_bytes(os.urandom(4096)),
+    "oldest-over-newest": lambda paths: shutil.copyfile(paths[0], paths[-1]),
+    "deleted-journal-kept": lambda paths: [p.unlink() for p in paths],
+}
+
+
+def damaged_checkpoint(
+    bootstrap: str,
+    workdir: Path,
+    damage: str,
+    records: int = 11_500,
+    partitions: int = 2,
+    every: int = 2000,
+    static: bool = False,
+    session_ms: int = 3000,
+    seed: int = 0,
+) -> dict:
+    """SIGKILL a run that has checkpointed (and committed) most of the topic and processed
+    the rest, damage the newest checkpoint (see :data:`DAMAGES`), restart with
+    ``--idle-timeout``: the restart must resume from the previous checkpoint — behind the
+    committed offsets — and finish the topic, or refuse clearly (exit 2); never hang."""
+    from streamgmm.service.checkpoint import checkpoint_paths
+
+    topics = make_topics(bootstrap, partitions, stem="damaged")
+    valid = produce(bootstrap, topics[0], records, partitions, seed=seed)
+    ck = workdir / "ck"
+    cmd = run_cmd(bootstrap, *topics, f"damaged-{topics[0]}", ck, every)
+    log_path = workdir / f"damaged-{damage}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(None, static, session_ms))
+        deadline = time.monotonic() + 60
+        while _done(ck) < records - records % every and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # the records after the last checkpoint are processed meanwhile
+        proc.send_signal(signal.SIGKILL)
+        first = proc.wait()
+    paths = checkpoint_paths(ck)
+    DAMAGES[damage](paths)
+    t0 = time.monotonic()
+    second = run_once(cmd, log_path, None, static, session_ms, timeout=90)
+    seconds = round(time.monotonic() - t0, 1)
+    tail = log_path.read_text(errors="replace").split("=== run:")[-1]
+    return {
+        **_outcome(bootstrap, topics, ck, valid),
+        "returncodes": [first, second],
+        "checkpoints_before": [p.name for p in paths],
+        "restart_seconds": seconds,
+        "restart_log": tail,
+    }
+
+
+def java_produce(bootstrap: str, topic: str, lines: list[bytes], compression: str) -> int:
+    """Produce ``lines`` with Kafka's own Java producer (``compression.type=compression``),
+    from the provisioned broker jars; returns the number of records it sent."""
+    libs = _broker_module().provision()
+    source = HERE / "kafka" / "LineProducer.java"
+    r = subprocess.run(
+        ["java", "-cp", f"{libs}/*", str(source), bootstrap, topic, compression],
+        input=b"\n".join(lines) + b"\n",
+        capture_output=True,
+        timeout=120,
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"Java producer failed: {r.stderr.decode(errors='replace')[-2000:]}")
+    return int(r.stdout.split()[-1])
+
+
+def compressed_topic(
+    bootstrap: str, workdir: Path, codec: str, records: int = 2000, seed: int = 0
+) -> dict:
+    """Records compressed by the Java producer with ``codec``, consumed by ``streamgmm run``."""
+    topics = make_topics(bootstrap, 1, stem=f"codec-{codec}")
+    rng = np.random.default_rng(seed)
+    X = CENTRES[rng.integers(0, len(CENTRES), records)] + rng.standard_normal((records, 3))
+    lines = [b'{"a": %r, "b": %r, "c": %r}' % tuple(x) for x in X.tolist()]
+    sent = java_produce(bootstrap, topics[0], lines, codec)
+    ck = workdir / f"ck-{codec}"
+    cmd = run_cmd(bootstrap, *topics, f"codec-{topics[0]}", ck, 4000)
+    rc = run_once(cmd, workdir / f"codec-{codec}.log", None, True, None, timeout=90)
+    return {**_outcome(bootstrap, topics, ck, records), "sent": sent, "returncode": rc}
+
+
 def _broker_module():
     import kafka_broker as mod  # beside this script: on the path when run as a script
 
     return mod
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--records", type=int, default=200_000)
-    ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--bad-every", type=int, default=1000, help="one invalid record per N")
-    ap.add_argument("--checkpoint-every", type=int, default=4000)
-    ap.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")
-    ap.add_argument("--workdir", help="keep logs and checkpoints here (default: a temp dir)")
-    a = ap.parse_args(argv)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = _broker_module().start_broker(owner_pid=os.getpid())
-        bootstrap = broker.bootstrap
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="streamgmm-faults-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        f = experiment(
-            bootstrap,
-            a.records,
-            a.partitions,
-            a.kills,
-            a.seed,
-            workdir,
-            bad_every=a.bad_every,
-            every=a.checkpoint_every,
-            reference=not a.no_reference,
-        )
-    finally:
-        if broker is not None:
-            broker.stop()
+def _ok(f: dict) -> bool:
+    """Nothing lost or invented, nothing learned twice, duplicates identical."""
+    return (
+        f["lost"] == 0
+        and f["unexpected"] == 0
+        and f["duplicates_differing"] == 0
+        and f["n_samples_seen"] == f["valid"]
+    )
+
+
+def _line(f: dict) -> str:
+    return (
+        f"in {f['records_in']} ({f['valid']} valid), out {f['outputs']}, dead {f['dead_letters']}, "
+        f"lost {f['lost']}, duplicated {f['duplicated_records']} ({f['duplicates_differing']} "
+        f"differing), n_samples_seen {f['n_samples_seen']}"
+    )
+
+
+def _print_crash_loop(title: str, f: dict, workdir: Path) -> bool:
+    print(f"== {title}")
     print(f"records in          {f['records_in']}  ({f['valid']} valid)")
     print(f"outputs             {f['outputs']}")
     print(f"dead letters        {f['dead_letters']}")
@@ -437,13 +591,108 @@ def main(argv: list[str] | None = None) -> int:
         f"time                produce {f['seconds_produce']} s, crash loop "
         f"{f['seconds_crash_loop']} s; logs in {workdir}"
     )
-    ok = (
-        f["lost"] == 0
-        and f["duplicates_differing"] == 0
-        and f["n_samples_seen"] == f["valid"]
-        and f["unexpected"] == 0
-    )
+    ok = _ok(f)
     print("RESULT              " + ("OK" if ok else "FAILED"))
+    return ok
+
+
+SCENARIOS = ("crash-loop", "dynamic-crash-loop", "delayed-restart", "damaged", "codecs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--scenario",
+        choices=[*SCENARIOS, "all"],
+        default="crash-loop",
+        help="crash-loop (static membership), dynamic-crash-loop (default membership, short "
+        "session), delayed-restart (kill before commit, restart after the session expired), "
+        "damaged (each damage of the newest checkpoint), codecs (topics compressed by the "
+        "Java producer); all: every one",
+    )
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bad-every", type=int, default=1000, help="one invalid record per N")
+    ap.add_argument("--checkpoint-every", type=int, default=4000)
+    ap.add_argument("--session-ms", type=int, default=3000, help="dynamic-membership scenarios")
+    ap.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")
+    ap.add_argument("--workdir", help="keep logs and checkpoints here (default: a temp dir)")
+    a = ap.parse_args(argv)
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = _broker_module().start_broker(owner_pid=os.getpid())
+        bootstrap = broker.bootstrap
+    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="streamgmm-faults-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    todo = SCENARIOS if a.scenario == "all" else (a.scenario,)
+    ok = True
+    try:
+        for name in todo:
+            sub = workdir / name
+            sub.mkdir(parents=True, exist_ok=True)
+            t0 = time.monotonic()
+            if name in ("crash-loop", "dynamic-crash-loop"):
+                dynamic = name == "dynamic-crash-loop"
+                f = experiment(
+                    bootstrap,
+                    a.records,
+                    a.partitions,
+                    a.kills,
+                    a.seed,
+                    sub,
+                    bad_every=a.bad_every,
+                    every=a.checkpoint_every,
+                    reference=not a.no_reference,
+                    static=not dynamic,
+                    session_ms=a.session_ms if dynamic else None,
+                    external=(0.5, 8.0) if dynamic else (0.8, 2.2),
+                )
+                title = "crash loop, " + ("dynamic" if dynamic else "static") + " membership"
+                ok &= _print_crash_loop(title, f, sub)
+            elif name == "delayed-restart":
+                print("== delayed restart (SIGKILL before the commit, restart after the session)")
+                for static in (False, True):
+                    f = delayed_restart(
+                        bootstrap, sub / str(static), static=static, session_ms=a.session_ms
+                    )
+                    good = _ok(f) and f["returncodes"] == [-signal.SIGKILL, 0]
+                    ok &= good
+                    kind = "static " if static else "dynamic"
+                    print(f"{kind}  {_line(f)}  {'OK' if good else 'FAILED'}")
+            elif name == "damaged":
+                print("== damaged newest checkpoint (restart with --idle-timeout 4)")
+                for damage in DAMAGES:
+                    f = damaged_checkpoint(bootstrap, sub / damage, damage, session_ms=a.session_ms)
+                    rc = f["returncodes"][1]
+                    if damage == "deleted-journal-kept":
+                        good = rc == 2 and "holds no checkpoint" in f["restart_log"]
+                        what = f"exit {rc} (refused: no checkpoint, committed offsets)"
+                    else:
+                        good = rc == 0 and _ok(f)
+                        what = f"exit {rc}, {_line(f)}"
+                    ok &= good
+                    print(
+                        f"{damage:<21} {what}; restart {f['restart_seconds']} s  "
+                        + ("OK" if good else "FAILED")
+                    )
+            elif name == "codecs":
+                print("== compressed topics (Kafka's Java producer, compression.type=...)")
+                for codec in ("gzip", "snappy", "lz4", "zstd"):
+                    f = compressed_topic(bootstrap, sub, codec)
+                    good = f["returncode"] == 0 and _ok(f) and f["outputs"] == f["sent"]
+                    ok &= good
+                    print(
+                        f"{codec:<7} exit {f['returncode']}, {_line(f)}  "
+                        + ("OK" if good else "FAILED")
+                    )
+            print(f"   ({time.monotonic() - t0:.0f} s; logs in {sub})")
+    finally:
+        if broker is not None:
+            broker.stop()
+    print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1
 
 

@@ -165,6 +165,29 @@ def test_bit_flipped_newest_checkpoint_is_detected(interrupted, reference, caplo
     _resume_and_check(tmp_path, reference, caplog, expect_seq=int(paths[-2].stem[5:]))
 
 
+@pytest.mark.parametrize("stray", ["garbage", "copy-of-oldest"])
+def test_stray_file_named_like_a_newer_checkpoint_hides_nothing(
+    interrupted, reference, caplog, stray
+):
+    """A file named like a checkpoint with a huge sequence number (garbage, or a copy of an old
+    checkpoint) must neither be taken for the newest state nor hide the ones written after it:
+    checkpoints are ordered by the sequence number inside their checksummed metadata."""
+    tmp_path, paths = interrupted
+    fake = tmp_path / "ck" / "ckpt-999999999999.npz"
+    if stray == "garbage":
+        fake.write_bytes(b"not a checkpoint " * 200)
+    else:
+        shutil.copyfile(paths[0], fake)
+    _run(tmp_path, max_records=2400)  # continues from 1800, checkpoints after the stray file
+    p = Processor(_cfg(tmp_path), handle_signals=False)
+    assert p.model.n_samples_seen_ == 2400
+    assert p.run() == 0
+    n, ref_out, ref_model = reference
+    assert p.model.n_samples_seen_ == n
+    assert _outputs(tmp_path / "out.jsonl") == ref_out
+    np.testing.assert_array_equal(p.model.means_, ref_model.means_)
+
+
 def _rewrite_npz(path: Path, edit) -> None:
     """Rewrite a checkpoint as a *valid* zip with arrays changed by ``edit(arrays)`` and the
     stored checksum left as it was: only the SHA-256 can notice."""

@@ -242,3 +242,17 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     assert sorted(set(got)) == _input_coords(tin, kafka_bootstrap)  # nothing lost
     # a rebalance replays at most what was in flight, never learned twice by one model
     assert sum(m["n_samples_seen"] for m in metas) <= valid + (len(got) - len(set(got)))
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_kafka_consumes_topics_compressed_by_the_java_producer(kafka_bootstrap, tmp_path, codec):
+    """Records compressed with each codec by Kafka's own Java producer (a client other than
+    kafka-python: its codec implementations, its batch framing) are all processed."""
+    import fault_injection  # scripts/ is on the path (conftest.py)
+
+    f = fault_injection.compressed_topic(kafka_bootstrap, tmp_path, codec, records=1000)
+    log = (tmp_path / f"codec-{codec}.log").read_text(errors="replace")
+    assert f["sent"] == 1000
+    assert f["returncode"] == 0, log[-3000:]
+    assert f["outputs"] == 1000 and f["dead_letters"] == 0 and f["lost"] == 0, f
+    assert f["n_samples_seen"] == 1000

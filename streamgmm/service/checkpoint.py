@@ -7,9 +7,12 @@ every other array's name, dtype, shape and bytes).  It is written to a temporary
 renamed into place and the directory fsynced, so a crash leaves either the old set of checkpoints
 or the old set plus one complete new file, never a torn one.  The last ``keep`` are kept; a
 checkpoint that fails its checksum or version check is skipped (logged) in favour of the
-previous one.  Beside each checkpoint ``N`` a batch journal ``batches-N.jsonl`` lists the Kafka
-batches processed after it (see :mod:`streamgmm.service.processor`); a write failure (disk full,
-read-only, no access) raises :class:`CheckpointWriteError` naming the directory.
+previous one.  Checkpoints are ordered by the sequence number recorded in their checksummed
+metadata, not by file name: a stray or copied file named like a checkpoint can never make an
+older state look newer, nor hide the checkpoints written after it.  Beside each checkpoint ``N``
+a batch journal ``batches-N.jsonl`` lists the Kafka batches processed after it (see
+:mod:`streamgmm.service.processor`); a write failure (disk full, read-only, no access) raises
+:class:`CheckpointWriteError` naming the directory.
 
 Example
 -------
@@ -46,22 +49,29 @@ __all__ = [
     "FORMAT_VERSION",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointRefused",
     "CheckpointStore",
     "CheckpointWriteError",
     "checkpoint_paths",
     "latest_checkpoint",
     "read_checkpoint",
+    "replay_plan",
+    "scan_checkpoints",
 ]
 
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^ckpt-(\d{12})\.npz$")
-_JOURNAL = re.compile(r"^batches-(\d{12})\.jsonl$")
+_NAME = re.compile(r"^ckpt-(\d+)\.npz$")
+_JOURNAL = re.compile(r"^batches-(\d+)\.jsonl$")
 _META, _SUM = "__meta__", "__sha256__"
 log = logging.getLogger("streamgmm.service.checkpoint")
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be used (corrupt, wrong version, or refused for the configuration)."""
+
+
+class CheckpointRefused(CheckpointError):
+    """A usable checkpoint that does not fit this run (its features against the input's)."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -135,30 +145,88 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def checkpoint_paths(directory: str | os.PathLike) -> list[Path]:
-    """Checkpoint files in ``directory``, oldest first (read-only)."""
+    """Files named like checkpoints in ``directory``, by the number in their name (read-only).
+
+    A listing, not an ordering of states: :func:`latest_checkpoint` orders by the sequence
+    number inside each verified file."""
     d = Path(directory)
     found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
 
+def scan_checkpoints(directory: str | os.PathLike) -> tuple[list[Checkpoint], list[str]]:
+    """Every checkpoint-named file of ``directory``, verified: the usable ones ordered oldest
+    first by the sequence number in their (checksummed) metadata, and why each other one is
+    unusable. A copy of an older checkpoint under a newer name sorts as what it is."""
+    good: list[tuple[tuple[int, int], Checkpoint]] = []
+    errors: list[str] = []
+    for p in checkpoint_paths(directory):
+        try:
+            ck = read_checkpoint(p)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        named = int(_NAME.match(p.name).group(1))
+        if ck.seq != named:
+            log.warning(
+                "%s holds checkpoint #%d (not #%d): ordered as #%d", p, ck.seq, named, ck.seq
+            )
+        good.append(((ck.seq, named), ck))
+    good.sort(key=lambda item: item[0])
+    return [ck for _, ck in good], errors
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` that verifies (read-only; see
     :meth:`CheckpointStore.load_latest`)."""
-    paths = checkpoint_paths(directory)
-    errors = []
-    for p in reversed(paths):
-        try:
-            return read_checkpoint(p)
-        except CheckpointError as e:
-            log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
-            errors.append(str(e))
-    if paths:
+    good, errors = scan_checkpoints(directory)
+    for e in errors:
+        log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
+    if good:
+        return good[-1]
+    if errors:
         raise CheckpointError(
             f"no usable checkpoint in {directory}: "
             + "; ".join(errors)
             + " (start over with --fresh)"
         )
     return None
+
+
+def replay_plan(entries: list, start: dict[tuple[str, int], int]) -> list[list]:
+    """The journaled batches that continue exactly from ``start`` (next offset per partition).
+
+    Journals are chained across checkpoints and may hold a batch twice (a replay checkpointed
+    midway, a batch regrouped after a rebalance), batches already covered by the checkpoint, or
+    stop short. Walking them in order, a segment ending at or before the partition's position is
+    dropped, one straddling it is cut there, and the first gap (a segment starting after the
+    position) ends the plan: what is left replays every record after the checkpoint exactly
+    once, in order. A partition absent from ``start`` starts where its first segment does.
+    """
+    pos = dict(start)
+    plan: list[list] = []
+    for entry in entries:
+        kept = []
+        for seg in entry:
+            try:
+                t, p, s, e = seg
+                tp, s, e = (str(t), int(p)), int(s), int(e)
+            except (TypeError, ValueError):
+                log.error("batch journal entry %r malformed: replay stops there", seg)
+                return plan
+            here = pos.setdefault(tp, s)
+            if e <= here:
+                continue
+            if s > here:
+                log.warning("batch journal skips %s[%d] %d..%d: replay stops there", *tp, here, s)
+                if kept:
+                    plan.append(kept)
+                return plan
+            kept.append([tp[0], tp[1], here, e])
+            pos[tp] = e
+        if kept:
+            plan.append(kept)
+    return plan
 
 
 class CheckpointStore:
@@ -186,15 +254,26 @@ class CheckpointStore:
             raise CheckpointError(
                 f"checkpoint directory {self.dir} is not writable: {e.strerror or e}"
             ) from None
+        self._kept: list[tuple[int, Path]] | None = None  # (seq, path) of the usable ones
+
+    def _scan(self) -> tuple[list[Checkpoint], list[str]]:
+        good, errors = scan_checkpoints(self.dir)
+        self._kept = [(ck.seq, ck.path) for ck in good]
+        return good, errors
 
     def paths(self) -> list[Path]:
-        """Checkpoint files, oldest first."""
+        """Files named like checkpoints, by the number in their name (see
+        :func:`checkpoint_paths`)."""
         return checkpoint_paths(self.dir)
 
     def save(self, arrays: dict[str, np.ndarray], meta: dict) -> Path:
-        """Write a new checkpoint atomically and prune old ones; returns its path."""
-        paths = self.paths()
-        seq = int(_NAME.match(paths[-1].name).group(1)) + 1 if paths else 1
+        """Write a new checkpoint atomically and prune old ones; returns its path.
+
+        Its sequence number follows the newest usable checkpoint's; a file already under that
+        name is unusable or an older copy (else it would be the newest) and is replaced."""
+        if self._kept is None:
+            self._scan()
+        seq = self._kept[-1][0] + 1 if self._kept else 1
         meta = {**meta, "format_version": FORMAT_VERSION, "seq": seq, "created": time.time()}
         out: dict[str, np.ndarray] = {}
         for k, v in arrays.items():
@@ -229,10 +308,12 @@ class CheckpointStore:
                 ) from None
             raise
         _fsync_dir(self.dir)
-        for old in self.paths()[: -self.keep]:
+        self._kept = [(s, p) for s, p in self._kept if p != final] + [(seq, final)]
+        for _, old in self._kept[: -self.keep]:
             with contextlib.suppress(OSError):
                 old.unlink()
-        oldest = int(_NAME.match(self.paths()[0].name).group(1))
+        self._kept = self._kept[-self.keep :]
+        oldest = self._kept[0][0]
         for j in self.dir.glob("batches-*.jsonl"):
             m = _JOURNAL.match(j.name)
             if m and int(m.group(1)) < oldest:
@@ -246,18 +327,23 @@ class CheckpointStore:
         first checkpoint)."""
         return self.dir / f"batches-{seq:012d}.jsonl"
 
-    def journal_replay(self, seq: int) -> tuple[list[list], Path]:
-        """Batches journaled after checkpoint ``seq``, oldest first, and the journal to append
-        to.
+    def journal_replay(
+        self, seq: int, start: dict[tuple[str, int], int] | None = None
+    ) -> tuple[list[list], Path]:
+        """Batches journaled after checkpoint ``seq`` (0: no checkpoint), oldest first, that
+        continue exactly from the checkpoint's offsets ``start`` (see :func:`replay_plan`),
+        and the journal to append to.
 
         The journals of ``seq`` and of every later checkpoint are chained: after falling back to
         an older checkpoint (a newer one was damaged) the batches after the damaged one replay
-        too. A torn last line (a crash mid-write) ends the replay.
+        too. Without a checkpoint only journal 0 counts (the journals of checkpoints that are
+        gone cannot be placed). A torn last line (a crash mid-write) ends the replay.
         """
         found = sorted(
             (int(m.group(1)), p)
             for p in self.dir.glob("batches-*.jsonl")
-            if (m := _JOURNAL.match(p.name)) and int(m.group(1)) >= seq
+            if (m := _JOURNAL.match(p.name))
+            and (int(m.group(1)) >= seq if seq else int(m.group(1)) == 0)
         )
         plan: list[list] = []
         for _, p in found:
@@ -278,7 +364,7 @@ class CheckpointStore:
             data = f.read()
             if data and not data.endswith(b"\n"):  # cut a torn last line before appending
                 f.truncate(data.rfind(b"\n") + 1)
-        return plan, last
+        return replay_plan(plan, start or {}), last
 
     def journal(self) -> BatchJournal:
         """A writer for this directory's batch journals."""
@@ -295,7 +381,18 @@ class CheckpointStore:
             Checkpoint files exist but none of them verifies (starting over silently would
             learn every record a second time).
         """
-        return latest_checkpoint(self.dir)
+        good, errors = self._scan()
+        for e in errors:
+            log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
+        if good:
+            return good[-1]
+        if errors:
+            raise CheckpointError(
+                f"no usable checkpoint in {self.dir}: "
+                + "; ".join(errors)
+                + " (start over with --fresh)"
+            )
+        return None
 
 
 class BatchJournal:

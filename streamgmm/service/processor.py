@@ -37,18 +37,19 @@ import math
 import signal
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from . import faults
-from .checkpoint import CheckpointError, CheckpointStore
+from .checkpoint import CheckpointError, CheckpointRefused, CheckpointStore
 from .codec import Decoder, encode_dead_letter, encode_outputs
 from .config import ServiceConfig
 from .metrics import Metrics, MetricsServer
 from .records import RawRecord
 from .sinks import FileSink, KafkaSink, make_producer
-from .sources import FileSource, Interrupted, KafkaSource, file_identity
+from .sources import FileSource, Interrupted, KafkaSource, committed_offsets, file_identity
 
 __all__ = ["Processor", "build_model", "model_from_checkpoint"]
 
@@ -115,6 +116,8 @@ class Processor:
         self.store = (
             CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
         )
+        self._dead_reasons: Counter[str] = Counter()  # this run's, for the summary's hints
+        self._counts_at_start = dict(self.counts)
         self._stop = False
         self._outage_since: float | None = None
         self._outage_logged = 0.0
@@ -129,15 +132,23 @@ class Processor:
         self._journal = self.store.journal() if self.store is not None else None
         self._journal_path: Path | None = None
         self._replay_plan: list = []
-        if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
-            self._replay_plan, self._journal_path = self.store.journal_replay(
-                ck.seq if ck is not None else 0
-            )
+        # Partitions this instance gave up (revoked, lost) since it started: another instance
+        # may have processed them further, so a re-assignment resumes from the later of our
+        # offset and the group's committed one.
+        self._released: set[tuple[str, int]] = set()
         features = cfg.features
+        # Features found in the input (not configured): a checkpoint made so is refused when
+        # this input's fields differ (checked on the first valid record, before any scoring).
+        self.features_inferred = cfg.features is None
+        self._expect_features: list[str] | None = None
         if ck is not None:
             self._check_compatible(ck)
             self.model, self.gate = model_from_checkpoint(ck)
             features = ck.meta.get("features") or features
+            if cfg.features is None:
+                self.features_inferred = bool(ck.meta.get("features_inferred"))
+                if self.features_inferred and features:
+                    self._expect_features, features = list(features), None
             off = ck.meta.get("offsets", {})
             for k, v in off.get("kafka", {}).items():
                 t, p = k.rsplit(":", 1)
@@ -145,6 +156,7 @@ class Processor:
             for k, v in off.get("files", {}).items():
                 self.offsets[k] = int(v)
             self.counts.update(ck.meta.get("counts", {}))
+            self._counts_at_start = dict(self.counts)
             self.sink_sizes = {k: int(v) for k, v in ck.meta.get("sinks", {}).items()}
             self.restored_from = ck.path
             log.info(
@@ -155,6 +167,13 @@ class Processor:
             )
         else:
             self.model, self.gate = build_model(cfg)
+            if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
+                self._refuse_forgotten_model()
+        if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
+            start = {k: v for k, v in self.offsets.items() if isinstance(k, tuple)}
+            self._replay_plan, self._journal_path = self.store.journal_replay(
+                ck.seq if ck is not None else 0, start
+            )
         self.decoder = Decoder(
             features,
             max_record_bytes=cfg.max_record_bytes,
@@ -189,6 +208,33 @@ class Processor:
                 f"{cfg.features}. Use the same features, another --checkpoint-dir, or --fresh."
             )
 
+    def _refuse_forgotten_model(self) -> None:
+        # Committed offsets without a checkpoint: a model learned those records and its state
+        # is gone (new machine, wiped volume). Starting fresh there would silently forget it.
+        committed = committed_offsets(self.cfg.kafka)
+        if committed:
+            raise CheckpointError(
+                f"consumer group {self.cfg.kafka.group_id!r} has committed offsets on "
+                f"{', '.join(self.cfg.kafka.topics)} but the checkpoint directory "
+                f"{self.store.dir} holds no checkpoint: the model that learned those records "
+                "is not here. Point --checkpoint-dir at its checkpoints, or pass --fresh to "
+                "start a new model from the committed offsets."
+            )
+
+    def _check_inferred_features(self) -> None:
+        found, expected = self.decoder.features, self._expect_features
+        self._expect_features = None
+        if found != expected:
+            missing = [f for f in expected if f not in found]
+            extra = [f for f in found if f not in expected]
+            raise CheckpointRefused(
+                f"checkpoint {self.restored_from} was made with the auto-detected features "
+                f"{expected}, but this input's numeric fields are {found}"
+                + (f" (missing {missing})" if missing else "")
+                + (f" (new {extra})" if extra else "")
+                + ". Use --features to choose, another --checkpoint-dir, or --fresh."
+            )
+
     def _n_seen(self) -> int:
         return int(getattr(self.model, "n_samples_seen_", 0))
 
@@ -203,13 +249,15 @@ class Processor:
             threading.Thread(target=self._watch_broker, name="broker-watch", daemon=True).start()
             if self._replay_plan:
                 log.info("replaying %d journaled batches", len(self._replay_plan))
-                self.source.plan.extend(self._replay_plan)
+                self.source.replay(self._replay_plan)
             if self._journal_path is not None:
                 self._journal.open(self._journal_path, "a")
         else:
             ident = file_identity(cfg.input.path)
             start = self.offsets.get(ident, 0)
-            self.source = FileSource(cfg.input.path, cfg.input.format, cfg.batch_size, start)
+            self.source = FileSource(
+                cfg.input.path, cfg.input.format, cfg.batch_size, start, cfg.max_batch_wait
+            )
             if start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
         k = cfg.kafka
@@ -238,32 +286,47 @@ class Processor:
         return sink
 
     # -- Kafka rebalance callbacks (run inside poll(), i.e. between batches) -------------------
-    def _on_assigned(self, tps):
-        mine = set(tps) | (self.source.assigned() if self.source else set())
-        # Offsets of partitions another instance now owns are stale: drop them so a later
-        # re-assignment starts from the group's committed offset, not from our old position.
-        for key in [k for k in self.offsets if isinstance(k, tuple) and k not in mine]:
-            del self.offsets[key]
-        seeks = {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
+    def _on_assigned(self, tps, committed):
+        # Seek every assigned partition to where this model is, on every assignment, whatever
+        # came before (an empty first assignment, partial ones): the committed offset may lag
+        # the checkpoint (a crash between the two), and resuming there would learn records
+        # twice. Only for a partition this instance released may the group be further on: then
+        # another instance processed those records and this model skips them.
+        seeks = {}
+        for tp in tps:
+            ours = self.offsets.get(tp)
+            if ours is None:
+                continue
+            theirs = committed.get(tp)
+            if tp in self._released and theirs is not None and theirs > ours:
+                log.info(
+                    "%s[%d] was processed elsewhere up to %d since this instance released it "
+                    "at %d: continuing from there",
+                    *tp,
+                    theirs,
+                    ours,
+                )
+                self.offsets[tp] = ours = theirs
+                self.source.drop_plan(f"{tp[0]}[{tp[1]}] moved on elsewhere")
+            seeks[tp] = ours
+            self._released.discard(tp)
         log.info("partitions assigned: %s; seeking %s", tps, seeks)
         return seeks
 
     def _on_revoked(self, tps):
         log.info("partitions revoked: %s", tps)
-        self.source.drop_plan("partitions revoked")
         self.source.forget(tps)
         self._checkpoint(commit=False)
-        offs = {tp: self.offsets.pop(tp) for tp in tps if tp in self.offsets}
-        return offs
+        self._released.update(tps)
+        return {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
 
     def _on_lost(self, tps):
         log.warning("partitions lost (group membership expired): %s", tps)
-        self.source.drop_plan("partitions lost")
         self.source.forget(tps)
         # Keep our offsets: they are where the model is. If the partitions come back to this
-        # instance (e.g. after a broker restart) it must seek there, not to the older committed
-        # offset, or it would learn the records in between a second time. If another instance
-        # gets them, _on_assigned drops these offsets.
+        # instance (e.g. after a broker restart) it seeks there, or further if another
+        # instance processed them meanwhile (see _on_assigned).
+        self._released.update(tps)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -293,6 +356,7 @@ class Processor:
                     "gate": self.cfg.gate.model_dump(),
                 },
                 "features": self.decoder.features,
+                "features_inferred": self.features_inferred,
                 "offsets": {"kafka": kafka_offs, "files": file_offs},
                 "sinks": dict(self.sink_sizes),
                 "counts": dict(self.counts),
@@ -321,12 +385,15 @@ class Processor:
     def process_batch(self, batch: list[RawRecord]) -> None:
         t0 = time.perf_counter()
         dec = self.decoder.decode_batch(batch)
+        if self._expect_features is not None and self.decoder.features is not None:
+            self._check_inferred_features()
         lines: list[bytes] = []
         faults.point("score")
         if dec.rows:
             lines = self._score_and_learn(batch, dec)
         dead = dec.dead
         if dead:
+            self._dead_reasons.update(why[:100] for _, why in dead)
             dl = [encode_dead_letter(batch[i], why, self.cfg.max_record_bytes) for i, why in dead]
             self.dead.write([batch[i] for i, _ in dead], dl)
         if lines:
@@ -416,7 +483,10 @@ class Processor:
         self.stop()
 
     def run(self) -> int:
-        """Process until the input ends, a stop is requested or a limit is reached; returns 0."""
+        """Process until the input ends, a stop is requested or a limit is reached.
+
+        Returns 0, or 1 when records came in but none could be used (all dead-lettered: see
+        the summary's hint). Ends with the summary of :meth:`summary` in the log."""
         cfg = self.cfg
         old_handlers = {}
         if self.handle_signals and threading.current_thread() is threading.main_thread():
@@ -431,15 +501,7 @@ class Processor:
             self._open()
             self._loop()
             self._checkpoint()
-            log.info(
-                "stopped: %d records in, %d out, %d dead letters, %d anomalies, %d rows learned",
-                self.counts["in"],
-                self.counts["out"],
-                self.counts["dead"],
-                self.counts["anomalies"],
-                self._n_seen(),
-            )
-            return 0
+            return self._report()
         finally:
             self.metrics.running = False
             for s, h in old_handlers.items():
@@ -447,6 +509,71 @@ class Processor:
             self._close()
             if server is not None:
                 server.close()
+
+    def summary(self) -> dict:
+        """What this run did (not the totals kept across restarts, which are under
+        ``totals``): records in/out/dead-lettered, anomalies flagged and the realised flag rate
+        against the configured ``false_alarm_rate``, whether the model is still warming up
+        (scores null or provisional), and the most frequent dead-letter reasons."""
+        run = {k: self.counts[k] - self._counts_at_start.get(k, 0) for k in self.counts}
+        thr = float(self.gate.threshold_for(self.model)) if self._n_seen() else math.inf
+        return {
+            "records_in": run["in"],
+            "outputs": run["out"],
+            "dead_letters": run["dead"],
+            "anomalies": run["anomalies"],
+            "flag_rate": run["anomalies"] / run["out"] if run["out"] else None,
+            "target_flag_rate": self.cfg.gate.false_alarm_rate,
+            "threshold_calibrated": math.isfinite(thr),
+            "warming_up": bool(getattr(self.model, "warming_up_", True)),
+            "rows_learned": self._n_seen(),
+            "dead_reasons": self._dead_reasons.most_common(3),
+            "totals": dict(self.counts),
+        }
+
+    def _report(self) -> int:
+        s = self.summary()
+        tot = s["totals"]
+        log.info(
+            "run summary: %d records in, %d out, %d dead letters this run (%d / %d / %d in "
+            "total, across restarts); %d rows learned",
+            s["records_in"],
+            s["outputs"],
+            s["dead_letters"],
+            tot["in"],
+            tot["out"],
+            tot["dead"],
+            s["rows_learned"],
+        )
+        if s["outputs"]:
+            if s["threshold_calibrated"]:
+                log.info(
+                    "flagged %d of %d records (%.2f%%; target false-alarm rate %.2f%%)",
+                    s["anomalies"],
+                    s["outputs"],
+                    100 * s["flag_rate"],
+                    100 * s["target_flag_rate"],
+                )
+            else:
+                log.info("anomaly threshold not calibrated yet: nothing could be flagged")
+        if s["warming_up"] and s["outputs"]:
+            log.warning(
+                "the run ended inside the model's warm-up: scores were null (no model yet) or "
+                "provisional; the model is fitted once its warm-up buffer is full"
+            )
+        if s["dead_letters"]:
+            log.info(
+                "most frequent dead-letter reasons: %s",
+                "; ".join(f"{why} ({n})" for why, n in s["dead_reasons"]),
+            )
+        if s["records_in"] and not s["outputs"]:
+            log.error(
+                "no record could be used: all %d records were dead-lettered. %s",
+                s["records_in"],
+                _hint(s["dead_reasons"], self.cfg),
+            )
+            return 1
+        return 0
 
     def _loop(self) -> None:
         cfg = self.cfg
@@ -458,6 +585,7 @@ class Processor:
         last_data = time.monotonic()
         bar = self._progress()
         kafka = isinstance(self.source, KafkaSource)
+        live = not kafka and self.source.blocking
         batches = self.source.batches()
         try:
             for batch in batches:
@@ -470,14 +598,18 @@ class Processor:
                     finally:
                         self._processing = False
                     last_data = time.monotonic()
+                    if live and len(batch) < cfg.batch_size:
+                        self._show()  # a batch cut by max_batch_wait: results are wanted now
                     if bar is not None:
                         bar.update(self.source.bytes_read - bar.n)
                     if kafka:
                         lag = self.source.lag(self.offsets)
                         if lag is not None:
                             self.metrics.consumer_lag.set(lag)
-                elif kafka and self._outage_since is not None:
-                    pass  # an outage is not idleness: keep waiting, reconnecting
+                elif kafka and (self._outage_since is not None or self.source.replaying):
+                    # An outage is not idleness (keep waiting, reconnecting), nor is a replay
+                    # waiting for its partitions (bounded by the source's stall timeout).
+                    pass
                 elif (
                     cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout
                 ):
@@ -501,6 +633,12 @@ class Processor:
                 batches.close()
             if bar is not None:
                 bar.close()
+
+    def _show(self) -> None:
+        # Durability still comes from the checkpoint's flush; a failure here reappears there.
+        for sink in (self.out, self.dead):
+            with contextlib.suppress(OSError):
+                sink.flush()
 
     def _watch_broker(self) -> None:
         # A thread: the loop itself may sit in a blocking flush/commit while the broker is away.
@@ -564,6 +702,21 @@ class Processor:
             self._journal.close()
         if isinstance(self.source, KafkaSource):
             self.source.close()
+
+
+def _hint(reasons: list[tuple[str, int]], cfg: ServiceConfig) -> str:
+    """The usual cause of a run whose every record was dead-lettered."""
+    top = reasons[0][0] if reasons else ""
+    if top.startswith("not JSON") and cfg.mode == "file":
+        return (
+            "Is the input CSV? Pass --input-format csv (stdin and files not named .csv are "
+            "read as JSON lines)."
+        )
+    if top.startswith("missing"):
+        return "Check that --features names fields the records have (names are case-sensitive)."
+    if top.startswith("wrong dimension"):
+        return "The records have another number of features than the model (or checkpoint)."
+    return "See the dead letters for each record's reason."
 
 
 def _dlq_path(out: str) -> str:

@@ -17,11 +17,13 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +31,7 @@ from pathlib import Path
 from . import faults
 from .records import RawRecord
 
-__all__ = ["FileSource", "Interrupted", "KafkaSource", "file_identity"]
+__all__ = ["FileSource", "Interrupted", "KafkaSource", "committed_offsets", "file_identity"]
 
 log = logging.getLogger("streamgmm.service.sources")
 
@@ -58,11 +60,23 @@ class FileSource:
         Position of the first record to yield (records before it are skipped): the checkpoint's
         next offset. Ignored for stdin, whose content is new on every run.
 
+    max_batch_wait
+        Live input only (stdin, a pipe): a partial batch is yielded once its first record has
+        waited this many seconds, so a slow stream (``tail -f``) is processed as it comes.
+        Files keep their fixed batch boundaries (a resumed run must see the same batches).
+
     Blank lines of a JSONL file are not records: they are skipped but keep their position so
     offsets remain line numbers. A CSV's first line is its header; offsets count data rows.
     """
 
-    def __init__(self, path: str, fmt: str = "auto", batch_size: int = 500, start: int = 0):
+    def __init__(
+        self,
+        path: str,
+        fmt: str = "auto",
+        batch_size: int = 500,
+        start: int = 0,
+        max_batch_wait: float = 0.2,
+    ):
         self.path = path
         self.name = "-" if path == "-" else path
         self.identity = file_identity(path)
@@ -70,8 +84,9 @@ class FileSource:
             fmt = "csv" if path.lower().endswith((".csv", ".csv.gz")) else "jsonl"
         self.fmt = fmt
         self.batch_size = int(batch_size)
-        self.start = 0 if path == "-" else int(start)
-        self.blocking = path == "-"
+        self.blocking = path == "-" or not Path(path).is_file()  # stdin, a pipe, a device
+        self.start = 0 if self.blocking else int(start)
+        self.max_batch_wait = float(max_batch_wait)
         self.bytes_read = 0
         self.size = None if path == "-" else os.path.getsize(path)
         self._stop = False
@@ -88,14 +103,17 @@ class FileSource:
         return open(self.path, encoding="utf-8", errors="surrogateescape", newline="")
 
     def _lines(self, f) -> Iterator[str]:
+        live = self.blocking  # read by the pump thread: the main thread waits in _live()
         while True:
-            self.in_read = True  # the signal handler may interrupt only this blocking read
+            if not live:
+                self.in_read = True  # the signal handler may interrupt only this blocking read
             try:
                 line = f.readline()
             except Interrupted:
                 return
             finally:
-                self.in_read = False
+                if not live:
+                    self.in_read = False
             if not line:
                 return
             self.bytes_read += len(line)
@@ -105,6 +123,9 @@ class FileSource:
         f = self._open()
         try:
             rows = self._jsonl(f) if self.fmt == "jsonl" else self._csv(f)
+            if self.blocking:
+                yield from self._live(rows)
+                return
             batch: list[RawRecord] = []
             end = (self.start // self.batch_size + 1) * self.batch_size
             for pos, rec in rows:
@@ -122,8 +143,59 @@ class FileSource:
             if batch:
                 yield batch
         finally:
-            if self.path != "-":
+            if not self.blocking:
                 f.close()
+
+    def _live(self, rows) -> Iterator[list[RawRecord]]:
+        """Batches of live input: full ones, or partial once ``max_batch_wait`` has passed.
+
+        A daemon thread reads (a blocking read cannot time out); this generator waits on its
+        queue with a timeout, where the signal handler may interrupt it."""
+        import queue
+        import threading
+
+        q: queue.Queue = queue.Queue(maxsize=4 * self.batch_size)
+        end = object()
+
+        def pump():
+            try:
+                for item in rows:
+                    q.put(item)
+            except BaseException as e:  # handed to the main thread
+                q.put(e)
+            q.put(end)
+
+        threading.Thread(target=pump, name="live-input", daemon=True).start()
+        batch: list[RawRecord] = []
+        first = 0.0
+        while not self._stop:
+            timeout = (
+                None if not batch else max(0.0, first + self.max_batch_wait - time.monotonic())
+            )
+            self.in_read = True
+            try:
+                item = q.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            except Interrupted:
+                return
+            finally:
+                self.in_read = False
+            if item is end or isinstance(item, BaseException):
+                if batch:
+                    yield batch
+                if isinstance(item, BaseException):
+                    raise item
+                return
+            if item is not None and item[1] is not None:
+                if not batch:
+                    first = time.monotonic()
+                batch.append(item[1])
+            if batch and (
+                len(batch) >= self.batch_size or time.monotonic() - first >= self.max_batch_wait
+            ):
+                yield batch
+                batch = []
 
     def _jsonl(self, f) -> Iterator[tuple[int, RawRecord | None]]:
         name = self.name
@@ -188,13 +260,51 @@ class FileSource:
             pos += 1
 
 
+def committed_offsets(cfg, timeout_ms: int = 15_000) -> dict[tuple[str, int], int] | None:
+    """The consumer group's committed offsets on the configured topics (``None``: the broker
+    could not tell within the timeout). Joins no group: a short-lived consumer only asks."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(
+        bootstrap_servers=cfg.bootstrap_servers.split(","),
+        group_id=cfg.group_id,
+        client_id=cfg.client_id,
+        enable_auto_commit=False,
+        request_timeout_ms=timeout_ms,
+    )
+    try:
+        tps = [TopicPartition(t, p) for t in cfg.topics for p in (c.partitions_for_topic(t) or ())]
+        got = c._coordinator.fetch_committed_offsets(tps, timeout_ms=timeout_ms) if tps else {}
+    except Exception as e:
+        log.warning("could not read the group's committed offsets (%s)", e)
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            c.close(autocommit=False)
+    return {
+        (tp.topic, tp.partition): o.offset
+        for tp, o in got.items()
+        if o is not None and o.offset >= 0
+    }
+
+
 class KafkaSource:
     """Records from Kafka topics through a kafka-python consumer group.
 
     Offsets are never auto-committed: the processor commits them itself after the outputs are
-    flushed and the checkpoint is written. ``on_assigned(tps) -> {tp: offset}`` tells the
-    source where to seek newly assigned partitions (the checkpoint's offsets);
-    ``on_revoked(tps)`` lets the processor flush, checkpoint and commit before they go.
+    flushed and the checkpoint is written. ``on_assigned(tps, committed) -> {tp: offset}``
+    tells the source where to seek newly assigned partitions (the checkpoint's offsets), given
+    the group's committed offsets of those partitions; ``on_revoked(tps)`` lets the processor
+    flush, checkpoint and commit before they go.
+
+    Replay: :meth:`replay` queues journaled batches (each a list of ``[topic, partition, start,
+    end)`` segments, contiguous from the checkpoint's offsets) that :meth:`batches` yields first,
+    grouped exactly as the crashed run processed them. A batch is served once every partition
+    it needs is assigned and has been read up to its end; while waiting, ``[]`` is yielded (the
+    loop stays responsive to stop and idle checks). If the replay makes no progress for
+    ``stall_seconds`` (its partitions went to another instance for good, records were deleted)
+    it is given up with a warning: the records are then processed in new batches — the model
+    still learns each once, only the duplicate outputs may differ from the first copies.
     """
 
     def __init__(
@@ -237,7 +347,20 @@ class KafkaSource:
 
             async def on_partitions_assigned(self, assigned):
                 tps = sorted((tp.topic, tp.partition) for tp in assigned)
-                seeks = on_assigned(tps)
+                committed = {}
+                if assigned:
+                    try:
+                        got = await source.consumer._coordinator.fetch_committed_offsets_async(
+                            set(assigned), timeout_ms=10_000
+                        )
+                        committed = {
+                            (tp.topic, tp.partition): o.offset
+                            for tp, o in got.items()
+                            if o is not None and o.offset >= 0
+                        }
+                    except Exception as e:  # unknown: the processor falls back to its own
+                        log.warning("could not fetch committed offsets (%s)", e)
+                seeks = on_assigned(tps, committed)
                 for tp in assigned:
                     off = seeks.get((tp.topic, tp.partition))
                     if off is not None:
@@ -253,6 +376,11 @@ class KafkaSource:
         # records polled meanwhile wait in _held. segments/replayed describe the last batch.
         self.plan: deque[list] = deque()
         self._held: dict[tuple[str, int], list[RawRecord]] = {}
+        self._read_to: dict[tuple[str, int], int] = {}  # 1 + highest offset polled (replay)
+        self._progress_at = time.monotonic()
+        # Long enough for a killed predecessor's group session to expire and its partitions
+        # to come to this instance (dynamic membership), so a restart replays exactly.
+        self.stall_seconds = cfg.session_timeout_ms / 1000 + 15.0
         self.segments: list[tuple[str, int, int, int]] = []
         self.replayed = False
         self.consumer.subscribe(topics=list(cfg.topics), listener=_Listener())
@@ -295,6 +423,16 @@ class KafkaSource:
             self.segments, self.replayed = segs, False
             yield batch
 
+    @property
+    def replaying(self) -> bool:
+        """Journaled batches are still to be replayed."""
+        return bool(self.plan)
+
+    def replay(self, entries) -> None:
+        """Queue journaled batches to yield first (see the class docstring)."""
+        self.plan.extend(entries)
+        self._progress_at = time.monotonic()
+
     def drop_plan(self, why: str) -> None:
         """Give up replaying journaled batches (held records are still yielded, in order)."""
         if self.plan:
@@ -307,12 +445,13 @@ class KafkaSource:
             self.plan.clear()
 
     def forget(self, tps) -> None:
-        """Drop held records of partitions no longer assigned."""
+        """Drop held records of partitions no longer assigned (re-read after a new seek)."""
         for tp in tps:
             self._held.pop(tuple(tp), None)
+            self._read_to.pop(tuple(tp), None)
 
     def _replay(self, polled: list[RawRecord]) -> Iterator[list[RawRecord]]:
-        held = self._held
+        held, read_to = self._held, self._read_to
         # Hold only what the replay needs: kafka-python fetches partitions in turn, so records
         # of other partitions arrive first. Those beyond the plan are dropped and their
         # partition rewound to be fetched again after the replay, so memory stays bounded by
@@ -325,6 +464,8 @@ class KafkaSource:
         rewind: dict[tuple[str, int], int] = {}
         for r in polled:
             key = (r.topic, r.partition)
+            if r.offset + 1 > read_to.get(key, 0):
+                read_to[key] = r.offset + 1
             if self.plan and r.offset >= need.get(key, 0):
                 if key not in rewind:
                     rewind[key] = r.offset
@@ -336,21 +477,17 @@ class KafkaSource:
             for (t, p), off in rewind.items():
                 self.consumer.seek(TopicPartition(t, p), off)
         mine = self.assigned()
+        served = False
         while self.plan:
             entry = self.plan[0]
-            if mine and any((t, p) not in mine for t, p, _, _ in entry):
-                self.drop_plan("partitions of the replay were reassigned")
+            # Ready when every partition is ours and read past the batch's end (reading past
+            # it, not holding its last offset: compaction may have removed that record).
+            if not all((t, p) in mine and read_to.get((t, p), 0) >= end for t, p, _, end in entry):
                 break
-            if not all(
-                held.get((t, p)) and held[(t, p)][-1].offset >= end - 1 for t, p, _, end in entry
-            ):
-                if not polled:
-                    yield []  # nothing new: let the loop check stop/idle as usual
-                return
             self.plan.popleft()
             batch, nxt, segs = [], {}, []
             for t, p, start, end in entry:
-                recs = held[(t, p)]
+                recs = held.get((t, p), [])
                 cut = next((i for i, r in enumerate(recs) if r.offset >= end), len(recs))
                 part = [r for r in recs[:cut] if r.offset >= start]
                 held[(t, p)] = recs[cut:]
@@ -358,7 +495,18 @@ class KafkaSource:
                 nxt[(t, p)] = end
                 segs.append((t, p, start, end))
             self.next_offsets, self.segments, self.replayed = nxt, segs, True
+            self._progress_at = time.monotonic()
+            served = True
             yield batch
+        if self.plan and not served:
+            waited = time.monotonic() - self._progress_at
+            if waited > self.stall_seconds:
+                self.drop_plan(f"the replay made no progress for {waited:.0f} s")
+            else:
+                if rewind and len(rewind) == len({(r.topic, r.partition) for r in polled}):
+                    time.sleep(0.05)  # only re-read records came back: do not spin on them
+                yield []  # let the loop check stop/idle as usual
+                return
         while not self.plan and any(held.values()):
             # Records held during the replay, in batches of at most max_poll_records.
             batch, nxt, segs = [], {}, []
@@ -374,6 +522,7 @@ class KafkaSource:
             yield batch
         if not self.plan:
             held.clear()
+            read_to.clear()
 
     @staticmethod
     def _to_commit(offsets: dict[tuple[str, int], int]):
