@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import CheckpointError, latest_checkpoint, read_checkpoint
+from .checkpoint import CheckpointError, CheckpointRefused, latest_checkpoint, read_checkpoint
 from .config import ConfigError, load_config
 
 __all__ = ["main"]
@@ -36,6 +36,7 @@ _RUN_FLAGS = {
     "max_record_bytes": "max_record_bytes",
     "max_records": "max_records",
     "idle_timeout": "idle_timeout",
+    "max_batch_wait": "max_batch_wait",
     "bootstrap_servers": "kafka.bootstrap_servers",
     "topic": "kafka.topics",
     "output_topic": "kafka.output_topic",
@@ -129,6 +130,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-record-bytes")
     g.add_argument("--max-records", help="stop after this many input records")
     g.add_argument("--idle-timeout", metavar="SECONDS", help="stop after this long without input")
+    g.add_argument(
+        "--max-batch-wait",
+        metavar="SECONDS",
+        help="live input (stdin, pipe): process a partial batch after this long (default 0.2)",
+    )
     g = r.add_argument_group("checkpoints")
     g.add_argument("--checkpoint-dir", metavar="DIR")
     g.add_argument("--checkpoint-every", metavar="N", help="records between checkpoints")
@@ -203,6 +209,9 @@ def _run(ns) -> int:
         return 2
     try:
         return proc.run()
+    except CheckpointRefused as e:  # the input's fields differ from the checkpoint's features
+        print(f"streamgmm: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"streamgmm: {e.strerror}: {e.filename}", file=sys.stderr)
         return 2

@@ -151,6 +151,9 @@ class ServiceConfig(_Strict):
     max_record_bytes: int = Field(65536, ge=16)
     max_records: int | None = Field(None, ge=1)
     idle_timeout: float | None = Field(None, gt=0)
+    # Live input (stdin, a pipe): a partial batch is processed once its first record has
+    # waited this long, so `tail -f log | streamgmm run --input -` shows results at once.
+    max_batch_wait: float = Field(0.2, gt=0)
     metrics_port: int | None = Field(None, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
