@@ -17,6 +17,19 @@ the same topic is the reference. Prints:
 
     python scripts/fault_injection.py --records 500000 --kills 30 --seed 1
 
+``--scenario`` picks other faults (``all``: every one, in turn):
+
+- ``dynamic-crash-loop``: the same crash loop with the default (dynamic) group membership and a
+  short session (``--session-ms``): each restart waits for the killed member's session to expire,
+  external kills land anywhere from start-up to deep in processing;
+- ``delayed-restart``: SIGKILL between "checkpoint written" and "offsets committed", restart
+  after the session expired (dynamic and static membership): nothing may be learned twice;
+- ``damaged``: the newest checkpoint truncated, zero-length, bit-flipped, garbage, replaced by a
+  copy of the oldest, or every checkpoint deleted with the journals kept: the restart must resume
+  from the previous checkpoint (behind the committed offsets) or refuse (exit 2), never hang;
+- ``codecs``: topics compressed with gzip, snappy, lz4 and zstd by Kafka's own Java producer
+  (``scripts/kafka/LineProducer.java``, run from the provisioned jars).
+
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts its own broker with scripts/kafka_broker.py
 and stops it by its pid at the end. The test suite imports this file
 (tests/test_reliability_crash.py) and runs the same loop at a smaller scale.
@@ -441,6 +454,7 @@ def delayed_restart(
     """SIGKILL between "checkpoint written" and "offsets committed" (the committed offsets lag
     the checkpoint by one interval), wait longer than the group session timeout, restart:
     the restart must seek to the checkpoint's offsets. Returns the audit figures."""
+    workdir.mkdir(parents=True, exist_ok=True)
     topics = make_topics(bootstrap, partitions, stem="delayed")
     valid = produce(bootstrap, topics[0], records, partitions, seed=seed)
     ck = workdir / "ck"
@@ -486,6 +500,7 @@ def damaged_checkpoint(
     committed offsets — and finish the topic, or refuse clearly (exit 2); never hang."""
     from streamgmm.service.checkpoint import checkpoint_paths
 
+    workdir.mkdir(parents=True, exist_ok=True)
     topics = make_topics(bootstrap, partitions, stem="damaged")
     valid = produce(bootstrap, topics[0], records, partitions, seed=seed)
     ck = workdir / "ck"
@@ -534,6 +549,7 @@ def compressed_topic(
     bootstrap: str, workdir: Path, codec: str, records: int = 2000, seed: int = 0
 ) -> dict:
     """Records compressed by the Java producer with ``codec``, consumed by ``streamgmm run``."""
+    workdir.mkdir(parents=True, exist_ok=True)
     topics = make_topics(bootstrap, 1, stem=f"codec-{codec}")
     rng = np.random.default_rng(seed)
     X = CENTRES[rng.integers(0, len(CENTRES), records)] + rng.standard_normal((records, 3))

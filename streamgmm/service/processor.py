@@ -9,15 +9,20 @@ input offset of every partition/file it has consumed.  It is written every
 ``checkpoint.every_records`` records and/or ``every_seconds`` seconds (always at a batch end),
 at shutdown and before partitions are revoked, in the order *flush outputs -> write checkpoint
 -> commit offsets*.  After a crash the processor restores the newest checkpoint and re-reads
-from its offsets: outputs after it are produced again (at-least-once; Kafka outputs are keyed by
-the source coordinates or input key, a file output is cut back to its size at the checkpoint
+from its offsets — on every Kafka partition assignment, whatever assignments came before, since
+the committed offsets may lag the checkpoint (a crash between write and commit) — outputs
+after it are produced again (at-least-once; Kafka outputs are keyed by the source coordinates
+or input key, a file output is cut back to its size at the checkpoint
 so it ends up exactly as one uninterrupted run writes it), while the restored model has never
 learned those records — no update is ever applied twice.  File batches end at fixed positions
 (multiples of ``batch_size``), so a replay is bit-identical.  Kafka batches follow ``poll()``;
 to replay them identically, the grouping of every batch since the last checkpoint (partition,
 first and end offset per segment) is appended to a batch journal (``batches-<seq>.jsonl`` in the
 checkpoint directory, written before the batch is processed, not fsynced) and a restart replays
-those batches first, so duplicate outputs are byte-identical after a process crash.  Only if
+those batches first, so duplicate outputs are byte-identical after a process crash.  The
+journals are normalised against the checkpoint's offsets first (see
+:func:`~streamgmm.service.checkpoint.replay_plan`), so a batch journaled twice or partly is
+replayed once, and a replay that cannot progress is given up rather than waited on.  Only if
 the journal is lost (machine crash) or the partitions moved to another instance does a replay
 regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
 reliability tests: :mod:`streamgmm.service.faults`.
