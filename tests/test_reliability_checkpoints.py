@@ -482,3 +482,32 @@ def test_kafka_checkpoint_dir_failure_never_commits_past_durable_checkpoint(
         kafka_offs = durable.meta["offsets"]["kafka"]
         assert committed == {k: v for k, v in kafka_offs.items() if k in committed}
         assert sum(committed.values()) < 60_000
+
+
+def test_replay_plan_keeps_each_record_once_from_the_checkpoint_on():
+    """Chained journals can hold a batch twice (a replay checkpointed midway), a batch regrouped
+    after a rebalance, segments the checkpoint already covers, or a gap: the plan keeps what
+    continues exactly from the checkpoint's offsets, each offset once, and stops at a gap."""
+    from streamgmm.service.checkpoint import replay_plan
+
+    a, b = ("t", 0), ("t", 1)
+    entries = [
+        [["t", 0, 0, 100]],  # before the checkpoint: dropped
+        [["t", 0, 100, 200], ["t", 1, 50, 80]],
+        [["t", 0, 100, 200]],  # the same batch again: dropped
+        [["t", 0, 150, 250]],  # straddles: cut to 200..250
+        [["t", 1, 80, 90], ["t", 0, 250, 260]],
+        [["t", 1, 95, 99]],  # gap after 90: the plan ends here
+        [["t", 0, 260, 270]],
+    ]
+    assert replay_plan(entries, {a: 100, b: 50}) == [
+        [["t", 0, 100, 200], ["t", 1, 50, 80]],
+        [["t", 0, 200, 250]],
+        [["t", 1, 80, 90], ["t", 0, 250, 260]],
+    ]
+    # A partition the checkpoint does not know starts where its first segment does.
+    assert replay_plan([[["u", 3, 7, 9]], [["u", 3, 9, 12]]], {}) == [
+        [["u", 3, 7, 9]],
+        [["u", 3, 9, 12]],
+    ]
+    assert replay_plan([[["t", 0, 0, 10]], ["junk"]], {a: 0}) == [[["t", 0, 0, 10]]]

@@ -137,9 +137,9 @@ class Processor:
         self._journal = self.store.journal() if self.store is not None else None
         self._journal_path: Path | None = None
         self._replay_plan: list = []
-        # Partitions this instance gave up (revoked, lost) since it started: another instance
-        # may have processed them further, so a re-assignment resumes from the later of our
-        # offset and the group's committed one.
+        # Partitions this instance gave up (revoked, lost; kept across restarts in the
+        # checkpoint): another instance may have processed them further, so a re-assignment
+        # resumes from the later of our offset and the group's committed one.
         self._released: set[tuple[str, int]] = set()
         features = cfg.features
         # Features found in the input (not configured): a checkpoint made so is refused when
@@ -160,6 +160,9 @@ class Processor:
                 self.offsets[(t, int(p))] = int(v)
             for k, v in off.get("files", {}).items():
                 self.offsets[k] = int(v)
+            for k in ck.meta.get("released", []):
+                t, p = k.rsplit(":", 1)
+                self._released.add((t, int(p)))
             self.counts.update(ck.meta.get("counts", {}))
             self._counts_at_start = dict(self.counts)
             self.sink_sizes = {k: int(v) for k, v in ck.meta.get("sinks", {}).items()}
@@ -321,8 +324,8 @@ class Processor:
     def _on_revoked(self, tps):
         log.info("partitions revoked: %s", tps)
         self.source.forget(tps)
-        self._checkpoint(commit=False)
         self._released.update(tps)
+        self._checkpoint(commit=False)
         return {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
 
     def _on_lost(self, tps):
@@ -363,6 +366,7 @@ class Processor:
                 "features": self.decoder.features,
                 "features_inferred": self.features_inferred,
                 "offsets": {"kafka": kafka_offs, "files": file_offs},
+                "released": sorted(f"{t}:{p}" for t, p in self._released),
                 "sinks": dict(self.sink_sizes),
                 "counts": dict(self.counts),
                 "n_samples_seen": self._n_seen(),
