@@ -5,10 +5,13 @@ finite JSON number (CSV: a string that parses as a finite float).  Everything el
 dead letter with a human-readable reason, and never touches the model.
 
 orjson parses and writes all JSON; the stdlib's json only handles what orjson refuses, so that
-the decisions and dead-letter reasons stay those of the stdlib (NaN/Infinity constants, numbers
-beyond float64) and odd but legal values still get written (lone surrogates from a file that is
-not UTF-8, integers beyond 64 bits).  Results and dead letters are UTF-8 ``bytes``, which the
-sinks write as they are.
+the decisions and dead-letter reasons stay those of the stdlib (numbers beyond float64) and odd
+but legal values still get written (integers beyond 64 bits).  ``NaN``/``Infinity`` are not JSON:
+a record holding one anywhere is a dead letter.  A record that is not UTF-8 is a dead letter
+whose ``record`` keeps its bytes base64-encoded (``"record_encoding": "base64"``).  A timestamp
+field is copied to the output only if it is a number or an ISO 8601 string; otherwise it is left
+out (logged once).  Results and dead letters are UTF-8 ``bytes``, which the sinks write as they
+are.
 
 Example
 -------
@@ -26,7 +29,10 @@ Example
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
+import logging
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -39,6 +45,8 @@ import orjson
 from .records import RawRecord
 
 __all__ = ["DecodedBatch", "Decoder", "encode_dead_letter", "encode_outputs", "output_key"]
+
+log = logging.getLogger("streamgmm.service.codec")
 
 
 class _NonFinite:
@@ -129,6 +137,25 @@ class Decoder:
         self.vector_field = vector_field
         if vector_field is not None and self.features is None:
             raise ValueError("vector_field needs an explicit feature list")
+        self.invalid_timestamps = 0
+
+    # -- the timestamp field ----------------------------------------------------------------
+    def _timestamp(self, value: Any, rec: RawRecord) -> Any:
+        """``value`` if it is a timestamp (a finite number, or an ISO 8601 date/time string;
+        from CSV a numeric string becomes a number), else ``None``: left out, said once."""
+        ts = _valid_timestamp(value)
+        if ts is None:
+            self.invalid_timestamps += 1
+            if self.invalid_timestamps == 1:
+                log.warning(
+                    "field '%s' of record %s is not a timestamp (%s): left out of the output "
+                    "(a timestamp must be a number or an ISO 8601 string); further invalid "
+                    "timestamps are left out silently",
+                    self.timestamp_field,
+                    _where(rec),
+                    _short(value),
+                )
+        return ts
 
     # -- feature inference ---------------------------------------------------------------
     def _infer(self, obj: dict, csv: bool) -> list[str] | None:
@@ -232,6 +259,11 @@ class Decoder:
                 if isinstance(parsed, str):
                     dead.append((i, parsed))
                     continue
+                if not value.isascii() and _utf8_text(value) is None:
+                    # Read with surrogateescape: its bytes are not UTF-8, and a key or
+                    # timestamp copied from it could not be written as JSON.
+                    dead.append((i, _not_utf8(value)))
+                    continue
                 obj = parsed
             else:
                 try:
@@ -243,15 +275,16 @@ class Decoder:
                     obj = _FALLBACK
                 try:
                     if obj is _FALLBACK:
-                        if isinstance(value, bytes):
-                            text = value.decode("utf-8")
-                        else:  # a file line read with surrogateescape: its bytes were not UTF-8
-                            text = value
-                            value.encode("utf-8")
+                        text = _utf8_text(value)
+                        if text is None:
+                            dead.append((i, _not_utf8(value)))
+                            continue
                         obj = _JSON.decode(text)
-                except UnicodeError as e:
-                    dead.append((i, f"not UTF-8 text: {e.reason} at byte {e.start}"))
-                    continue
+                        if type(obj) is dict:
+                            bad = _non_json_constant(obj, self.features)
+                            if bad:
+                                dead.append((i, bad))
+                                continue
                 except ValueError as e:
                     dead.append((i, f"not JSON: {e}"))
                     continue
@@ -300,6 +333,8 @@ class Decoder:
                 k = obj.get(kf)
             keys.append(k)
             ts = obj.get(tf) if tf is not None else None
+            if ts is not None and type(ts) is not int:
+                ts = self._timestamp(ts, rec)
             stamps.append(ts if ts is not None else rec.timestamp)
         d = len(self.features) if self.features is not None else 0
         if not rows:
@@ -329,6 +364,88 @@ class Decoder:
             keys = [keys[j] for j in sel]
             stamps = [stamps[j] for j in sel]
         return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+def _utf8_text(value: bytes | str) -> str | None:
+    """The record as text, or ``None`` if its bytes are not UTF-8 (a file line read with
+    surrogateescape carries such bytes as lone surrogates)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def _raw_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def _not_utf8(value: bytes | str) -> str:
+    """Dead-letter reason naming the first byte that is not UTF-8 and its position."""
+    raw = _raw_bytes(value)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text: byte 0x{raw[e.start]:02x} at position {e.start} is not valid UTF-8"
+    return "not UTF-8 text"
+
+
+def _non_json_constant(obj: dict, features: Sequence[str] | None) -> str:
+    """Reason if a NaN/Infinity constant (accepted by Python, not JSON) occurs anywhere."""
+    for name, v in obj.items():
+        found = _find_constant(v)
+        if found is not None:
+            if features is not None and name in features:
+                return ""  # the feature checks give their own reason
+            return f"not JSON: {found.text} is not a JSON value (field '{name}')"
+    return ""
+
+
+def _find_constant(v: Any) -> _NonFinite | None:
+    if isinstance(v, _NonFinite):
+        return v
+    children = v.values() if type(v) is dict else v if type(v) is list else ()
+    for c in children:
+        found = _find_constant(c)
+        if found is not None:
+            return found
+    return None
+
+
+def _valid_timestamp(v: Any) -> Any:
+    """``v`` as a timestamp, or ``None`` (see :meth:`Decoder._timestamp`)."""
+    t = type(v)
+    if t is int:
+        return v
+    if t is float:
+        return v if math.isfinite(v) else None
+    if t is not str:
+        return None
+    s = v.strip()
+    try:  # CSV: every field is text
+        number = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            return None
+        return int(s) if s.lstrip("+-").isdigit() else number
+    try:  # Python 3.10 reads no "Z" suffix
+        datetime.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith("Z") else s)
+    except ValueError:
+        return None
+    return v
+
+
+def _where(rec: RawRecord) -> str:
+    if rec.topic is not None:
+        return f"{rec.topic}[{rec.partition}]@{rec.offset}"
+    return f"{rec.file}:{rec.offset}"
 
 
 def _row_getter(features: Sequence[str]) -> Callable[[dict], tuple]:
@@ -378,11 +495,11 @@ def _plain(v: Any) -> Any:
 
 
 def _dumps_slow(d: dict) -> bytes:
-    # What orjson refuses to write: lone surrogates (a file that is not valid UTF-8, read with
-    # surrogateescape: they turn back into the original bytes), integers beyond 64 bits and the
-    # NaN/Infinity markers of the stdlib parse, e.g. in a key or timestamp field.
+    # What orjson refuses to write: integers beyond 64 bits (e.g. in a key field).  Records
+    # that are not UTF-8 never get here (dead letters keep them base64-encoded), so "replace"
+    # only guards the rule that every line written is UTF-8.
     text = json.dumps(_plain(d), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "replace")  # never raw bytes: every line must be UTF-8
 
 
 def output_key(rec: RawRecord) -> bytes:
@@ -453,21 +570,28 @@ def encode_outputs(
 def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None) -> bytes:
     """JSON dead letter (UTF-8 bytes): ``source``, ``key``, ``error`` and the raw ``record``.
 
-    The record is kept as text (invalid UTF-8 from Kafka replaced by U+FFFD; from a file, the
-    original bytes are written back).
+    The record is kept as text when it is UTF-8; otherwise its exact bytes are kept
+    base64-encoded in ``record``, with ``"record_encoding": "base64"``, so that every dead
+    letter is valid UTF-8 JSON and loses nothing.
     """
     raw = rec.value
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    d = {"source": rec.coordinates(), "key": None, "error": reason, "record": text}
-    if text is None:  # null Kafka message
-        text = ""
+    d = {"source": rec.coordinates(), "key": None, "error": reason, "record": None}
     if rec.key is not None:
         d["key"] = rec.key.decode("utf-8", "replace") if isinstance(rec.key, bytes) else rec.key
-    if max_bytes is not None and len(text) > max_bytes:
+    if raw is None:  # null Kafka message
+        return _dumps(d)
+    text = _utf8_text(raw)
+    data = _raw_bytes(raw) if text is None else text
+    if max_bytes is not None and len(data) > max_bytes:
         # A dead letter must fit where it goes; keep the head of an oversized record.
-        d["record"] = text[:max_bytes]
         d["record_truncated"] = True
-        d["record_length"] = len(text)
+        d["record_length"] = len(data)
+        data = data[: max_bytes * 3 // 4 if text is None else max_bytes]
+    if text is None:
+        d["record"] = base64.b64encode(data).decode("ascii")
+        d["record_encoding"] = "base64"
+    else:
+        d["record"] = data
     try:
         return _dumps(d)
     except _EncodeError:

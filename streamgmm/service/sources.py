@@ -81,11 +81,13 @@ class FileSource:
         self._stop = True
 
     def _open(self):
+        # utf-8-sig: a byte-order mark (Excel and PowerShell write one) is not part of the first
+        # header name or record; without one it reads exactly like utf-8.
         if self.path == "-":
             return io.TextIOWrapper(
-                sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline=""
+                sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
             )
-        return open(self.path, encoding="utf-8", errors="surrogateescape", newline="")
+        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
     def _lines(self, f) -> Iterator[str]:
         while True:
