@@ -105,8 +105,12 @@ class Decoder:
     Parameters
     ----------
     features
-        Field names, in order. ``None``: the numeric fields of the first valid record, fixed
-        from then on (read :attr:`features` after decoding).
+        Field names, in order. ``None``: inferred from the first batch and fixed from then on
+        (read :attr:`features` after decoding): the numeric fields of its first record that has
+        any, except fields that look like ids, counters or labels — named so (``id``,
+        ``*_id``, ``label``, ``target``, ...) or, judged over the batch once it holds 20
+        records, constant, integer with only two values, or only counting up or down.  The
+        choice is logged (INFO), and what was left out with why (WARNING).
     max_record_bytes
         Larger records are dead letters ("oversized").
     key_field, timestamp_field
@@ -117,6 +121,13 @@ class Decoder:
         number of features, else "wrong dimension").
     max_abs
         Larger magnitudes are dead letters ("overflows"): the model's statistics square them.
+
+    Attributes
+    ----------
+    excluded
+        Inferred features only: numeric fields left out, with the reason.
+    invalid_timestamps
+        Records whose timestamp field was not a timestamp (left out of their output).
     """
 
     def __init__(
@@ -138,6 +149,9 @@ class Decoder:
         if vector_field is not None and self.features is None:
             raise ValueError("vector_field needs an explicit feature list")
         self.invalid_timestamps = 0
+        self.excluded: dict[str, str] = {}
+        if self.features is not None:
+            log.info("features: %s", ", ".join(self.features))
 
     # -- the timestamp field ----------------------------------------------------------------
     def _timestamp(self, value: Any, rec: RawRecord) -> Any:
@@ -158,21 +172,52 @@ class Decoder:
         return ts
 
     # -- feature inference ---------------------------------------------------------------
-    def _infer(self, obj: dict, csv: bool) -> list[str] | None:
+    def _numeric_fields(self, obj: dict, csv: bool) -> list[str]:
         skip = {self.key_field, self.timestamp_field}
-        names = []
-        for k, v in obj.items():
-            if k in skip:
-                continue
-            if csv:
+        return [k for k, v in obj.items() if k not in skip and _number(v, csv) is not None]
+
+    def _infer(self, batch: Sequence[RawRecord]) -> None:
+        """Fix :attr:`features` from the first batch: the numeric fields of its first record
+        that has any, except those that look like ids, counters or labels in the batch."""
+        objs = []
+        csv = False
+        for rec in batch:
+            obj = rec.parsed
+            if obj is None:
                 try:
-                    if math.isfinite(float(v)):
-                        names.append(k)
-                except (TypeError, ValueError):
-                    pass
-            elif type(v) in _NUMBER and math.isfinite(float(v)):
-                names.append(k)
-        return names or None
+                    obj = _loads(rec.value)
+                except (_DecodeError, TypeError):
+                    continue
+            else:
+                csv = True
+            if type(obj) is dict:
+                objs.append(obj)
+        names = next((f for obj in objs if (f := self._numeric_fields(obj, csv))), None)
+        if names is None:
+            return  # no record to learn from yet: every one is a dead letter
+        excluded = {}
+        for name in names:
+            values = [v for obj in objs if (v := _number(obj.get(name), csv)) is not None]
+            why = _looks_like_id_or_label(name, values)
+            if why:
+                excluded[name] = why
+        chosen = [n for n in names if n not in excluded]
+        if not chosen:
+            log.warning(
+                "the only numeric fields look like ids, counters or labels (%s); using them as "
+                "features anyway: pass --features to choose",
+                "; ".join(f"{n}: {why}" for n, why in excluded.items()),
+            )
+            chosen, excluded = names, {}
+        self.features, self.excluded = chosen, excluded
+        log.info(
+            "features (auto-detected from the first %d records): %s", len(batch), ", ".join(chosen)
+        )
+        if excluded:
+            log.warning(
+                "not used as features: %s. Pass --features to choose the features yourself",
+                "; ".join(f"{n} ({why})" for n, why in excluded.items()),
+            )
 
     # -- per-record checks (slow path, only for records that failed the fast one) ---------
     def _why_json(self, obj: dict) -> str:
@@ -241,6 +286,8 @@ class Decoder:
         maxb = self.max_record_bytes
         kf, tf, vf = self.key_field, self.timestamp_field, self.vector_field
         numeric = _NUMERIC_TYPES
+        if self.features is None:
+            self._infer(batch)
         feats = self.features
         nfeat = len(feats) if feats is not None else 0
         get = _row_getter(feats) if feats is not None else None
@@ -294,14 +341,9 @@ class Decoder:
                 if type(obj) is not dict:
                     dead.append((i, f"not a JSON object (got {_json_type(obj)})"))
                     continue
-            if self.features is None:
-                inferred = self._infer(obj, csv)
-                if inferred is None:
-                    dead.append((i, "no numeric fields to use as features"))
-                    continue
-                self.features = feats = inferred
-                nfeat = len(feats)
-                get = _row_getter(feats)
+            if feats is None:
+                dead.append((i, "no numeric fields to use as features"))
+                continue
             if csv:
                 row = self._csv_row(obj)
                 if isinstance(row, str):
@@ -364,6 +406,88 @@ class Decoder:
             keys = [keys[j] for j in sel]
             stamps = [stamps[j] for j in sel]
         return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+# Field names that say "identifier" or "ground truth", compared without case and punctuation.
+_ID_NAMES = frozenset(
+    [
+        "id",
+        "uuid",
+        "guid",
+        "index",
+        "idx",
+        "row",
+        "rowid",
+        "rownumber",
+        "rownum",
+        "seq",
+        "seqno",
+        "sequence",
+        "offset",
+        "recordid",
+    ]
+)
+_LABEL_NAMES = frozenset(
+    [
+        "label",
+        "labels",
+        "class",
+        "target",
+        "truth",
+        "groundtruth",
+        "isanomaly",
+        "anomaly",
+        "outlier",
+        "isoutlier",
+    ]
+)
+_MIN_ROWS_TO_JUDGE = 20
+
+
+def _number(v: Any, csv: bool) -> float | None:
+    """``v`` as a finite float if it is a JSON number or (``csv``) a numeric string, else
+    ``None``."""
+    t = type(v)
+    if t is str and csv:
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+    elif t is int or t is float:
+        try:
+            f = float(v)
+        except OverflowError:
+            return None
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _looks_like_id_or_label(name: str, values: list[float]) -> str:
+    """Why field ``name`` with ``values`` (one per record of the first batch) is no feature, or
+    ``""``.  By name always; by values once there are enough of them to judge."""
+    plain = "".join(c for c in name.lower() if c.isalnum())
+    if plain in _LABEL_NAMES:
+        return "named like a label"
+    if plain in _ID_NAMES or name.lower().endswith(("_id", "-id", " id")) or name.endswith("Id"):
+        return "named like an id"
+    n = len(values)
+    if n < _MIN_ROWS_TO_JUDGE:
+        return ""
+    distinct = sorted(set(values))
+    if len(distinct) == 1:
+        return f"constant ({distinct[0]:g}) in the first {n} records"
+    integral = all(v.is_integer() for v in distinct)
+    if integral and len(distinct) == 2:
+        a, b = distinct
+        return (
+            f"only the values {a:g} and {b:g} in the first {n} records: looks like a label or flag"
+        )
+    steps = np.diff(values)
+    if (steps >= 0).all() or (steps <= 0).all():
+        way = "up" if steps.sum() > 0 else "down"
+        return f"counts {way} over the first {n} records: an id, counter, clock or sorted label?"
+    return ""
 
 
 def _utf8_text(value: bytes | str) -> str | None:
