@@ -184,3 +184,21 @@ def test_demo_figure_marks_warm_up_and_jump_and_names_the_features(tmp_path, mon
     ticks = [t.get_text() for t in scores.get_yticklabels() if t.get_text()]
     assert ticks and all(t.lstrip("−-").replace(".", "").isdigit() for t in ticks), ticks
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the shipped example configurations -----------------------------------------------------------
+
+
+def test_file_config_runs_verbatim_from_the_repository_root(tmp_path):
+    # A copy of what the repository ships, so the run writes nowhere in the checkout.
+    import shutil
+
+    for name in ("configs", "data"):
+        shutil.copytree(os.path.join(ROOT, name), tmp_path / name)
+    r = _cli("run", "--config", "configs/file.yaml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    n_lines = len((tmp_path / "data" / "sensors.jsonl").read_text().splitlines())
+    scored = (tmp_path / "out" / "scored.jsonl").read_text().splitlines()
+    dead = (tmp_path / "out" / "dead.jsonl").read_text().splitlines()
+    assert len(dead) == 3 and len(scored) == n_lines - 3 == 2000
+    assert any((tmp_path / "out" / "checkpoints").iterdir())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_stream", "run_demo"]
+__all__ = ["check_plot_path", "make_stream", "run_demo", "write_stream"]
 
 FEATURES = ["temperature", "pressure", "vibration"]
 WARM_UP = 1000  # rows the model fits in batch before learning online (its default here)
@@ -47,6 +47,26 @@ def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     X[anomalous] += direction * scales[regime[anomalous]] * rng.uniform(7, 12, size=(k, 1))
     return X, anomalous
+
+
+def write_stream(path, n: int = 20000, seed: int = 7):
+    """Write :func:`make_stream`'s records as JSONL, with three malformed lines among them
+    (``data/sensors.jsonl``, the input of ``configs/file.yaml``, is ``n=2000``); returns
+    ``(X, is_anomaly)``."""
+    X, truth = make_stream(n, seed)
+    bad = {
+        n // 3: "not json at all",
+        n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
+        (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}',
+    }
+    with open(path, "w") as f:
+        for i, row in enumerate(X):
+            if i in bad:
+                f.write(bad[i] + "\n")
+            rec = {"timestamp": 1_700_000_000 + i, "machine": "press-7"}
+            rec.update({name: round(float(v), 6) for name, v in zip(FEATURES, row, strict=True)})
+            f.write(json.dumps(rec) + "\n")
+    return X, truth
 
 
 def check_plot_path(path: str) -> str | None:
@@ -81,20 +101,8 @@ def run_demo(
         workdir = tmp.name
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    X, truth = make_stream(n, seed)
     src = wd / "sensors.jsonl"
-    bad = {
-        n // 3: "not json at all",
-        n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
-        (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}',
-    }
-    with open(src, "w") as f:
-        for i, row in enumerate(X):
-            if i in bad:
-                f.write(bad[i] + "\n")
-            rec = {"timestamp": 1_700_000_000 + i, "machine": "press-7"}
-            rec.update({name: round(float(v), 6) for name, v in zip(FEATURES, row, strict=True)})
-            f.write(json.dumps(rec) + "\n")
+    X, truth = write_stream(src, n, seed)
     out = wd / "scored.jsonl"
     cfg = load_config(
         overrides={
