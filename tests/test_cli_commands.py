@@ -202,3 +202,15 @@ def test_file_config_runs_verbatim_from_the_repository_root(tmp_path):
     dead = (tmp_path / "out" / "dead.jsonl").read_text().splitlines()
     assert len(dead) == 3 and len(scored) == n_lines - 3 == 2000
     assert any((tmp_path / "out" / "checkpoints").iterdir())
+
+
+def test_run_on_a_folder_instead_of_a_file_is_one_message(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"a": 1}\n')
+    for args, path in (
+        (["--input", str(tmp_path), "--output", str(tmp_path / "o.jsonl")], tmp_path),
+        (["--input", str(inp), "--output", str(tmp_path)], tmp_path),
+    ):
+        r = _cli("run", *args, "--log-format", "text")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == f"streamgmm: {path}: Is a directory"

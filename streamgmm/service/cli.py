@@ -7,6 +7,7 @@ outputs not delivered), 2 invalid configuration or a checkpoint refused for it.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -329,8 +330,13 @@ def _run(ns) -> int:
         return proc.run()
     except BrokenPipeError:
         raise  # stdout's reader went away: main() ends quietly
-    except FileNotFoundError as e:
-        print(f"streamgmm: {e.strerror}: {e.filename}", file=sys.stderr)
+    except OSError as e:
+        if e.errno not in _PATH_ERRORS or e.filename is None:
+            log.exception("stream processor failed: %s", _describe(e))
+            print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
+            return 1
+        # A path of the configuration that cannot be used as given: the user's to fix.
+        print(f"streamgmm: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except Exception as e:
         if _is_kafka_error(e):
@@ -347,6 +353,12 @@ def _run(ns) -> int:
         log.exception("stream processor failed: %s", _describe(e))
         print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
         return 1
+
+
+# errno values that mean "this path cannot be used as given" (wrong path, a folder, no access)
+_PATH_ERRORS = frozenset(
+    {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS}
+)
 
 
 def _is_kafka_error(e: BaseException) -> bool:
