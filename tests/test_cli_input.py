@@ -166,3 +166,13 @@ def test_utf8_byte_order_mark_is_not_part_of_the_data(tmp_path, fmt):
     out = Decoder(["a", "b"]).decode_batch(batches[0])
     assert not out.dead
     assert out.X.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
+def test_csv_read_as_jsonl_gets_a_hint():
+    recs = _recs(["a,b", "1,2", "{nope"])
+    dead = dict(Decoder(["a", "b"]).decode_batch(recs).dead)
+    assert dead[0].endswith("(a CSV line? pass --input-format csv)")
+    assert dead[1].endswith("(a CSV line? pass --input-format csv)")
+    assert "CSV" not in dead[2]
+    kafka = RawRecord("t", None, 0, 0, None, b"1,2", None)  # no such flag for topics
+    assert "CSV" not in Decoder(["a", "b"]).decode_batch([kafka]).dead[0][1]

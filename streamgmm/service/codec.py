@@ -333,7 +333,7 @@ class Decoder:
                                 dead.append((i, bad))
                                 continue
                 except ValueError as e:
-                    dead.append((i, f"not JSON: {e}"))
+                    dead.append((i, f"not JSON: {e}{_csv_hint(rec, text)}"))
                     continue
                 except RecursionError:
                     dead.append((i, "not JSON: nested too deeply"))
@@ -487,6 +487,13 @@ def _looks_like_id_or_label(name: str, values: list[float]) -> str:
     if (steps >= 0).all() or (steps <= 0).all():
         way = "up" if steps.sum() > 0 else "down"
         return f"counts {way} over the first {n} records: an id, counter, clock or sorted label?"
+    return ""
+
+
+def _csv_hint(rec: RawRecord, text: str) -> str:
+    """A hint for the common mistake of a CSV file read as JSONL (stdin, or no .csv suffix)."""
+    if rec.topic is None and "," in text and not text.lstrip().startswith(("{", "[", '"')):
+        return " (a CSV line? pass --input-format csv)"
     return ""
 
 
