@@ -125,6 +125,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="streamgmm",
         description="Online Gaussian mixture stream processor: scores each record before "
         "learning it, flags anomalies, checkpoints model + offsets.",
+        epilog="examples:\n"
+        "  streamgmm run --input data.jsonl --output scored.jsonl --checkpoint-dir ck/\n"
+        "  streamgmm run --config configs/file.yaml\n"
+        "  streamgmm inspect ck/\n"
+        "  streamgmm demo --plot demo.png\n"
+        "'streamgmm run --help' lists every setting with its default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"streamgmm {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="{run,inspect,demo}")
@@ -133,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "run",
         help="process a file, stdin or Kafka topics",
-        description="Score and learn a stream. Settings come from --config, then STREAMGMM_* "
-        "environment variables, then these flags (each flag's default is the configuration's).",
+        description="Score and learn a stream. Settings: the defaults shown here, overridden "
+        "by --config, then by STREAMGMM_* environment variables, then by these flags.",
         argument_default=S,
     )
 
@@ -280,7 +287,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"records, at least {demo_min_records} (default: 20000)",
     )
     d.add_argument("--seed", type=int, default=7, help="seed of the stream and model (default: 7)")
-    d.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
+    d.add_argument(
+        "--workdir", metavar="DIR", help="keep the demo's files here (default: a temp dir)"
+    )
     return p
 
 
