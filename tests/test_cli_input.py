@@ -176,3 +176,12 @@ def test_csv_read_as_jsonl_gets_a_hint():
     assert "CSV" not in dead[2]
     kafka = RawRecord("t", None, 0, 0, None, b"1,2", None)  # no such flag for topics
     assert "CSV" not in Decoder(["a", "b"]).decode_batch([kafka]).dead[0][1]
+
+
+def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
+    dead = Decoder(None).decode_batch(_recs(['{"a": "1.5", "b": "x"}', '{"s": "x"}'])).dead
+    assert dead[0][1] == (
+        "no numeric fields to use as features ('a' holds a number in quotes, which JSON reads "
+        "as text)"
+    )
+    assert dead[1][1] == "no numeric fields to use as features"

@@ -342,7 +342,7 @@ class Decoder:
                     dead.append((i, f"not a JSON object (got {_json_type(obj)})"))
                     continue
             if feats is None:
-                dead.append((i, "no numeric fields to use as features"))
+                dead.append((i, _no_features(obj, csv)))
                 continue
             if csv:
                 row = self._csv_row(obj)
@@ -488,6 +488,16 @@ def _looks_like_id_or_label(name: str, values: list[float]) -> str:
         way = "up" if steps.sum() > 0 else "down"
         return f"counts {way} over the first {n} records: an id, counter, clock or sorted label?"
     return ""
+
+
+def _no_features(obj: dict, csv: bool) -> str:
+    quoted = [k for k, v in obj.items() if not csv and _number(v, True) is not None]
+    if quoted:
+        return (
+            f"no numeric fields to use as features ('{quoted[0]}' holds a number in quotes, "
+            "which JSON reads as text)"
+        )
+    return "no numeric fields to use as features"
 
 
 def _csv_hint(rec: RawRecord, text: str) -> str:
