@@ -39,6 +39,11 @@ def test_nan_outside_the_features_is_not_json(const, where):
     assert i == 1 and why == f"not JSON: {const} is not a JSON value (field '{field}')"
 
 
+def test_nan_outside_the_features_is_found_after_a_nan_feature():
+    out = Decoder(["a", "b"]).decode_batch(_recs(['{"a": NaN, "b": 2, "c": Infinity}']))
+    assert out.dead == [(0, "not JSON: Infinity is not a JSON value (field 'c')")]
+
+
 # -- the timestamp field ----------------------------------------------------------------------
 
 
