@@ -1,7 +1,12 @@
 """``streamgmm`` command line: ``run``, ``inspect`` and ``demo``.
 
 Exit codes: 0 success (also after SIGTERM/SIGINT), 1 runtime failure (e.g. Kafka unreachable,
-outputs not delivered), 2 invalid configuration or a checkpoint refused for it.
+outputs not delivered), 2 invalid configuration, an unusable path or a checkpoint refused for
+it, 141 when the reader of stdout went away (``streamgmm inspect ck | head``).
+
+The help of every ``run`` flag ends with its default, read from the configuration model
+(:class:`~streamgmm.service.config.ServiceConfig`), and lists its choices where the model has a
+fixed set: the flags cannot drift from the settings they override.
 """
 
 from __future__ import annotations
