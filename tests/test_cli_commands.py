@@ -107,10 +107,13 @@ def test_inspect_on_a_file_that_is_not_a_checkpoint(tmp_path):
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     plain = tmp_path / "arrays.npz"
     np.savez(plain, x=np.zeros(3))
-    for path in (text, pickled, plain):
+    for path in (text, pickled):
         r = _cli("inspect", str(path))
-        assert r.returncode == 2
+        assert r.returncode == 1
         assert r.stderr == f"streamgmm: {path} is not a streamgmm checkpoint\n", r.stderr
+    r = _cli("inspect", str(plain))  # a zip of arrays, without streamgmm's metadata
+    assert r.returncode == 1
+    assert r.stderr == f"streamgmm: {plain}: not a streamgmm checkpoint (no metadata/checksum)\n"
 
 
 def _closed_port() -> int:

@@ -424,12 +424,11 @@ def summarise(ck) -> dict:
 
 
 def _looks_like_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is an ``.npz`` archive holding streamgmm's metadata array (checked
-    before numpy reads it: numpy's own errors talk about pickles)."""
+    """Whether ``path`` is a zip archive, as every ``.npz`` checkpoint is (checked before numpy
+    reads it: for any other file numpy's error talks about loading pickles)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            return "__meta__.npy" in z.namelist()
-    except (zipfile.BadZipFile, OSError):
+        return zipfile.is_zipfile(path)
+    except OSError:
         return False
 
 
@@ -445,7 +444,7 @@ def _inspect(ns) -> int:
         elif path.exists():
             if not _looks_like_checkpoint(path):
                 print(f"streamgmm: {path} is not a streamgmm checkpoint", file=sys.stderr)
-                return 2
+                return 1
             ck = read_checkpoint(path)
         else:
             print(f"streamgmm: {path}: no such file or directory", file=sys.stderr)
