@@ -190,3 +190,18 @@ def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
         "as text)"
     )
     assert dead[1][1] == "no numeric fields to use as features"
+
+
+# -- what counts as a blank line --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("char", ["\x1c", "\x1f", "\x0b", "\x0c", "\x85", "\u2028", "\xa0"])
+def test_a_line_of_non_json_whitespace_is_a_record_not_a_blank_line(tmp_path, char):
+    # str.strip() removes these, JSON does not call them whitespace: such a line is a record
+    # (a dead letter), never silently skipped.
+    p = tmp_path / "in.jsonl"
+    p.write_text(f'{{"a": 1}}\n{char}\n \t\n{{"a": 2}}\n', encoding="utf-8")
+    [batch] = list(FileSource(str(p)).batches())
+    assert [r.offset for r in batch] == [0, 1, 3]
+    out = Decoder(["a"]).decode_batch(batch)
+    assert out.rows == [0, 2] and [i for i, _ in out.dead] == [1]

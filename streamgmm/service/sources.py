@@ -131,7 +131,7 @@ class FileSource:
         name = self.name
         for pos, line in enumerate(self._lines(f)):
             text = line.rstrip("\r\n")
-            if not text.strip():
+            if not text.strip(" \t"):  # JSON's whitespace only: str.strip() also eats \x1c
                 yield pos, None
                 continue
             yield pos, RawRecord(None, name, 0, pos, None, text, None)
