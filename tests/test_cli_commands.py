@@ -217,3 +217,21 @@ def test_run_on_a_folder_instead_of_a_file_is_one_message(tmp_path):
         r = _cli("run", *args, "--log-format", "text")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines()[-1] == f"streamgmm: {path}: Is a directory"
+
+
+def test_log_lines_go_to_the_current_stderr(monkeypatch):
+    # In-process use (tests, notebooks) replaces sys.stderr; a handler bound to the old one
+    # wrote "--- Logging error --- I/O operation on closed file" in later runs.
+    import io
+    import logging
+
+    logger = logging.getLogger("streamgmm")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    try:
+        cli.setup_logging("INFO", "text")
+        buf = io.StringIO()
+        monkeypatch.setattr(sys, "stderr", buf)
+        logging.getLogger("streamgmm.service").info("hello")
+        assert "INFO streamgmm.service: hello" in buf.getvalue()
+    finally:
+        logger.handlers[:], logger.level, logger.propagate = saved
