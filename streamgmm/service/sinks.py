@@ -117,7 +117,7 @@ def is_regular_output(path: str) -> bool:
     """Whether ``path`` is (or will be created as) a regular file: not a device or pipe."""
     try:
         return stat.S_ISREG(os.stat(path).st_mode)
-    except FileNotFoundError:
+    except OSError:  # missing (created as a file), or unreadable: opening it will say why
         return True
 
 
