@@ -166,7 +166,7 @@ def test_csv_and_inferred_features(tmp_path):
         "feature 'b' is not a number",
         "feature 'b' is nan (not finite)",
     ]
-    assert dead[0]["record"] == "1,2" and outs[10]["timestamp"] == "10"
+    assert dead[0]["record"] == "1,2" and outs[10]["timestamp"] == 10  # CSV: a number
     ck = latest_checkpoint(tmp_path / "ck")
     assert ck.meta["features"] == ["a", "b", "c"] and ck.meta["n_samples_seen"] > 700
 

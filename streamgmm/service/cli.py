@@ -1,21 +1,30 @@
 """``streamgmm`` command line: ``run``, ``inspect`` and ``demo``.
 
 Exit codes: 0 success (also after SIGTERM/SIGINT), 1 runtime failure (e.g. Kafka unreachable,
-outputs not delivered), 2 invalid configuration or a checkpoint refused for it.
+outputs not delivered), 2 invalid configuration, an unusable path or a checkpoint refused for
+it, 141 when the reader of stdout went away (``streamgmm inspect ck | head``).
+
+The help of every ``run`` flag ends with its default, read from the configuration model
+(:class:`~streamgmm.service.config.ServiceConfig`), and lists its choices where the model has a
+fixed set: the flags cannot drift from the settings they override.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import math
+import os
 import sys
 import time
+import typing
+import zipfile
 from pathlib import Path
 
 from .checkpoint import CheckpointError, CheckpointRefused, latest_checkpoint, read_checkpoint
-from .config import ConfigError, load_config
+from .config import ConfigError, ServiceConfig, load_config
 
 __all__ = ["main"]
 
@@ -76,8 +85,24 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(d, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (like logging's own
+    last-resort handler): in-process callers such as tests and notebooks replace it."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
@@ -90,95 +115,226 @@ def setup_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)
 
 
+def _field(path: str):
+    """The pydantic field of ``ServiceConfig`` at dotted ``path``."""
+    model = ServiceConfig
+    *parents, leaf = path.split(".")
+    for part in parents:
+        model = model.model_fields[part].annotation
+    return model.model_fields[leaf]
+
+
+def _default_text(path: str) -> str:
+    value = _field(path).get_default(call_default_factory=True)
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list):
+        return ",".join(value) or "none"
+    return str(value)
+
+
+def _choices(path: str) -> list | None:
+    args = typing.get_args(_field(path).annotation)
+    return list(args) if args and all(isinstance(a, str) for a in args) else None
+
+
 def _parser() -> argparse.ArgumentParser:
+    from streamgmm import __version__
+
     p = argparse.ArgumentParser(
         prog="streamgmm",
         description="Online Gaussian mixture stream processor: scores each record before "
         "learning it, flags anomalies, checkpoints model + offsets.",
+        epilog="examples:\n"
+        "  streamgmm run --input data.jsonl --output scored.jsonl --checkpoint-dir ck/\n"
+        "  streamgmm run --config configs/file.yaml\n"
+        "  streamgmm inspect ck/\n"
+        "  streamgmm demo --plot demo.png\n"
+        "'streamgmm run --help' lists every setting with its default.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument("--version", action="version", version=f"streamgmm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{run,inspect,demo}")
     S = argparse.SUPPRESS
 
-    r = sub.add_parser("run", help="process a file, stdin or Kafka topics", argument_default=S)
-    r.add_argument("--config", help="YAML configuration file (see configs/)")
+    r = sub.add_parser(
+        "run",
+        help="process a file, stdin or Kafka topics",
+        description="Score and learn a stream. Settings: the defaults shown here, overridden "
+        "by --config, then by STREAMGMM_* environment variables, then by these flags.",
+        argument_default=S,
+    )
+
+    def opt(group, flag: str, text: str, default: str | None = None, **kw) -> None:
+        """A flag whose help ends with its default (read from the configuration) and choices."""
+        dest = kw.pop("dest", flag[2:].replace("-", "_"))
+        path = _RUN_FLAGS[dest]
+        choices = _choices(path)
+        if choices and "action" not in kw:
+            kw["choices"] = choices
+        shown = default if default is not None else _default_text(path)
+        group.add_argument(flag, dest=dest, help=f"{text} (default: {shown})", **kw)
+
+    r.add_argument("--config", metavar="FILE", help="YAML configuration file (see configs/)")
     g = r.add_argument_group("file mode")
-    g.add_argument("--input", metavar="PATH|-", help="JSONL or CSV file, or - for stdin")
-    g.add_argument("--input-format", choices=["auto", "jsonl", "csv"])
-    g.add_argument("--output", metavar="PATH|-", help="JSONL output (default stdout)")
-    g.add_argument(
+    opt(g, "--input", "JSONL or CSV file, or - for stdin", metavar="PATH|-")
+    opt(g, "--input-format", "record format; auto: CSV for .csv files, else JSONL")
+    opt(g, "--output", "JSONL output, - for stdout", default="-", metavar="PATH|-")
+    opt(
+        g,
         "--dead-letter",
+        "JSONL file for invalid records, with the reason",
+        default="<output>.dlq.jsonl beside a regular file, else stderr",
         metavar="PATH",
-        help="JSONL dead letters (default <output>.dlq.jsonl, stderr for stdout)",
     )
     g = r.add_argument_group("Kafka mode")
-    g.add_argument("--bootstrap-servers", metavar="HOST:PORT")
-    g.add_argument("--topic", help="input topic(s), comma separated")
-    g.add_argument("--output-topic")
-    g.add_argument("--dead-letter-topic", help="default: <input topic>.dlq")
-    g.add_argument("--group-id")
-    g.add_argument("--max-poll-records")
-    g = r.add_argument_group("records")
-    g.add_argument(
-        "--features",
-        metavar="a,b,c",
-        help="feature fields (default: numeric fields of the first valid record)",
+    opt(g, "--bootstrap-servers", "Kafka brokers, comma separated", metavar="HOST:PORT")
+    opt(g, "--topic", "input topic(s), comma separated", metavar="TOPIC")
+    opt(g, "--output-topic", "topic for scored records", metavar="TOPIC")
+    opt(
+        g,
+        "--dead-letter-topic",
+        "topic for invalid records",
+        default="<input topic>.dlq",
+        metavar="TOPIC",
     )
-    g.add_argument("--key-field")
-    g.add_argument("--timestamp-field")
-    g.add_argument("--vector-field", help="read the features as an array in this field")
-    g.add_argument("--batch-size")
-    g.add_argument("--max-record-bytes")
-    g.add_argument("--max-records", help="stop after this many input records")
-    g.add_argument("--idle-timeout", metavar="SECONDS", help="stop after this long without input")
-    g.add_argument(
+    opt(g, "--group-id", "consumer group", metavar="GROUP")
+    opt(g, "--max-poll-records", "records per poll at most", metavar="N")
+    g = r.add_argument_group("records")
+    opt(
+        g,
+        "--features",
+        "feature fields, in order",
+        default="numeric fields of the first batch, except id-, counter- and label-like ones",
+        metavar="a,b,c",
+    )
+    opt(g, "--key-field", "field copied to the output as its key", metavar="FIELD")
+    opt(
+        g,
+        "--timestamp-field",
+        "field copied to the output as its timestamp; a value that is neither a number nor "
+        "an ISO 8601 string is left out",
+        metavar="FIELD",
+    )
+    opt(g, "--vector-field", "read the features as one array in this field", metavar="FIELD")
+    opt(g, "--batch-size", "records scored and learned together", metavar="N")
+    opt(g, "--max-record-bytes", "larger records are dead letters", metavar="N")
+    opt(g, "--max-records", "stop after this many input records", metavar="N")
+    opt(g, "--idle-timeout", "stop after this long without input", metavar="SECONDS")
+    opt(
+        g,
         "--max-batch-wait",
+        "live input (stdin, pipe): process a partial batch after this long",
         metavar="SECONDS",
-        help="live input (stdin, pipe): process a partial batch after this long (default 0.2)",
     )
     g = r.add_argument_group("checkpoints")
-    g.add_argument("--checkpoint-dir", metavar="DIR")
-    g.add_argument("--checkpoint-every", metavar="N", help="records between checkpoints")
-    g.add_argument("--checkpoint-interval", metavar="SECONDS")
-    g.add_argument("--keep-checkpoints", metavar="N")
-    g.add_argument(
+    opt(
+        g,
+        "--checkpoint-dir",
+        "where model + offsets are saved",
+        default="none: no checkpoints",
+        metavar="DIR",
+    )
+    opt(g, "--checkpoint-every", "records between checkpoints", metavar="N")
+    opt(g, "--checkpoint-interval", "seconds between checkpoints", metavar="SECONDS")
+    opt(g, "--keep-checkpoints", "checkpoints kept", metavar="N")
+    opt(
+        g,
         "--fresh",
+        "ignore existing checkpoints and start a new model",
         action="store_const",
         const=True,
-        help="ignore existing checkpoints and start a new model",
     )
     g = r.add_argument_group("model")
-    g.add_argument("--n-components")
-    g.add_argument("--covariance-type")
-    g.add_argument("--half-life", help="samples; forgetting for drifting streams")
-    g.add_argument("--warm-up")
-    g.add_argument("--n-init")
-    g.add_argument("--random-state")
-    g.add_argument("--false-alarm-rate")
-    g.add_argument(
+    opt(g, "--n-components", "mixture components", metavar="K")
+    opt(g, "--covariance-type", "shape of each component")
+    opt(
+        g,
+        "--half-life",
+        "samples after which a record's weight halves, for drifting streams; none: stationary",
+        metavar="N",
+    )
+    opt(
+        g,
+        "--warm-up",
+        "rows fitted in batch before learning online",
+        default="max(1000, 10 K (D+1))",
+        metavar="N",
+    )
+    opt(g, "--n-init", "k-means++ starts of the warm-up fit", metavar="N")
+    opt(g, "--random-state", "seed of the model", metavar="SEED")
+    opt(g, "--false-alarm-rate", "target share of normal records flagged", metavar="RATE")
+    opt(
+        g,
         "--no-gate",
+        "learn from flagged records too",
+        default="flagged records are not learned",
         dest="gate",
         action="store_const",
         const=False,
-        help="learn from flagged records too",
     )
     g = r.add_argument_group("operations")
-    g.add_argument("--metrics-port", help="serve /metrics and /healthz on this port (0: any)")
-    g.add_argument("--metrics-host")
-    g.add_argument("--log-level")
-    g.add_argument("--log-format", choices=["json", "text"])
-    g.add_argument("--progress", dest="progress", action="store_const", const=True)
-    g.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    opt(g, "--metrics-port", "serve /metrics and /healthz on this port (0: any)", metavar="PORT")
+    opt(g, "--metrics-host", "address the metrics server listens on", metavar="HOST")
+    opt(g, "--log-level", "log level", type=str.upper)
+    opt(g, "--log-format", "log lines as JSON or plain text")
+    opt(
+        g,
+        "--progress",
+        "show a progress bar for a file input",
+        default="when stderr is a terminal",
+        action="store_const",
+        const=True,
+    )
+    opt(
+        g,
+        "--no-progress",
+        "never show a progress bar",
+        default="when stderr is a terminal",
+        dest="progress",
+        action="store_const",
+        const=False,
+    )
 
     i = sub.add_parser("inspect", help="summarise a checkpoint (directory or file)")
-    i.add_argument("path")
+    i.add_argument("path", help="checkpoint directory (its newest checkpoint) or .npz file")
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     d = sub.add_parser("demo", help="synthetic multi-sensor stream with drift and anomalies")
-    d.add_argument("--plot", metavar="OUT.png", help="write a figure (needs matplotlib)")
-    d.add_argument("--n", type=int, default=20000, help="records (default 20000)")
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
+    d.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="write a figure (needs matplotlib: pip install 'streamgmm[plot]')",
+    )
+    d.add_argument(
+        "--n",
+        type=_demo_records,
+        default=20000,
+        help=f"records, at least {demo_min_records} (default: 20000)",
+    )
+    d.add_argument("--seed", type=int, default=7, help="seed of the stream and model (default: 7)")
+    d.add_argument(
+        "--workdir", metavar="DIR", help="keep the demo's files here (default: a temp dir)"
+    )
     return p
+
+
+demo_min_records = 2000
+
+
+def _demo_records(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < demo_min_records:
+        raise argparse.ArgumentTypeError(
+            f"the demo needs at least {demo_min_records} records (its model warms up on the "
+            f"first 1000), got {n}"
+        )
+    return n
 
 
 def _overrides(ns: argparse.Namespace) -> dict:
@@ -212,13 +368,48 @@ def _run(ns) -> int:
     except CheckpointRefused as e:  # the input's fields differ from the checkpoint's features
         print(f"streamgmm: {e}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
-        print(f"streamgmm: {e.strerror}: {e.filename}", file=sys.stderr)
+    except BrokenPipeError:
+        raise  # stdout's reader went away: main() ends quietly
+    except OSError as e:
+        if e.errno not in _PATH_ERRORS or e.filename is None:
+            log.exception("stream processor failed: %s", _describe(e))
+            print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
+            return 1
+        # A path of the configuration that cannot be used as given: the user's to fix.
+        print(f"streamgmm: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
     except Exception as e:
-        log.exception("stream processor failed: %s", e)
-        print(f"streamgmm: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        if _is_kafka_error(e):
+            # Connectivity and broker errors are the user's to fix, not bugs: no traceback
+            # (it is logged at DEBUG).
+            log.debug("Kafka error", exc_info=True)
+            servers = cfg.kafka.bootstrap_servers
+            print(
+                f"streamgmm: cannot reach Kafka at {servers}: {_describe(e)}. Is a broker "
+                "running there? (kafka.bootstrap_servers, --bootstrap-servers)",
+                file=sys.stderr,
+            )
+            return 1
+        log.exception("stream processor failed: %s", _describe(e))
+        print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
         return 1
+
+
+# errno values that mean "this path cannot be used as given" (wrong path, a folder, no access)
+_PATH_ERRORS = frozenset(
+    {errno.ENOENT, errno.EISDIR, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.EROFS}
+)
+
+
+def _is_kafka_error(e: BaseException) -> bool:
+    return type(e).__module__.split(".")[0] == "kafka"
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message``, once (kafka-python's messages already start with their type)."""
+    name, text = type(e).__name__, str(e)
+    text = text.removeprefix(f"{name}: ").removeprefix(name).strip(": ")
+    return f"{name}: {text}" if text else name
 
 
 def summarise(ck) -> dict:
@@ -258,6 +449,15 @@ def summarise(ck) -> dict:
     }
 
 
+def _looks_like_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a zip archive, as every ``.npz`` checkpoint is (checked before numpy
+    reads it: for any other file numpy's error talks about loading pickles)."""
+    try:
+        return zipfile.is_zipfile(path)
+    except OSError:
+        return False
+
+
 def _inspect(ns) -> int:
     setup_logging("WARNING", "text")
     path = Path(ns.path)
@@ -268,6 +468,9 @@ def _inspect(ns) -> int:
                 print(f"streamgmm: no checkpoint in {path}", file=sys.stderr)
                 return 1
         elif path.exists():
+            if not _looks_like_checkpoint(path):
+                print(f"streamgmm: {path} is not a streamgmm checkpoint", file=sys.stderr)
+                return 1
             ck = read_checkpoint(path)
         else:
             print(f"streamgmm: {path}: no such file or directory", file=sys.stderr)
@@ -303,18 +506,29 @@ def _inspect(ns) -> int:
     return 0
 
 
+def _demo(ns) -> int:
+    from .demo import check_plot_path, run_demo
+
+    problem = check_plot_path(ns.plot) if ns.plot else None
+    if ns.workdir is not None and Path(ns.workdir).exists() and not Path(ns.workdir).is_dir():
+        problem = f"--workdir: {ns.workdir} exists and is not a folder"
+    if problem:
+        print(f"streamgmm demo: {problem}", file=sys.stderr)
+        return 2
+    setup_logging("WARNING", "text")
+    return run_demo(n=ns.n, seed=ns.seed, plot=ns.plot, workdir=ns.workdir)
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
-    if ns.command == "run":
-        code = _run(ns)
-    elif ns.command == "inspect":
-        code = _inspect(ns)
-    else:
-        from .demo import run_demo
-
-        setup_logging("WARNING", "text")
-        code = run_demo(n=ns.n, seed=ns.seed, plot=ns.plot, workdir=ns.workdir)
-    return code
+    commands = {"run": _run, "inspect": _inspect, "demo": _demo}
+    try:
+        return commands[ns.command](ns)
+    except BrokenPipeError:
+        # The reader went away (``streamgmm inspect ck | head``): not an error of ours. Python
+        # would complain again when it flushes stdout at exit, so stdout goes to /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # like a program killed by SIGPIPE
 
 
 if __name__ == "__main__":

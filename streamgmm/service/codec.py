@@ -5,10 +5,13 @@ finite JSON number (CSV: a string that parses as a finite float).  Everything el
 dead letter with a human-readable reason, and never touches the model.
 
 orjson parses and writes all JSON; the stdlib's json only handles what orjson refuses, so that
-the decisions and dead-letter reasons stay those of the stdlib (NaN/Infinity constants, numbers
-beyond float64) and odd but legal values still get written (lone surrogates from a file that is
-not UTF-8, integers beyond 64 bits).  Results and dead letters are UTF-8 ``bytes``, which the
-sinks write as they are.
+the decisions and dead-letter reasons stay those of the stdlib (numbers beyond float64) and odd
+but legal values still get written (integers beyond 64 bits).  ``NaN``/``Infinity`` are not JSON:
+a record holding one anywhere is a dead letter.  A record that is not UTF-8 is a dead letter
+whose ``record`` keeps its bytes base64-encoded (``"record_encoding": "base64"``).  A timestamp
+field is copied to the output only if it is a number or an ISO 8601 string; otherwise it is left
+out (logged once).  Results and dead letters are UTF-8 ``bytes``, which the sinks write as they
+are.
 
 Example
 -------
@@ -26,7 +29,10 @@ Example
 
 from __future__ import annotations
 
+import base64
+import datetime
 import json
+import logging
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -39,6 +45,8 @@ import orjson
 from .records import RawRecord
 
 __all__ = ["DecodedBatch", "Decoder", "encode_dead_letter", "encode_outputs", "output_key"]
+
+log = logging.getLogger("streamgmm.service.codec")
 
 
 class _NonFinite:
@@ -97,8 +105,12 @@ class Decoder:
     Parameters
     ----------
     features
-        Field names, in order. ``None``: the numeric fields of the first valid record, fixed
-        from then on (read :attr:`features` after decoding).
+        Field names, in order. ``None``: inferred from the first batch and fixed from then on
+        (read :attr:`features` after decoding): the numeric fields of its first record that has
+        any, except fields that look like ids, counters or labels — named so (``id``,
+        ``*_id``, ``label``, ``target``, ...) or, judged over the batch once it holds 20
+        records, constant, integer with only two values, or only counting up or down.  The
+        choice is logged (INFO), and what was left out with why (WARNING).
     max_record_bytes
         Larger records are dead letters ("oversized").
     key_field, timestamp_field
@@ -109,6 +121,13 @@ class Decoder:
         number of features, else "wrong dimension").
     max_abs
         Larger magnitudes are dead letters ("overflows"): the model's statistics square them.
+
+    Attributes
+    ----------
+    excluded
+        Inferred features only: numeric fields left out, with the reason.
+    invalid_timestamps
+        Records whose timestamp field was not a timestamp (left out of their output).
     """
 
     def __init__(
@@ -129,23 +148,76 @@ class Decoder:
         self.vector_field = vector_field
         if vector_field is not None and self.features is None:
             raise ValueError("vector_field needs an explicit feature list")
+        self.invalid_timestamps = 0
+        self.excluded: dict[str, str] = {}
+        if self.features is not None:
+            log.info("features: %s", ", ".join(self.features))
+
+    # -- the timestamp field ----------------------------------------------------------------
+    def _timestamp(self, value: Any, rec: RawRecord) -> Any:
+        """``value`` if it is a timestamp (a finite number, or an ISO 8601 date/time string;
+        from CSV a numeric string becomes a number), else ``None``: left out, said once."""
+        ts = _valid_timestamp(value)
+        if ts is None:
+            self.invalid_timestamps += 1
+            if self.invalid_timestamps == 1:
+                log.warning(
+                    "field '%s' of record %s is not a timestamp (%s): left out of the output "
+                    "(a timestamp must be a number or an ISO 8601 string); further invalid "
+                    "timestamps are left out silently",
+                    self.timestamp_field,
+                    _where(rec),
+                    _short(value),
+                )
+        return ts
 
     # -- feature inference ---------------------------------------------------------------
-    def _infer(self, obj: dict, csv: bool) -> list[str] | None:
+    def _numeric_fields(self, obj: dict, csv: bool) -> list[str]:
         skip = {self.key_field, self.timestamp_field}
-        names = []
-        for k, v in obj.items():
-            if k in skip:
-                continue
-            if csv:
+        return [k for k, v in obj.items() if k not in skip and _number(v, csv) is not None]
+
+    def _infer(self, batch: Sequence[RawRecord]) -> None:
+        """Fix :attr:`features` from the first batch: the numeric fields of its first record
+        that has any, except those that look like ids, counters or labels in the batch."""
+        objs = []
+        csv = False
+        for rec in batch:
+            obj = rec.parsed
+            if obj is None:
                 try:
-                    if math.isfinite(float(v)):
-                        names.append(k)
-                except (TypeError, ValueError):
-                    pass
-            elif type(v) in _NUMBER and math.isfinite(float(v)):
-                names.append(k)
-        return names or None
+                    obj = _loads(rec.value)
+                except (_DecodeError, TypeError):
+                    continue
+            else:
+                csv = True
+            if type(obj) is dict:
+                objs.append(obj)
+        names = next((f for obj in objs if (f := self._numeric_fields(obj, csv))), None)
+        if names is None:
+            return  # no record to learn from yet: every one is a dead letter
+        excluded = {}
+        for name in names:
+            values = [v for obj in objs if (v := _number(obj.get(name), csv)) is not None]
+            why = _looks_like_id_or_label(name, values)
+            if why:
+                excluded[name] = why
+        chosen = [n for n in names if n not in excluded]
+        if not chosen:
+            log.warning(
+                "the only numeric fields look like ids, counters or labels (%s); using them as "
+                "features anyway: pass --features to choose",
+                "; ".join(f"{n}: {why}" for n, why in excluded.items()),
+            )
+            chosen, excluded = names, {}
+        self.features, self.excluded = chosen, excluded
+        log.info(
+            "features (auto-detected from the first %d records): %s", len(batch), ", ".join(chosen)
+        )
+        if excluded:
+            log.warning(
+                "not used as features: %s. Pass --features to choose the features yourself",
+                "; ".join(f"{n} ({why})" for n, why in excluded.items()),
+            )
 
     # -- per-record checks (slow path, only for records that failed the fast one) ---------
     def _why_json(self, obj: dict) -> str:
@@ -214,6 +286,8 @@ class Decoder:
         maxb = self.max_record_bytes
         kf, tf, vf = self.key_field, self.timestamp_field, self.vector_field
         numeric = _NUMERIC_TYPES
+        if self.features is None:
+            self._infer(batch)
         feats = self.features
         nfeat = len(feats) if feats is not None else 0
         get = _row_getter(feats) if feats is not None else None
@@ -232,6 +306,11 @@ class Decoder:
                 if isinstance(parsed, str):
                     dead.append((i, parsed))
                     continue
+                if not value.isascii() and _utf8_text(value) is None:
+                    # Read with surrogateescape: its bytes are not UTF-8, and a key or
+                    # timestamp copied from it could not be written as JSON.
+                    dead.append((i, _not_utf8(value)))
+                    continue
                 obj = parsed
             else:
                 try:
@@ -243,17 +322,18 @@ class Decoder:
                     obj = _FALLBACK
                 try:
                     if obj is _FALLBACK:
-                        if isinstance(value, bytes):
-                            text = value.decode("utf-8")
-                        else:  # a file line read with surrogateescape: its bytes were not UTF-8
-                            text = value
-                            value.encode("utf-8")
+                        text = _utf8_text(value)
+                        if text is None:
+                            dead.append((i, _not_utf8(value)))
+                            continue
                         obj = _JSON.decode(text)
-                except UnicodeError as e:
-                    dead.append((i, f"not UTF-8 text: {e.reason} at byte {e.start}"))
-                    continue
+                        if type(obj) is dict:
+                            bad = _non_json_constant(obj, self.features)
+                            if bad:
+                                dead.append((i, bad))
+                                continue
                 except ValueError as e:
-                    dead.append((i, f"not JSON: {e}"))
+                    dead.append((i, f"not JSON: {e}{_csv_hint(rec, text)}"))
                     continue
                 except RecursionError:
                     dead.append((i, "not JSON: nested too deeply"))
@@ -261,14 +341,9 @@ class Decoder:
                 if type(obj) is not dict:
                     dead.append((i, f"not a JSON object (got {_json_type(obj)})"))
                     continue
-            if self.features is None:
-                inferred = self._infer(obj, csv)
-                if inferred is None:
-                    dead.append((i, "no numeric fields to use as features"))
-                    continue
-                self.features = feats = inferred
-                nfeat = len(feats)
-                get = _row_getter(feats)
+            if feats is None:
+                dead.append((i, _no_features(obj, csv)))
+                continue
             if csv:
                 row = self._csv_row(obj)
                 if isinstance(row, str):
@@ -300,6 +375,8 @@ class Decoder:
                 k = obj.get(kf)
             keys.append(k)
             ts = obj.get(tf) if tf is not None else None
+            if ts is not None and type(ts) is not int:
+                ts = self._timestamp(ts, rec)
             stamps.append(ts if ts is not None else rec.timestamp)
         d = len(self.features) if self.features is not None else 0
         if not rows:
@@ -329,6 +406,187 @@ class Decoder:
             keys = [keys[j] for j in sel]
             stamps = [stamps[j] for j in sel]
         return DecodedBatch(X, rows, keys, stamps, dead)
+
+
+# Field names that say "identifier" or "ground truth", compared without case and punctuation.
+_ID_NAMES = frozenset(
+    [
+        "id",
+        "uuid",
+        "guid",
+        "index",
+        "idx",
+        "row",
+        "rowid",
+        "rownumber",
+        "rownum",
+        "seq",
+        "seqno",
+        "sequence",
+        "offset",
+        "recordid",
+    ]
+)
+_LABEL_NAMES = frozenset(
+    [
+        "label",
+        "labels",
+        "class",
+        "target",
+        "truth",
+        "groundtruth",
+        "isanomaly",
+        "anomaly",
+        "outlier",
+        "isoutlier",
+    ]
+)
+_MIN_ROWS_TO_JUDGE = 20
+
+
+def _number(v: Any, csv: bool) -> float | None:
+    """``v`` as a finite float if it is a JSON number or (``csv``) a numeric string, else
+    ``None``."""
+    t = type(v)
+    if t is str and csv:
+        try:
+            f = float(v)
+        except ValueError:
+            return None
+    elif t is int or t is float:
+        try:
+            f = float(v)
+        except OverflowError:
+            return None
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _looks_like_id_or_label(name: str, values: list[float]) -> str:
+    """Why field ``name`` with ``values`` (one per record of the first batch) is no feature, or
+    ``""``.  By name always; by values once there are enough of them to judge."""
+    plain = "".join(c for c in name.lower() if c.isalnum())
+    if plain in _LABEL_NAMES:
+        return "named like a label"
+    if plain in _ID_NAMES or name.lower().endswith(("_id", "-id", " id")) or name.endswith("Id"):
+        return "named like an id"
+    n = len(values)
+    if n < _MIN_ROWS_TO_JUDGE:
+        return ""
+    distinct = sorted(set(values))
+    if len(distinct) == 1:
+        return f"constant ({distinct[0]:g}) in the first {n} records"
+    integral = all(v.is_integer() for v in distinct)
+    if integral and len(distinct) == 2:
+        a, b = distinct
+        return (
+            f"only the values {a:g} and {b:g} in the first {n} records: looks like a label or flag"
+        )
+    steps = np.diff(values)
+    if (steps >= 0).all() or (steps <= 0).all():
+        way = "up" if steps.sum() > 0 else "down"
+        return f"counts {way} over the first {n} records: an id, counter, clock or sorted label?"
+    return ""
+
+
+def _no_features(obj: dict, csv: bool) -> str:
+    quoted = [k for k, v in obj.items() if not csv and _number(v, True) is not None]
+    if quoted:
+        return (
+            f"no numeric fields to use as features ('{quoted[0]}' holds a number in quotes, "
+            "which JSON reads as text)"
+        )
+    return "no numeric fields to use as features"
+
+
+def _csv_hint(rec: RawRecord, text: str) -> str:
+    """A hint for the common mistake of a CSV file read as JSONL (stdin, or no .csv suffix)."""
+    if rec.topic is None and "," in text and not text.lstrip().startswith(("{", "[", '"')):
+        return " (a CSV line? pass --input-format csv)"
+    return ""
+
+
+def _utf8_text(value: bytes | str) -> str | None:
+    """The record as text, or ``None`` if its bytes are not UTF-8 (a file line read with
+    surrogateescape carries such bytes as lone surrogates)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value
+
+
+def _raw_bytes(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+
+
+def _not_utf8(value: bytes | str) -> str:
+    """Dead-letter reason naming the first byte that is not UTF-8 and its position."""
+    raw = _raw_bytes(value)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text: byte 0x{raw[e.start]:02x} at position {e.start} is not valid UTF-8"
+    return "not UTF-8 text"
+
+
+def _non_json_constant(obj: dict, features: Sequence[str] | None) -> str:
+    """Reason if a NaN/Infinity constant (accepted by Python, not JSON) occurs anywhere."""
+    for name, v in obj.items():
+        if features is not None and name in features:
+            continue  # the feature checks give their own reason
+        found = _find_constant(v)
+        if found is not None:
+            return f"not JSON: {found.text} is not a JSON value (field '{name}')"
+    return ""
+
+
+def _find_constant(v: Any) -> _NonFinite | None:
+    if isinstance(v, _NonFinite):
+        return v
+    children = v.values() if type(v) is dict else v if type(v) is list else ()
+    for c in children:
+        found = _find_constant(c)
+        if found is not None:
+            return found
+    return None
+
+
+def _valid_timestamp(v: Any) -> Any:
+    """``v`` as a timestamp, or ``None`` (see :meth:`Decoder._timestamp`)."""
+    t = type(v)
+    if t is int:
+        return v
+    if t is float:
+        return v if math.isfinite(v) else None
+    if t is not str:
+        return None
+    s = v.strip()
+    try:  # CSV: every field is text
+        number = float(s)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number):
+            return None
+        return int(s) if s.lstrip("+-").isdigit() else number
+    try:  # Python 3.10 reads no "Z" suffix
+        datetime.datetime.fromisoformat(s[:-1] + "+00:00" if s.endswith("Z") else s)
+    except ValueError:
+        return None
+    return v
+
+
+def _where(rec: RawRecord) -> str:
+    if rec.topic is not None:
+        return f"{rec.topic}[{rec.partition}]@{rec.offset}"
+    return f"{rec.file}:{rec.offset}"
 
 
 def _row_getter(features: Sequence[str]) -> Callable[[dict], tuple]:
@@ -378,11 +636,11 @@ def _plain(v: Any) -> Any:
 
 
 def _dumps_slow(d: dict) -> bytes:
-    # What orjson refuses to write: lone surrogates (a file that is not valid UTF-8, read with
-    # surrogateescape: they turn back into the original bytes), integers beyond 64 bits and the
-    # NaN/Infinity markers of the stdlib parse, e.g. in a key or timestamp field.
+    # What orjson refuses to write: integers beyond 64 bits (e.g. in a key field).  Records
+    # that are not UTF-8 never get here (dead letters keep them base64-encoded), so "replace"
+    # only guards the rule that every line written is UTF-8.
     text = json.dumps(_plain(d), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return text.encode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "replace")  # never raw bytes: every line must be UTF-8
 
 
 def output_key(rec: RawRecord) -> bytes:
@@ -453,21 +711,28 @@ def encode_outputs(
 def encode_dead_letter(rec: RawRecord, reason: str, max_bytes: int | None = None) -> bytes:
     """JSON dead letter (UTF-8 bytes): ``source``, ``key``, ``error`` and the raw ``record``.
 
-    The record is kept as text (invalid UTF-8 from Kafka replaced by U+FFFD; from a file, the
-    original bytes are written back).
+    The record is kept as text when it is UTF-8; otherwise its exact bytes are kept
+    base64-encoded in ``record``, with ``"record_encoding": "base64"``, so that every dead
+    letter is valid UTF-8 JSON and loses nothing.
     """
     raw = rec.value
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    d = {"source": rec.coordinates(), "key": None, "error": reason, "record": text}
-    if text is None:  # null Kafka message
-        text = ""
+    d = {"source": rec.coordinates(), "key": None, "error": reason, "record": None}
     if rec.key is not None:
         d["key"] = rec.key.decode("utf-8", "replace") if isinstance(rec.key, bytes) else rec.key
-    if max_bytes is not None and len(text) > max_bytes:
+    if raw is None:  # null Kafka message
+        return _dumps(d)
+    text = _utf8_text(raw)
+    data = _raw_bytes(raw) if text is None else text
+    if max_bytes is not None and len(data) > max_bytes:
         # A dead letter must fit where it goes; keep the head of an oversized record.
-        d["record"] = text[:max_bytes]
         d["record_truncated"] = True
-        d["record_length"] = len(text)
+        d["record_length"] = len(data)
+        data = data[: max_bytes * 3 // 4 if text is None else max_bytes]
+    if text is None:
+        d["record"] = base64.b64encode(data).decode("ascii")
+        d["record_encoding"] = "base64"
+    else:
+        d["record"] = data
     try:
         return _dumps(d)
     except _EncodeError:

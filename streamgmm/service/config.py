@@ -90,10 +90,22 @@ class InputConfig(_Strict):
 
 class OutputConfig(_Strict):
     """File/stdout sinks. ``path`` ``-`` (default) is stdout; ``dead_letter`` ``None`` means
-    ``<output>.dlq.jsonl`` beside a file output, stderr beside stdout."""
+    ``<output>.dlq.jsonl`` beside a regular file, stderr beside stdout or an output that is not
+    a regular file (``/dev/null``, a named pipe)."""
 
     path: str | None = None
     dead_letter: str | None = None
+
+    @model_validator(mode="after")
+    def _dead_letters_beside_a_device(self) -> OutputConfig:
+        # "/dev/null.dlq.jsonl" would be a new file among the devices; stderr is where
+        # dead letters go beside stdout too.
+        from .sinks import is_regular_output
+
+        p = self.path
+        if self.dead_letter is None and p not in (None, "-") and not is_regular_output(p):
+            self.dead_letter = "<stderr>"
+        return self
 
 
 class KafkaConfig(_Strict):

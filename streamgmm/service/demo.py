@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["make_stream", "run_demo"]
+__all__ = ["check_plot_path", "make_stream", "run_demo", "write_stream"]
 
 FEATURES = ["temperature", "pressure", "vibration"]
+WARM_UP = 1000  # rows the model fits in batch before learning online (its default here)
+JUMP_AT = 0.6  # share of the stream after which pressure jumps
 
 
 def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
@@ -36,7 +39,7 @@ def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
     X = means[regime] + z * scales[regime]
     t = np.arange(n) / n
     X[:, 0] += np.where(regime == 1, 8.0 * t, 0.0)  # slow creep of the normal regime
-    X[:, 1] += np.where(t >= 0.6, 0.8, 0.0)  # abrupt recalibration of pressure
+    X[:, 1] += np.where(t >= JUMP_AT, 0.8, 0.0)  # abrupt recalibration of pressure
     anomalous = rng.random(n) < anomaly_rate
     anomalous[:200] = False  # nothing to compare with before the first model exists
     k = int(anomalous.sum())
@@ -44,6 +47,46 @@ def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
     direction /= np.linalg.norm(direction, axis=1, keepdims=True)
     X[anomalous] += direction * scales[regime[anomalous]] * rng.uniform(7, 12, size=(k, 1))
     return X, anomalous
+
+
+def write_stream(path, n: int = 20000, seed: int = 7):
+    """Write :func:`make_stream`'s records as JSONL, with three malformed lines among them
+    (``data/sensors.jsonl``, the input of ``configs/file.yaml``, is ``n=2000``); returns
+    ``(X, is_anomaly)``."""
+    X, truth = make_stream(n, seed)
+    bad = {
+        n // 3: "not json at all",
+        n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
+        (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}',
+    }
+    with open(path, "w") as f:
+        for i, row in enumerate(X):
+            if i in bad:
+                f.write(bad[i] + "\n")
+            rec = {"timestamp": 1_700_000_000 + i, "machine": "press-7"}
+            rec.update({name: round(float(v), 6) for name, v in zip(FEATURES, row, strict=True)})
+            f.write(json.dumps(rec) + "\n")
+    return X, truth
+
+
+def check_plot_path(path: str) -> str | None:
+    """Why a figure cannot be written to ``path`` (checked before the run), or ``None``."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return "--plot needs matplotlib: pip install 'streamgmm[plot]' (or run without --plot)"
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        return f"--plot: folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"--plot: folder {folder} is not writable"
+    suffix = Path(path).suffix.lower()
+    formats = FigureCanvasAgg(Figure()).get_supported_filetypes()
+    if suffix[1:] not in formats:
+        known = ", ".join(f".{k}" for k in sorted(formats))
+        return f"--plot: cannot write {suffix or 'extension-less'!r} files; use one of {known}"
+    return None
 
 
 def run_demo(
@@ -58,20 +101,8 @@ def run_demo(
         workdir = tmp.name
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
-    X, truth = make_stream(n, seed)
     src = wd / "sensors.jsonl"
-    bad = {
-        n // 3: "not json at all",
-        n // 2: '{"temperature": "hot", "pressure": 1, "vibration": 0}',
-        (2 * n) // 3: '{"temperature": 21.0, "pressure": 1.0}',
-    }
-    with open(src, "w") as f:
-        for i, row in enumerate(X):
-            if i in bad:
-                f.write(bad[i] + "\n")
-            rec = {"timestamp": 1_700_000_000 + i, "machine": "press-7"}
-            rec.update({name: round(float(v), 6) for name, v in zip(FEATURES, row, strict=True)})
-            f.write(json.dumps(rec) + "\n")
+    X, truth = write_stream(src, n, seed)
     out = wd / "scored.jsonl"
     cfg = load_config(
         overrides={
@@ -79,7 +110,12 @@ def run_demo(
             "output": {"path": str(out), "dead_letter": str(wd / "dead.jsonl")},
             "features": FEATURES,
             "checkpoint": {"dir": str(wd / "checkpoints"), "every_records": 5000},
-            "model": {"n_components": 3, "half_life": 3000, "random_state": seed},
+            "model": {
+                "n_components": 3,
+                "half_life": 3000,
+                "warm_up": WARM_UP,
+                "random_state": seed,
+            },
             "gate": {"false_alarm_rate": 0.002, "random_state": seed},
             "batch_size": 250,
             "fresh": True,
@@ -96,8 +132,10 @@ def run_demo(
     thr = np.array([np.nan if r["threshold"] is None else r["threshold"] for r in recs])
     clusters = np.array([r["cluster"] for r in recs])
     assert len(recs) == n, (len(recs), n)
-    # Judge the detector once it is past its warm-up (the first 1000 rows).
-    ev = np.arange(n) >= 1000
+    # Judge the detector once it is past its warm-up.
+    versions = np.array([r["model_version"] for r in recs])
+    warm_end = int(np.argmax(versions >= WARM_UP)) if (versions >= WARM_UP).any() else n
+    ev = np.arange(n) >= warm_end
     tp = int((flags & truth & ev).sum())
     fp = int((flags & ~truth & ev).sum())
     fn = int((~flags & truth & ev).sum())
@@ -118,7 +156,8 @@ def run_demo(
     )
     # Right after the abrupt pressure jump every reading looks anomalous until the gate sees
     # sustained flagging (drift), learns from everything again and the model re-adapts.
-    calm = ev & ~((np.arange(n) >= int(0.6 * n)) & (np.arange(n) < int(0.6 * n) + 1500))
+    jump = int(JUMP_AT * n)
+    calm = ev & ~((np.arange(n) >= jump) & (np.arange(n) < jump + 1500))
     tp2 = int((flags & truth & calm).sum())
     fp2 = int((flags & ~truth & calm).sum())
     fn2 = int((~flags & truth & calm).sum())
@@ -128,7 +167,7 @@ def run_demo(
         f"(tp {tp2}, fp {fp2}, fn {fn2})"
     )
     if plot:
-        _plot(plot, X, truth, flags, scores, thr, clusters, proc.model)
+        _plot(plot, X, truth, flags, scores, thr, clusters, proc.model, warm_end, jump)
         print(f"  plot written to {plot}")
     print(f"  files: {wd}" if tmp is None else "  (run with --workdir DIR to keep the files)")
     if tmp is not None:
@@ -136,12 +175,13 @@ def run_demo(
     return 0
 
 
-def _plot(path, X, truth, flags, scores, thr, clusters, model) -> None:
+def _plot(path, X, truth, flags, scores, thr, clusters, model, warm_end, jump) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Ellipse
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     last = np.arange(len(X)) >= int(0.7 * len(X))  # the regime after the pressure jump
@@ -175,18 +215,45 @@ def _plot(path, X, truth, flags, scores, thr, clusters, model) -> None:
                     color=plt.cm.tab10(k % 10),
                 )
             )
-    ax1.set_xlabel("temperature")
-    ax1.set_ylabel("pressure")
-    ax1.set_title("last 30% of the stream, coloured by cluster (final components)")
+    ax1.set_xlabel(FEATURES[0])
+    ax1.set_ylabel(FEATURES[1])
+    ax1.set_title(
+        f"{FEATURES[0]} vs {FEATURES[1]} ({FEATURES[2]} not shown): last 30% of the stream,\n"
+        "coloured by cluster, with the final components' 1 and 2 sigma ellipses",
+        fontsize=10,
+    )
     ax1.legend(loc="upper left")
+
     t = np.arange(len(scores))
     ax2.plot(t, scores, ",", color="0.4")
     ax2.plot(t[truth], scores[truth], ".", color="r", ms=3, label="injected anomaly")
     ax2.plot(t, thr, "-", color="C1", lw=1.5, label="threshold")
-    ax2.set_yscale("symlog")
+    # Linear up to 10 (where most scores lie), logarithmic above (the anomalies), with ticks
+    # written as plain numbers.
+    ax2.set_yscale("symlog", linthresh=10, linscale=2)
+    finite = scores[np.isfinite(scores)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 10.0)
+    ticks = [v for v in (-10, -5, 0, 5, 10, 20, 50, 100, 200, 500, 1000) if lo - 5 <= v <= hi * 2]
+    ax2.yaxis.set_major_locator(FixedLocator(ticks))
+    ax2.yaxis.set_major_formatter(ScalarFormatter())
+    ax2.yaxis.set_minor_formatter(NullFormatter())
+    for x, text in ((warm_end, "end of warm-up"), (jump, "pressure jump")):
+        ax2.axvline(x, color="C0", ls="--", lw=1)
+        ax2.text(
+            x,
+            0.02,
+            text,
+            rotation=90,
+            transform=ax2.get_xaxis_transform(),
+            ha="right",
+            va="bottom",
+            color="C0",
+            fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85, "pad": 1},
+        )
     ax2.set_xlabel("record")
     ax2.set_ylabel("anomaly score (-log density)")
-    ax2.set_title("prequential score over time")
+    ax2.set_title("prequential score over time (scored before learned)", fontsize=10)
     ax2.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 
 from .codec import output_key
 from .records import RawRecord
 
-__all__ = ["FileSink", "KafkaSink", "SinkError", "make_producer"]
+__all__ = ["FileSink", "KafkaSink", "SinkError", "is_regular_output", "make_producer"]
 
 log = logging.getLogger("streamgmm.service.sinks")
 
@@ -43,6 +44,9 @@ class SinkError(RuntimeError):
 class FileSink:
     """Appends JSON lines to a file, or writes them to stdout (``-``) / stderr (``<stderr>``).
 
+    A path that is not a regular file (``/dev/null``, a named pipe, a terminal) is written like
+    stdout: flushed, never fsynced, sized or cut back.
+
     Parameters
     ----------
     path
@@ -50,13 +54,23 @@ class FileSink:
     resume_size
         ``None``: start a new file (truncate). An int: the size recorded by the checkpoint the
         run resumes from — anything beyond it was written after that checkpoint and is cut off.
+
+    Attributes
+    ----------
+    is_file
+        Whether the output is a regular file (durable by fsync, with a size to checkpoint).
     """
 
     def __init__(self, path: str, resume_size: int | None = None):
         self.path = path
         self.is_file = path not in ("-", "<stderr>")
+        self._owned = self.is_file
         if not self.is_file:
             self._f = sys.stdout.buffer if path == "-" else sys.stderr.buffer
+            return
+        if not is_regular_output(path):
+            self.is_file = False
+            self._f = open(path, "wb")  # noqa: SIM115 - held open by the sink
             return
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
@@ -93,10 +107,18 @@ class FileSink:
         return self._f.tell()
 
     def close(self) -> None:
-        if self.is_file:
+        if self._owned:
             self._f.close()
         else:
             self._f.flush()
+
+
+def is_regular_output(path: str) -> bool:
+    """Whether ``path`` is (or will be created as) a regular file: not a device or pipe."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # missing (created as a file), or unreadable: opening it will say why
+        return True
 
 
 def make_producer(cfg):

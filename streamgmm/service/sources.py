@@ -96,11 +96,13 @@ class FileSource:
         self._stop = True
 
     def _open(self):
+        # utf-8-sig: a byte-order mark (Excel and PowerShell write one) is not part of the first
+        # header name or record; without one it reads exactly like utf-8.
         if self.path == "-":
             return io.TextIOWrapper(
-                sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline=""
+                sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
             )
-        return open(self.path, encoding="utf-8", errors="surrogateescape", newline="")
+        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
     def _lines(self, f) -> Iterator[str]:
         live = self.blocking  # read by the pump thread: the main thread waits in _live()
@@ -201,7 +203,7 @@ class FileSource:
         name = self.name
         for pos, line in enumerate(self._lines(f)):
             text = line.rstrip("\r\n")
-            if not text.strip():
+            if not text.strip(" \t"):  # JSON's whitespace only: str.strip() also eats \x1c
                 yield pos, None
                 continue
             yield pos, RawRecord(None, name, 0, pos, None, text, None)
