@@ -30,8 +30,15 @@ STATE_VERSION = 2
 # (and a batch of several thousand rows would otherwise be judged by one stale model).
 CHUNK = 64
 # Smaller chunks and faster recalibration while the model re-adapts after a change.
-ADAPT_CHUNK = 16
-ADAPT_REFRESH = 25
+ADAPT_CHUNK = 8
+ADAPT_REFRESH = 8
+# While re-adapting, the tail is loosened (power down to ADAPT_MIN_POWER) from this many
+# post-change scores on.
+ADAPT_MIN_RECENT = 8
+ADAPT_MIN_POWER = 0.2
+# Small chunks already while the change detector's statistic passes this fraction of its
+# threshold: the rows after a detection must not all have been judged by the old model.
+SUSPECT_FRACTION = 0.25
 # After the warm-up or a change, the first few refreshes come this often (and the stream check
 # needs this many recent scores): a model that does not fit is caught within a few hundred records.
 EARLY_REFRESH = 200
@@ -364,8 +371,18 @@ class AnomalyGate(BaseEstimator):
         self._set_reference(scores, "model")
         model_exclusion = self.exclusion_threshold_
         recent = self._recent[np.isfinite(self._recent)]
+        if self._adapt_left:
+            if recent.size >= ADAPT_MIN_RECENT:
+                # The model lags the new regime: what it flags now is mostly its own lag.  Loosen
+                # its tail by the power that matches the post-change records' median surprise.
+                with np.errstate(divide="ignore"):
+                    median = float(np.median(-np.log(self.tail_probability(recent))))
+                if median > math.log(2.0):
+                    self.tail_power_ = max(math.log(2.0) / median, ADAPT_MIN_POWER)
+                    self._set_reference(scores, "model")
+            return self.threshold_
         enough = recent.size >= min(self.n_recent, EARLY_REFRESH)
-        if self._model_warming or self._adapt_left or not enough:
+        if self._model_warming or not enough:
             return self.threshold_
         # The stream's typical surprise -log(tail): ln 2 at the median if the model's samples
         # score like the stream.  A model fitted on finitely many records scores real records
@@ -408,7 +425,10 @@ class AnomalyGate(BaseEstimator):
         return tail, flagged, learn
 
     def account_one(self, score: float, tail: float, flagged: bool, learned: bool) -> None:
-        """Record one judged record: counters, recent scores, flag-rate alarm, change detector."""
+        """Record one judged record: counters, recent scores, flag-rate alarm, change detector.
+
+        The scalar twin of what :meth:`score_and_learn` does for a segment of rows.
+        """
         self.n_observed_ += 1
         if flagged:
             self.n_flagged_ += 1
@@ -422,17 +442,54 @@ class AnomalyGate(BaseEstimator):
         if self._window_n >= self.refresh_every:
             self._close_window()
         if self._adapt_left:
-            self._adapt_left -= 1
-            if not self._adapt_left:
-                self._detector = self._new_detector()
-                self._calibrated_at = -1  # a fresh reference for the settled model
-            return
+            self._count_down(1)
+        elif self._watching():
+            self._watch(tail)
+
+    def _watching(self) -> bool:
+        return self._detector is not None and not self._model_warming and not self._adapt_left
+
+    def _watch(self, tail: float) -> bool:
+        """Feed the change detector one tail probability; True (and adapting) on a change."""
+        if tail != tail:
+            return False
+        surprise = -math.log(tail) if tail > 0.0 else SURPRISE_CAP
         det = self._detector
-        if det is not None and tail == tail and not self._model_warming:
-            surprise = -math.log(tail) if tail > 0.0 else SURPRISE_CAP
-            det.update(surprise if surprise < SURPRISE_CAP else SURPRISE_CAP)
-            if det.drift_detected:
-                self._start_adaptation()
+        det.update(surprise if surprise < SURPRISE_CAP else SURPRISE_CAP)
+        if det.drift_detected:
+            self._start_adaptation()
+            return True
+        return False
+
+    def _count_down(self, n: int) -> None:
+        self._adapt_left -= n
+        if not self._adapt_left:
+            self._detector = self._new_detector()
+            self._calibrated_at = -1  # a fresh reference for the settled model
+
+    def _account_many(self, scores, tails, flags, learned) -> None:
+        """:meth:`account_one` for a segment that ends at or before a window boundary."""
+        n = scores.size
+        self.n_observed_ += n
+        n_flagged = int(flags.sum())
+        self.n_flagged_ += n_flagged
+        self.n_excluded_ += n - int(learned.sum())
+        if not self._model_warming:
+            kept = scores[np.isfinite(scores)][-self.n_recent :]
+            idx = (self._recent_pos + np.arange(kept.size)) % self.n_recent
+            self._recent[idx] = kept
+            self._recent_pos = int((self._recent_pos + kept.size) % self.n_recent)
+        self._window_n += n
+        self._window_flagged += n_flagged
+        if self._window_n >= self.refresh_every:
+            self._close_window()
+
+    def _suspect(self) -> bool:
+        det = self._detector
+        if det is None:
+            return False
+        rise = det._sum_increase - det._min_increase
+        return rise > SUSPECT_FRACTION * self.drift_threshold
 
     def _start_adaptation(self) -> None:
         self.n_drifts_ += 1
@@ -469,12 +526,14 @@ class AnomalyGate(BaseEstimator):
     def score_and_learn(self, model, X) -> GateResult:
         """Score a batch prequentially, flag it, and let ``model`` learn what the gate admits.
 
-        The batch is processed in chunks of a few dozen rows: each chunk is scored by the model
-        as it is after the previous chunks (never after the chunk itself), so a change detected
-        mid-batch takes effect within a chunk.
+        The batch is processed in segments, each scored by the model as it is after the
+        previous segments (never after the segment itself).  A segment ends where the reference
+        is due for a refresh or where the change detector fires (it sees each row's tail before
+        the segment is learned), so a change detected mid-batch takes effect at the next row;
+        while the model re-adapts, segments are a few rows long.
         """
         X = np.asarray(X, dtype=np.float64)
-        # All or nothing: a bad row must fail the batch before any chunk has been learned.
+        # All or nothing: a bad row must fail the batch before any segment has been learned.
         if X.ndim != 2 or (X.size and not np.abs(X).max() <= MAX_ABS_VALUE):
             raise ValueError("X must be a 2-D array of finite values within the model's range")
         n = X.shape[0]
@@ -484,30 +543,48 @@ class AnomalyGate(BaseEstimator):
         learned = np.zeros(n, dtype=bool)
         thresholds = np.empty(n)
         probas = []
-        # Each model call refactorises the covariances (O(K D^3)): wide data gets larger chunks,
-        # but the reference is still refreshed on time.
-        chunk = max(CHUNK, min(X.shape[1] ** 2 // 8, self.refresh_every // 4))
         i = 0
         while i < n:
             self.prepare(model)
-            j = min(n, i + (ADAPT_CHUNK if self._adapt_left else chunk))
+            j = min(n, i + self._segment_length())
+            was_adapting = bool(self._adapt_left)
+            watch = self._watching() and _has_model(model)
+            if watch:
+                # The detector sees the rows' tails before anything is learned: the segment
+                # stops right after the row where it fires.
+                pre = self.tail_probability(-model.score_samples(X[i:j]))
+                for k, t in enumerate(pre.tolist()):
+                    if self._watch(t):
+                        j = i + k + 1
+                        break
             exclude = self.exclusion_threshold_ if self.gating_ else None
             r = model.score_and_learn(X[i:j], threshold=exclude)
-            ld = r.log_density
-            score = -ld
+            score = -r.log_density
             tail = self.tail_probability(score)
             with np.errstate(invalid="ignore"):
                 flag = tail < self.false_alarm_rate
-            log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = ld, tail, flag, r.learned
+            log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = -score, tail, flag, r.learned
             thresholds[i:j] = self.threshold_
             probas.append(r.proba)
-            account = self.account_one
-            columns = (score.tolist(), tail.tolist(), flag.tolist(), r.learned.tolist())
-            for s, t, f, lr in zip(*columns, strict=True):
-                account(s, t, f, lr)
+            self._account_many(score, tail, flag, r.learned)
+            if was_adapting:
+                self._count_down(j - i)
             i = j
         proba = np.vstack(probas) if probas else np.zeros((0, model.n_components))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
+
+    def _segment_length(self) -> int:
+        """Rows until the next refresh, window end or end of adaptation (a few while unsure)."""
+        if self._model_warming:
+            return CHUNK
+        if self._adapt_left:
+            return min(ADAPT_CHUNK, self._adapt_left)
+        if self._suspect():
+            return ADAPT_CHUNK
+        every = self.refresh_every if self._n_settled >= N_EARLY else EARLY_REFRESH
+        every = min(every, self.refresh_every)
+        to_refresh = max(every - (self.n_observed_ - self._calibrated_at), 1)
+        return max(min(to_refresh, self.refresh_every - self._window_n), 1)
 
     # ------------------------------------------------------------------ persistence
 
