@@ -16,7 +16,7 @@ from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
-from streamgmm._warm_up import feature_scales, fit_batch
+from streamgmm._warm_up import feature_scales, fit_batch, variance_floors
 
 STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
 STATE_VERSION = 1
@@ -31,6 +31,9 @@ MAX_BATCH = 1000
 SMALL_BATCH = 32
 # |x| beyond this would overflow the second moments.
 MAX_ABS_VALUE = 1e150
+# The regulariser never goes below this (standardised units): with reg_covar=0 a component
+# resting on equal rows would otherwise have a zero variance and no density at all.
+MIN_REG = 1e-10
 
 
 class ScoreResult(NamedTuple):
@@ -58,8 +61,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     batch moments, so the result hardly depends on how a stream is cut into batches.
 
     The first ``warm_up`` rows are buffered and fitted by batch EM (several k-means++ starts, the
-    best kept, the worst 2% trimmed and refitted) before the model goes online.  While it warms
-    up, predictions come from a provisional fit of the buffer, refitted each time it doubles.
+    best kept; every row counts) before the model goes online.  While it warms up, predictions
+    come from a provisional fit of the buffer, refitted each time it doubles.  Covariances that
+    rest on few rows are regularised in each feature's own scale: full and tied covariances are
+    shrunk toward their diagonal (Schäfer–Strimmer), and a discrete feature's variance is pulled
+    toward the variance of rounding to its resolution by a prior worth one row (both fade as
+    rows accumulate, in the warm-up and online alike).
 
     Parameters
     ----------
@@ -76,13 +83,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         Offset ``t0`` of the step schedule.
     warm_up
         Rows buffered and fitted in batch before going online (at least 2, and never fewer
-        than K).  ``None`` means ``max(1000, 10 K (D + 1))``.
+        than K).  ``None`` means ``max(1000, 2 K (D + 1))``.
     n_init
         Initialisations of the warm-up fit; the best is kept.
     init_params
         ``"k-means++"`` or ``"random_from_data"``: how each warm-up initialisation is seeded.
     reg_covar
         Added to the covariance diagonals, in units of each feature's variance at warm-up.
+        0 is accepted and turns every regularisation off (no variance floors, no shrinkage)
+        but the least that keeps every covariance factorisable: 1e-10 of each feature's
+        variance.
     max_iter
         EM iterations per warm-up initialisation.
     tol
@@ -92,6 +102,14 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     Attributes
     ----------
+    n_iter_ : int
+        Set by :meth:`fit`: EM iterations when the warm-up covered all of X, else online
+        passes over X.
+    converged_ : bool
+        Set by :meth:`fit`: whether the last pass (or EM iteration) changed the mean
+        log-likelihood by less than ``tol``.
+    lower_bound_ : float
+        Set by :meth:`fit`: mean log-likelihood of X under the final model.
     weights_ : ndarray of shape (K,)
     means_ : ndarray of shape (K, D)
     covariances_ : ndarray
@@ -178,7 +196,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ learning
 
     def fit(self, X, y=None):
-        """Learn a fresh model from X: a warm-up on its first rows, then one online pass."""
+        """Learn a fresh model from all of X; the result does not depend on the row order.
+
+        The rows are shuffled (with ``random_state``); the warm-up fits the first
+        ``warm_up`` of them by batch EM (all of X if it is no longer), then online passes
+        over all of X, each in a fresh random order, continue until the mean log-likelihood of
+        X changes by less than ``tol`` or ``max_iter`` passes are done.
+
+        Sets ``n_iter_`` (EM iterations of the warm-up when it covered all of X, else online
+        passes), ``converged_`` and ``lower_bound_`` (the final mean log-likelihood of X).
+        """
         self._validate_params()
         self._reset()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
@@ -189,9 +216,27 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             )
         self._check_magnitude(X)
         self._start(X.shape[1], X.shape[0])
-        self._learn_rows(X)
+        order = np.random.default_rng([self._seed, 1]).permutation(X.shape[0])
+        self._learn_rows(X[order])
         if self.warming_up_:
             self._finish_warm_up()
+        if self._warm_up_size >= X.shape[0]:  # batch EM saw everything
+            self.n_iter_, self.converged_ = self._warm_up_n_iter, self._warm_up_converged
+            self.lower_bound_ = self.score(X)
+            return self
+        lower = self.score(X)
+        self.n_iter_, self.converged_ = 1, False
+        shuffle = np.random.default_rng([self._seed, 2])
+        while self.n_iter_ < self.max_iter:
+            self._learn_rows(X[shuffle.permutation(X.shape[0])])
+            self.n_iter_ += 1
+            new = self.score(X)
+            done = abs(new - lower) < self.tol
+            lower = new
+            if done:
+                self.converged_ = True
+                break
+        self.lower_bound_ = lower
         return self
 
     def partial_fit(self, X, y=None):
@@ -465,7 +510,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             if self.warming_up_:
                 arrays["buffer"] = self._buffer[: self._n_buffered].copy()
             if self._has_model():
-                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg"):
+                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors"):
                     arrays[name[1:]] = getattr(self, name).copy()
         return arrays, json.loads(json.dumps(meta))
 
@@ -499,6 +544,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if meta["has_model"]:
             k = model.n_components
             shapes = _state_shapes(model.covariance_type, k, d)
+            if "floors" not in arrays:  # states written before the variance floors
+                arrays = {**arrays, "floors": np.zeros(d)}
             for name, shape in shapes.items():
                 value = _float_array(arrays[name], name)
                 if value.shape != shape:
@@ -521,7 +568,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         k = self.n_components
         if warm_up_size is None:
             warm_up_size = (
-                self.warm_up if self.warm_up is not None else max(1000, 10 * k * (n_features + 1))
+                self.warm_up if self.warm_up is not None else max(1000, 2 * k * (n_features + 1))
             )
             warm_up_size = max(int(warm_up_size), k, 2)
             if n_rows is not None:  # fit(): no larger buffer than the data
@@ -622,13 +669,18 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             take = min(self._warm_up_size - self._n_buffered, X.shape[0])
             self._buffer[self._n_buffered : self._n_buffered + take] = X[:take]
             self._n_buffered += take
-            self.n_samples_seen_ += take
             start = take
-            if self._n_buffered == self._warm_up_size:
-                self._finish_warm_up()
-                resp = diff = None  # the model just changed: responsibilities are stale
-            else:
-                self._maybe_fit_provisional()
+            try:
+                if self._n_buffered == self._warm_up_size:
+                    self._finish_warm_up()
+                    resp = diff = None  # the model just changed: responsibilities are stale
+                else:
+                    self._maybe_fit_provisional()
+            except BaseException:
+                if self.warming_up_:  # nothing of these rows was learned: forget them
+                    self._n_buffered -= take
+                raise
+            self.n_samples_seen_ += take
         if start == X.shape[0]:
             return
         if start:
@@ -683,6 +735,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
         if self.covariance_type in ("full", "tied"):  # outer products round asymmetrically
             cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        self._floor(cov, s0)
         try:
             cov, prec, logdet = self._factorised(cov)
         except np.linalg.LinAlgError:
@@ -702,10 +755,23 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _refresh(self):
         """Recompute precisions exactly from the covariance statistics (and re-seed)."""
+        self._floor(self._cov, self._s0)
         self._cov, self._prec, self._logdet = self._factorised(self._cov)
         self._derive()
         self._since_refresh = 0
         self._reseed_starving()
+
+    def _floor(self, cov, s0):
+        """The variance floors' prior, online (``_covariance.floor_variances``), in place.
+
+        A component's rows are counted as its weight times the step's memory ``1 / rho``.
+        """
+        if not self._floors.any():
+            return
+        rows = (s0 / s0.sum()) / self._steps(1)[0]
+        cov_ops.floor_variances(
+            cov, self._floors, rows.sum() if self._tied else rows, self.covariance_type
+        )
 
     def _derive(self):
         """Views the compiled kernels want; recomputed whenever the arrays are replaced."""
@@ -748,7 +814,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _finish_warm_up(self):
         X = self._buffer[: self._n_buffered]
-        self._fit_buffer(X, self.n_init, trim_fraction=0.02, stream=0)
+        fit = self._fit_buffer(X, self.n_init, stream=0)
+        self._warm_up_n_iter, self._warm_up_converged = fit.n_iter, fit.converged
         self.warming_up_ = False
         self._buffer = None
         self._n_buffered = 0
@@ -756,30 +823,36 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _maybe_fit_provisional(self):
         n = self._n_buffered
         if n >= max(self.n_components, 2) and n >= 2 * self._provisional_n:
-            self._fit_buffer(self._buffer[:n], 1, trim_fraction=0.0, stream=n)
+            self._fit_buffer(self._buffer[:n], 1, stream=n)
             self._provisional_n = n
 
-    def _fit_buffer(self, X, n_init, trim_fraction, stream):
+    def _fit_buffer(self, X, n_init, stream):
         scale = feature_scales(X)
-        self._reg = self.reg_covar * scale**2
+        reg_covar = max(self.reg_covar, MIN_REG)
+        self._reg = reg_covar * scale**2
+        # reg_covar=0 asks for no regularisation: no floors nor shrinkage, only MIN_REG.
+        regularise = self.reg_covar > 0
+        self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
         fit = fit_batch(
             X,
             scale,
+            self._floors,
             self.n_components,
             self.covariance_type,
-            self.reg_covar,
+            reg_covar,
             n_init,
             self.init_params,
             self.max_iter,
             self.tol,
             np.random.default_rng([self._seed, stream]),
-            trim_fraction=trim_fraction,
+            shrink=regularise,
         )
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
         self._derive()
         self._since_refresh = 0
+        return fit
 
     def _n_parameters(self):
         k, d = self.n_components, self.n_features_in_
@@ -814,6 +887,12 @@ _LEARNED_ATTRIBUTES = (
     "_logdet",
     "_reg",
     "_reg_mean",
+    "_floors",
+    "n_iter_",
+    "converged_",
+    "lower_bound_",
+    "_warm_up_n_iter",
+    "_warm_up_converged",
 )
 
 
@@ -826,6 +905,7 @@ def _state_shapes(covariance_type, k, d):
         "prec": cov_shape[covariance_type],
         "logdet": (k,),
         "reg": (d,),
+        "floors": (d,),
     }
 
 
