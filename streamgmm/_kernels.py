@@ -339,3 +339,12 @@ def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, flo
             logdet[k] = d * np.log(sigma)
         s0[k] = s0_new if s0_new > TINY_WEIGHT else TINY_WEIGHT
     return lse, LEARNED
+
+
+@njit(cache=True)
+def row_within(x, limit):
+    """True if every value of the 1-D row is finite and at most ``limit`` in magnitude."""
+    for i in range(x.shape[0]):  # noqa: SIM110 (a compiled loop, not a generator)
+        if not abs(x[i]) <= limit:  # False for NaN too
+            return False
+    return True

@@ -300,12 +300,22 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         X = self._check_predict(X)
         return self._chunked(X, lambda c: self._e_step(c)[1].argmax(axis=1))
 
-    def sample(self, n_samples=1):
-        """Draw ``n_samples`` rows from the model; returns (X, component labels)."""
+    def sample(self, n_samples=1, random_state=None):
+        """Draw ``n_samples`` rows from the model; returns (X, component labels).
+
+        ``random_state``: a seed, ``RandomState`` or ``Generator`` for this draw; ``None``
+        uses the estimator's ``random_state`` (as scikit-learn does).
+        """
         self._check_fitted()
-        if n_samples < 1:
+        if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples}. It must be >= 1.")
-        return self._draw(n_samples, check_random_state(self.random_state))
+        if random_state is None:
+            rng = check_random_state(self.random_state)
+        elif isinstance(random_state, np.random.Generator):
+            rng = random_state
+        else:
+            rng = check_random_state(random_state)
+        return self._draw(int(n_samples), rng)
 
     def _draw(self, n_samples, rng):
         """(rows, component labels) drawn with ``rng`` (a RandomState or a Generator)."""
@@ -379,8 +389,131 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._stable_cov(), self._reg, self.covariance_type, self.n_components
         )
 
+    @property
+    def full_covariances_(self):
+        """Every component's covariance as a (K, D, D) matrix, whatever ``covariance_type``."""
+        self._check_fitted()
+        return self._covariance_matrices()
+
+    @property
+    def has_model_(self):
+        """Whether a model (provisional during the warm-up, or final) exists to score with."""
+        return self._has_model()
+
     def __sklearn_is_fitted__(self):
         return self._has_model()
+
+    # ------------------------------------------------------------------ one row (public)
+
+    def learn_one(self, x, observed=None) -> bool:
+        """Learn one row; returns whether it was learned.
+
+        Parameters
+        ----------
+        x
+            1-D array of ``n_features_in_`` values (float64 is the fast path).
+        observed
+            Optional boolean mask: the row's observed coordinates.  The others (any value,
+            NaN included) are filled by their conditional expectation under each component
+            (missing-data EM, Ghahramani & Jordan 1994); see :mod:`streamgmm._missing`.
+
+        Returns False, and leaves the state untouched, when the row cannot be learned: its
+        density under the model underflows to zero, or it is partial while no model past the
+        warm-up exists.  A non-finite or out-of-range value raises ValueError, state untouched.
+        """
+        x, observed = self._check_one(x, observed, learning=True)
+        if observed is None:
+            return self._learn_one(x) != -np.inf  # NaN (no model yet): buffered, learned
+        if self.warming_up_:
+            return False
+        from streamgmm._missing import learn_one_partial
+
+        try:
+            learn_one_partial(self, x, observed)
+        except FloatingPointError:
+            return False
+        return True
+
+    def score_one(self, x, observed=None) -> float:
+        """Log-density of one row (marginal over the observed coordinates if ``observed``)."""
+        x, observed = self._check_one(x, observed)
+        self._check_fitted()
+        if observed is None:
+            return float(self._score_one(x))
+        from streamgmm._missing import marginal_log_prob
+
+        try:
+            return float(marginal_log_prob(self, x, observed)[0])
+        except FloatingPointError:
+            return -np.inf
+
+    def predict_proba_one(self, x, observed=None) -> np.ndarray:
+        """Responsibilities of one row, shape (K,) (marginal over unobserved coordinates)."""
+        x, observed = self._check_one(x, observed)
+        self._check_fitted()
+        if observed is None:
+            ld, resp = self._proba_one(x)
+        else:
+            from streamgmm._missing import marginal_log_prob
+
+            try:
+                ld, resp = marginal_log_prob(self, x, observed)
+            except FloatingPointError:
+                ld = -np.inf
+        if ld == -np.inf:  # no component gives the row a density: say so evenly
+            resp = np.full(self.n_components, 1.0 / self.n_components)
+        return resp
+
+    def _check_one(self, x, observed=None, learning=False):
+        """``(x, observed)`` validated; ``observed`` is None for a complete row.
+
+        A C-contiguous float64 1-D array of the right length costs one compiled pass; anything
+        else gets the full conversion and checks.
+        """
+        d = getattr(self, "n_features_in_", -1)
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype == np.float64
+            and x.ndim == 1
+            and x.shape[0] == d
+            and x.flags.c_contiguous
+            and _kernels.row_within(x, MAX_ABS_VALUE)
+        ):
+            return x, None
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"Expected a 1-D row, got an array of shape {x.shape}")
+        if d == -1:
+            if not learning:
+                self._check_fitted()
+            d = x.shape[0]
+            if d == 0:
+                raise ValueError("a row needs at least one feature")
+        if x.shape[0] != d:
+            raise ValueError(
+                f"X has {x.shape[0]} features, but {type(self).__name__} is expecting {d} "
+                "features as input."
+            )
+        if observed is not None:
+            observed = np.asarray(observed)
+            if observed.dtype != bool or observed.shape != (d,):
+                raise ValueError(f"observed must be a boolean mask of shape ({d},)")
+            if observed.all():
+                observed = None
+        values = x if observed is None else x[observed]
+        if not np.isfinite(values).all():
+            raise ValueError("Input X contains NaN or infinity at observed coordinates.")
+        if values.size and np.abs(values).max() > MAX_ABS_VALUE:
+            raise ValueError(
+                f"Input X has values beyond ±{MAX_ABS_VALUE:g}; their squares would overflow."
+            )
+        if observed is not None:
+            x = np.where(observed, x, 0.0)  # placeholders: never read as data
+        if not hasattr(self, "n_features_in_"):  # first row ever: set the model up
+            self._validate_params()
+            self._start(d, None)
+        return x, observed
 
     # ------------------------------------------------------------------ fast one-row paths
 
