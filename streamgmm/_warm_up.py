@@ -93,6 +93,60 @@ def feature_scales(X: np.ndarray) -> np.ndarray:
     return np.sqrt(np.where(var > noise, var, 1.0))
 
 
+# A value this many robust spreads from its feature's median is "gross" (see gross_rows):
+# about 67 standard deviations for Gaussian data, where no ordinary value ever lies...
+GROSS_SPREADS = 100.0
+# ...unless it recurs in at least this share of the rows (and at least MIN_RECURRENCES times).
+RECURRING_SHARE = 0.005
+MIN_RECURRENCES = 3
+
+
+def robust_bounds(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, the range beyond which a value is gross: median ± GROSS_SPREADS spreads.
+
+    The spread is the median distance to the median over the values that differ from it, so a
+    binary or sparse feature's spread is its step, never 0.  Where the scale is unknown (a
+    constant feature, or fewer than ``2 MIN_RECURRENCES`` rows) there is no bound.
+    """
+    huge = np.finfo(np.float64).max
+    lo, hi = np.full(X.shape[1], -huge), np.full(X.shape[1], huge)
+    if X.shape[0] < 2 * MIN_RECURRENCES:
+        return lo, hi
+    med = np.median(X, axis=0)
+    for j in range(X.shape[1]):
+        dev = np.abs(X[:, j] - med[j])
+        moved = dev[dev > 0]
+        if moved.size:
+            spread = GROSS_SPREADS * np.median(moved)
+            lo[j], hi[j] = med[j] - spread, med[j] + spread
+    return lo, hi
+
+
+def gross_rows(X: np.ndarray) -> np.ndarray:
+    """Rows the warm-up fit leaves out: values far beyond any sane scale of their feature.
+
+    A value is gross when it lies outside :func:`robust_bounds` *and* occurs in fewer than
+    ``max(MIN_RECURRENCES, RECURRING_SHARE n)`` rows.  A value that recurs is never left out
+    (a binary column at 1% of 300 rows has 3 ones: kept).  Such rows (1e149, 2^64 among values
+    of order 1) would otherwise set the feature's scale and squash every ordinary value to one
+    point; they are only left out of the warm-up *fit*.  Online, the same bounds decide which
+    rows are not learned while gross rows are rare (``OnlineGaussianMixture``).
+    """
+    n, d = X.shape
+    gross = np.zeros(n, dtype=bool)
+    if n < 2 * MIN_RECURRENCES:
+        return gross
+    lo, hi = robust_bounds(X)
+    rare = max(MIN_RECURRENCES, RECURRING_SHARE * n)
+    for j in range(d):
+        far = (X[:, j] < lo[j]) | (X[:, j] > hi[j])
+        if not far.any():
+            continue
+        _, inverse, counts = np.unique(X[:, j], return_inverse=True, return_counts=True)
+        gross |= far & (counts[inverse] < rare)
+    return gross
+
+
 def variance_floors(X: np.ndarray) -> np.ndarray:
     """Per feature, the variance a component's variance is pulled toward when it rests on a
     few rows: ``min(delta^2 / 12, var)`` for a discrete feature, 0 for the others.

@@ -16,7 +16,14 @@ from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
-from streamgmm._warm_up import feature_scales, fit_batch, variance_floors
+from streamgmm._warm_up import (
+    RECURRING_SHARE,
+    feature_scales,
+    fit_batch,
+    gross_rows,
+    robust_bounds,
+    variance_floors,
+)
 
 STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
 STATE_VERSION = 1
@@ -34,6 +41,10 @@ MAX_ABS_VALUE = 1e150
 # The regulariser never goes below this (standardised units): with reg_covar=0 a component
 # resting on equal rows would otherwise have a zero variance and no density at all.
 MIN_REG = 1e-10
+# Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
+# rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
+GROSS_HALF_LIFE = 1000
+GROSS_DECAY = 2.0 ** (-1.0 / GROSS_HALF_LIFE)
 
 
 class ScoreResult(NamedTuple):
@@ -256,10 +267,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         X = self._check_rows(X)
         n = X.shape[0]
         if self._has_model():
-            log_density, log_resp, diff = self._e_step(X)
+            log_density, log_resp, diff, extreme = self._e_step(X)
             with np.errstate(under="ignore"):
                 proba = np.exp(log_resp)
             learned = np.isfinite(log_density)
+            if extreme:  # learning uses bounded responsibilities and deviations: recompute
+                diff = None
         else:
             log_density = np.full(n, np.nan)
             proba = np.full((n, self.n_components), 1.0 / self.n_components)
@@ -423,8 +436,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
-            return self._learn_one(x) != -np.inf  # NaN (no model yet): buffered, learned
+            return self._learn_one_status(x)[1]
         if self.warming_up_:
+            return False
+        obs = np.flatnonzero(observed)
+        inside = _kernels.row_inside(x[obs], self._gross_lo[obs], self._gross_hi[obs])
+        if not inside and self._skip_gross(1):
             return False
         from streamgmm._missing import learn_one_partial
 
@@ -538,42 +555,64 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _learn_one(self, x):
         """Learn one validated row (1-D float64, finite); returns its log-density before.
 
-        The row is learned unless its density underflows to zero (returns ``-inf``).  Before
-        any model exists the returned log-density is NaN.
+        The row is learned unless its density underflows to zero (returns ``-inf``) or it is
+        a rare gross row (see :meth:`_skip_gross`).  Before any model exists the returned
+        log-density is NaN.
         """
+        return self._learn_one_status(x)[0]
+
+    def _learn_one_status(self, x):
+        """``(log-density before, learned)`` of one validated row, learned if it can be."""
         if self.warming_up_:
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
-            return before
+            return before, True
+        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi) and self._skip_gross(1):
+            return self._score_one(x), False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
             lse, status = _kernels.learn_full(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "tied":
             lse, status = _kernels.learn_tied(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "diag":
             lse, status = _kernels.learn_diag(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet, self._reg,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         else:
             lse, status = _kernels.learn_spherical(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                self._reg_mean, *args, self._rho_floor, W_CAP,
+                self._reg_mean, *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         if status == _kernels.REJECTED:
-            return lse
+            return lse, False
         self.n_samples_seen_ += 1
         self._since_refresh += 1
         if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
             self._refresh()
-        return lse
+        return lse, True
+
+    def _skip_gross(self, n_gross):
+        """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
+
+        A gross row has a value outside the warm-up's robust bounds
+        (``_warm_up.robust_bounds``: beyond 100 robust spreads of the feature's median).  While
+        such rows are rare (their rate, with a half-life of ``GROSS_HALF_LIFE`` learned rows,
+        below ``RECURRING_SHARE``) they are not learned: one record of 1e149 among values of
+        order 1 cannot wreck the model.  When they recur, the stream has moved there (drift,
+        a rescaled sensor) and they are learned.
+        """
+        decay = GROSS_DECAY ** (self.n_samples_seen_ - self._gross_at)
+        self._gross_rate = self._gross_rate * decay + n_gross * (1.0 - GROSS_DECAY)
+        self._gross_at = self.n_samples_seen_
+        return self._gross_rate < RECURRING_SHARE
 
     def _learn_one_expected(self, x_hat, extra_cov, resp):
         """Learn one sample from expected sufficient statistics (missing-data EM).
@@ -591,6 +630,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         s0 = (1.0 - rho) * self._s0 + rho * resp
         w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
         e = np.asarray(x_hat, dtype=np.float64) - self._means
+        q = cov_ops.mahalanobis(e[:, None, :], self._prec, self.covariance_type)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):  # bounded influence, as online
+            e = e * np.where(q > self._q_max, np.sqrt(self._q_max / q), 1.0)[:, None]
         means = self._means + w[:, None] * e
         outer = e[:, :, None] * e[:, None, :]
         extra = np.asarray(extra_cov, dtype=np.float64)
@@ -633,6 +675,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 seed=int(self._seed),
                 provisional_n=int(self._provisional_n),
                 warm_up_size=int(self._warm_up_size),
+                gross_rate=float(self._gross_rate),
+                gross_at=int(self._gross_at),
                 has_model=self._has_model(),
                 feature_names_in=(
                     [str(f) for f in self.feature_names_in_]
@@ -643,7 +687,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             if self.warming_up_:
                 arrays["buffer"] = self._buffer[: self._n_buffered].copy()
             if self._has_model():
-                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors"):
+                for name in _STATE_ARRAYS:
                     arrays[name[1:]] = getattr(self, name).copy()
         return arrays, json.loads(json.dumps(meta))
 
@@ -663,6 +707,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         model.n_samples_seen_ = int(meta["n_samples_seen"])
         model._since_refresh = int(meta["since_refresh"])
         model._provisional_n = int(meta["provisional_n"])
+        model._gross_rate = float(meta.get("gross_rate", 0.0))
+        model._gross_at = int(meta.get("gross_at", 0))
         if meta.get("feature_names_in") is not None:
             model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         if meta["warming_up"]:
@@ -677,8 +723,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if meta["has_model"]:
             k = model.n_components
             shapes = _state_shapes(model.covariance_type, k, d)
-            if "floors" not in arrays:  # states written before the variance floors
-                arrays = {**arrays, "floors": np.zeros(d)}
+            # States written before the variance floors and gross bounds: neutral values.
+            huge = np.finfo(np.float64).max
+            defaults = {"floors": 0.0, "gross_lo": -huge, "gross_hi": huge}
+            arrays = {**{k: np.full(d, v) for k, v in defaults.items()}, **arrays}
             for name, shape in shapes.items():
                 value = _float_array(arrays[name], name)
                 if value.shape != shape:
@@ -720,6 +768,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._rho_floor = 0.0 if self.half_life is None else -np.expm1(-np.log(2) / self.half_life)
         self._tied = self.covariance_type == "tied"
         self._spherical = self.covariance_type == "spherical"
+        self._q_max = _kernels.influence_limit(n_features)
+        self._gross_rate = 0.0
+        self._gross_at = 0
 
     def _has_model(self):
         return getattr(self, "_s0", None) is not None
@@ -781,14 +832,29 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             return fn(X)
         return np.concatenate([fn(X[i : i + size]) for i in range(0, X.shape[0], size)])
 
-    def _e_step(self, X):
-        """(log-density (n,), log-responsibilities (n, K), centered rows (K, n, D))."""
+    def _e_step(self, X, learning=False):
+        """(log-density (n,), log-responsibilities (n, K), deviations (K, n, D), extreme).
+
+        ``extreme``: some row lies beyond the squared Mahalanobis length
+        ``q_max = influence_limit(D)`` of some component.  When ``learning``, such a row's
+        responsibilities are computed as if it were at ``q_max`` and its deviations are
+        shortened to that length (bounded influence: a Huber-type E-step, exact for ordinary
+        data, as in the compiled kernels); the log-density is always the true one.
+        """
         diff = cov_ops.centered_rows(X, self._means)
         with np.errstate(divide="ignore"):
             log_w = np.log(self._s0 / self._s0.sum())
-        log_prob = cov_ops.log_gaussian(diff, self._prec, self._logdet, self.covariance_type)
-        log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
-        return log_norm, log_resp, diff
+        q = cov_ops.mahalanobis(diff, self._prec, self.covariance_type)
+        base = log_w - 0.5 * (X.shape[1] * cov_ops.LOG_2PI + self._logdet)
+        log_norm, log_resp = cov_ops.log_responsibilities(base - 0.5 * q)
+        extreme = bool(q.max(initial=0.0) > self._q_max)
+        if learning and extreme:
+            q_cut = np.minimum(q, self._q_max)
+            _, log_resp = cov_ops.log_responsibilities(base - 0.5 * q_cut)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.sqrt(q_cut / q)
+            diff = diff * np.nan_to_num(f, nan=0.0).T[:, :, None]
+        return log_norm, log_resp, diff, extreme
 
     def _steps(self, n):
         t = self.n_samples_seen_ + np.arange(n, dtype=np.float64)
@@ -837,8 +903,26 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._learn_batch(X[i:j])
 
     def _learn_batch(self, X, resp=None, diff=None):
+        inside = ((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)
+        if not inside.all():
+            skip = np.zeros(X.shape[0], dtype=bool)
+            for i in np.flatnonzero(~inside):
+                skip[i] = self._skip_gross(1)
+            if skip.any():
+                warnings.warn(
+                    f"{int(skip.sum())} rows with values far beyond the scales seen so far "
+                    "(and rare) were not learned",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                keep = ~skip
+                if not keep.any():
+                    return
+                X = X[keep]
+                if resp is not None and diff is not None:
+                    resp, diff = resp[keep], diff[:, keep]
         if resp is None or diff is None:
-            log_norm, log_resp, diff = self._e_step(X)
+            log_norm, log_resp, diff, _ = self._e_step(X, learning=True)
             ok = np.isfinite(log_norm)
             if not ok.all():
                 warnings.warn(
@@ -960,6 +1044,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._provisional_n = n
 
     def _fit_buffer(self, X, n_init, stream):
+        self._gross_lo, self._gross_hi = robust_bounds(X)
+        gross = gross_rows(X)
+        if gross.any() and (~gross).sum() >= max(self.n_components, 2):
+            X = X[~gross]
         scale = feature_scales(X)
         reg_covar = max(self.reg_covar, MIN_REG)
         self._reg = reg_covar * scale**2
@@ -1012,6 +1100,11 @@ _LEARNED_ATTRIBUTES = (
     "_rho_floor",
     "_tied",
     "_spherical",
+    "_q_max",
+    "_gross_rate",
+    "_gross_at",
+    "_gross_lo",
+    "_gross_hi",
     "_s0",
     "_means",
     "_cov",
@@ -1029,6 +1122,11 @@ _LEARNED_ATTRIBUTES = (
 )
 
 
+_STATE_ARRAYS = (
+    "_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors", "_gross_lo", "_gross_hi",
+)  # fmt: skip
+
+
 def _state_shapes(covariance_type, k, d):
     cov_shape = {"full": (k, d, d), "diag": (k, d), "spherical": (k,), "tied": (d, d)}
     return {
@@ -1039,6 +1137,8 @@ def _state_shapes(covariance_type, k, d):
         "logdet": (k,),
         "reg": (d,),
         "floors": (d,),
+        "gross_lo": (d,),
+        "gross_hi": (d,),
     }
 
 

@@ -68,7 +68,10 @@ def test_row_with_zero_density_is_not_learned():
     far = np.full(3, 1e150)  # its squared distance overflows: density exactly zero
     assert model.score_one(far) == -np.inf
     assert model.learn_one(far) is False
-    _state_equal(model, reference)
+    # The parameters are untouched (a count of rare gross rows in the metadata moves).
+    for name, value in reference.get_state()[0].items():
+        np.testing.assert_array_equal(model.get_state()[0][name], value, err_msg=name)
+    assert model.n_samples_seen_ == reference.n_samples_seen_
     np.testing.assert_allclose(model.predict_proba_one(far), [0.5, 0.5])
 
 
