@@ -147,7 +147,7 @@ def gross_rows(X: np.ndarray) -> np.ndarray:
     return gross
 
 
-def variance_floors(X: np.ndarray) -> np.ndarray:
+def variance_floors(X: np.ndarray, constant: float = 0.0) -> np.ndarray:
     """Per feature, the variance a component's variance is pulled toward when it rests on a
     few rows: ``min(delta^2 / 12, var)`` for a discrete feature, 0 for the others.
 
@@ -155,7 +155,11 @@ def variance_floors(X: np.ndarray) -> np.ndarray:
     ``delta``, the smallest gap between its distinct values, is its resolution, and
     ``delta^2 / 12`` the variance of rounding to it (Sheppard).  Capped by the feature's own
     variance, so a rare binary value is never made more spread than the data show.  Constant
-    features get 0: their scale is unknown and the regulariser covers them.  The floor enters
+    features get ``constant``: the provisional fits of a filling warm-up pass 1 (absolute
+    units, the neutral guess of :func:`feature_scales`), so that a pixel that happened to be 0
+    in the first 50 rows does not score a later 1 at -5e5; the final fit passes 0 (a feature
+    constant over the whole warm-up keeps the regulariser only, as in scikit-learn).  The floor
+    enters
     as a prior worth :data:`PRIOR_COUNT` rows (see ``_covariance.batch_m_step``), so it fades
     as a component gathers rows: a component with many rows equal on a feature keeps the
     data's spike, one with a few is not made a spike by them.
@@ -164,7 +168,10 @@ def variance_floors(X: np.ndarray) -> np.ndarray:
     floors = np.zeros(d)
     for j in range(d):
         values = np.unique(X[:, j])
-        if values.size < 2 or 4 * values.size > n:
+        if values.size < 2:
+            floors[j] = constant
+            continue
+        if 4 * values.size > n:
             continue
         delta = float(np.diff(values).min())
         floors[j] = min(delta * delta / 12.0, float(X[:, j].var()))

@@ -1053,7 +1053,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._reg = reg_covar * scale**2
         # reg_covar=0 asks for no regularisation: no floors nor shrinkage, only MIN_REG.
         regularise = self.reg_covar > 0
-        self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
+        provisional = 1.0 if stream else 0.0  # see variance_floors
+        self._floors = variance_floors(X, provisional) if regularise else np.zeros(X.shape[1])
         fit = fit_batch(
             X,
             scale,
