@@ -58,9 +58,10 @@ GATE_PARAMETERS: dict = {
         "Watch the score stream with River's PageHinkley change detector and re-adapt fast.",
     ),
     "drift_threshold": (
-        40.0,
+        20.0,
         [Interval(Real, 0.0, None, closed="neither")],
-        "PageHinkley threshold (lambda) on the clipped surprise ``-log(tail probability)``.",
+        "PageHinkley threshold (lambda) on the median, over blocks of 5 records, of the clipped "
+        "surprise ``-log(tail probability)``.",
     ),
     "adapt_half_life": (
         30.0,

@@ -52,6 +52,8 @@ TAIL_FIT = 10
 # The change detector sees the surprise -log(tail) clipped here: one extreme anomaly must not
 # look like a change by itself.
 SURPRISE_CAP = 8.0
+# The change detector sees the median surprise of blocks of this many records.
+DRIFT_BLOCK = 5
 # PageHinkley's allowance per record (in nats of surprise, whose mean is 1 on calibrated data).
 DRIFT_DELTA = 0.5
 # Consecutive refresh windows with an excessive flag rate before a warning.
@@ -67,20 +69,6 @@ class GateResult(NamedTuple):
     anomaly: np.ndarray
     learned: np.ndarray
     threshold: np.ndarray
-
-
-def _draw(model, n, rng):
-    sample = getattr(model, "_draw", None)
-    if sample is not None:
-        return sample(n, rng)[0]
-    return model.sample(n, random_state=rng)[0]
-
-
-def _has_model(model) -> bool:
-    flag = getattr(model, "has_model_", None)
-    if flag is not None:
-        return bool(flag)
-    return bool(model._has_model())
 
 
 def _base_step_floor(model) -> float:
@@ -237,6 +225,7 @@ class AnomalyGate(BaseEstimator):
         self.n_drifts_ = 0
         self._adapt_left = 0
         self._detector = self._new_detector()
+        self._block: list = []  # surprises of the current block (change detector)
 
     def _new_detector(self):
         if not self.drift_detection:
@@ -327,14 +316,15 @@ class AnomalyGate(BaseEstimator):
     def prepare(self, model) -> None:
         """Bring the reference up to date for ``model`` and set its step (before judging)."""
         self._model_warming = bool(getattr(model, "warming_up_", True))
-        if not _has_model(model):
+        if not model.has_model_:
             return
         if self._model_warming:
             # A provisional fit changes each time the buffer doubles: follow it.
             due = self._calibrated_seen < 0 or model.n_samples_seen_ >= 2 * self._calibrated_seen
         else:
             if self._adapt_left:
-                every = ADAPT_REFRESH
+                # Wide data: a calibration costs O(n_calibration K D^2); not every few rows.
+                every = max(ADAPT_REFRESH, model.n_features_in_ // 2)
             elif self._n_settled < N_EARLY:
                 every = min(self.refresh_every, EARLY_REFRESH)
             else:
@@ -350,6 +340,8 @@ class AnomalyGate(BaseEstimator):
                     self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1)
                 )
                 floor = max(floor, -math.expm1(-math.log(2.0) / hl))
+            # The core has no public setter for its step floor (the half-life's); the gate
+            # raises it while re-adapting and puts it back after.
             model._rho_floor = floor
 
     def threshold_for(self, model) -> float:
@@ -366,7 +358,7 @@ class AnomalyGate(BaseEstimator):
         self._calibrated_seen = int(model.n_samples_seen_)
         if not (self._model_warming or self._adapt_left):
             self._n_settled += 1
-        scores = -model.score_samples(_draw(model, self.n_calibration, rng))
+        scores = -model.score_samples(model.sample(self.n_calibration, random_state=rng)[0])
         self.tail_power_ = 1.0
         self._set_reference(scores, "model")
         model_exclusion = self.exclusion_threshold_
@@ -410,9 +402,9 @@ class AnomalyGate(BaseEstimator):
             # reference.
             self.tail_power_ = 1.0
             self._set_reference(recent, "stream")
-            # What is learned is still judged by the model's own far tail (a stream reference
-            # holds the stream's anomalies too), but nothing unflagged is ever kept out.
-            self.exclusion_threshold_ = max(self.threshold_, model_exclusion)
+            # What is learned is still judged by the model's own far tail: a stream reference
+            # holds the stream's anomalies too, and must not let them in.
+            self.exclusion_threshold_ = model_exclusion
         return self.threshold_
 
     # ------------------------------------------------------------------ one gate step
@@ -454,8 +446,16 @@ class AnomalyGate(BaseEstimator):
         if tail != tail:
             return False
         surprise = -math.log(tail) if tail > 0.0 else SURPRISE_CAP
+        block = self._block
+        block.append(surprise if surprise < SURPRISE_CAP else SURPRISE_CAP)
+        if len(block) < DRIFT_BLOCK:
+            return False
+        # The block's median: a change moves every record, scattered anomalies only a few.
+        block.sort()
+        median = block[DRIFT_BLOCK // 2]
+        block.clear()
         det = self._detector
-        det.update(surprise if surprise < SURPRISE_CAP else SURPRISE_CAP)
+        det.update(median)
         if det.drift_detected:
             self._start_adaptation()
             return True
@@ -465,6 +465,7 @@ class AnomalyGate(BaseEstimator):
         self._adapt_left -= n
         if not self._adapt_left:
             self._detector = self._new_detector()
+            self._block = []
             self._calibrated_at = -1  # a fresh reference for the settled model
 
     def _account_many(self, scores, tails, flags, learned) -> None:
@@ -546,9 +547,9 @@ class AnomalyGate(BaseEstimator):
         i = 0
         while i < n:
             self.prepare(model)
-            j = min(n, i + self._segment_length())
+            j = min(n, i + self._segment_length(model))
             was_adapting = bool(self._adapt_left)
-            watch = self._watching() and _has_model(model)
+            watch = self._watching() and model.has_model_
             if watch:
                 # The detector sees the rows' tails before anything is learned: the segment
                 # stops right after the row where it fires.
@@ -573,12 +574,15 @@ class AnomalyGate(BaseEstimator):
         proba = np.vstack(probas) if probas else np.zeros((0, model.n_components))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
 
-    def _segment_length(self) -> int:
+    def _segment_length(self, model) -> int:
         """Rows until the next refresh, window end or end of adaptation (a few while unsure)."""
         if self._model_warming:
-            return CHUNK
+            # Rows past the end of the warm-up must already be judged by the final fit.
+            if getattr(model, "warm_up", None) and hasattr(model, "n_samples_seen_"):
+                return max(min(model.warm_up - model.n_samples_seen_, CHUNK), 1)
+            return ADAPT_CHUNK
         if self._adapt_left:
-            return min(ADAPT_CHUNK, self._adapt_left)
+            return min(max(ADAPT_CHUNK, model.n_features_in_ // 4), self._adapt_left)
         if self._suspect():
             return ADAPT_CHUNK
         every = self.refresh_every if self._n_settled >= N_EARLY else EARLY_REFRESH
@@ -634,6 +638,7 @@ class AnomalyGate(BaseEstimator):
             "flag_rate_alarm": self.flag_rate_alarm_,
             "recent_flag_rate": _finite_or_none(self.recent_flag_rate_),
             "detector": det_state,
+            "block": list(self._block),
         }
         arrays = {"reference": self._ref.copy(), "recent": self._recent.copy()}
         return arrays, meta
@@ -680,6 +685,7 @@ class AnomalyGate(BaseEstimator):
         gate.flag_rate_alarm_ = bool(meta["flag_rate_alarm"])
         rate = meta["recent_flag_rate"]
         gate.recent_flag_rate_ = math.nan if rate is None else float(rate)
+        gate._block = [float(v) for v in meta["block"]]
         det_state = meta["detector"]
         if gate._detector is not None and det_state is not None:
             det = gate._detector

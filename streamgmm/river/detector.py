@@ -341,7 +341,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         learned = False
         if learn:
             if observed is None:
-                learned = model._learn_one(z) > -math.inf  # -inf: density underflow
+                learned = model.learn_one(z)  # False: density underflow, nothing learned
                 self.n_learned_ += learned
             else:
                 self._update(z, observed)
