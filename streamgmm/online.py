@@ -9,8 +9,10 @@ from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture._gaussian_mixture import _check_means, _check_precisions, _check_weights
 from sklearn.utils import check_random_state
+from sklearn.utils._array_api import get_namespace
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
@@ -98,14 +100,20 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     n_init
         Initialisations of the warm-up fit; the best is kept.
     init_params
-        ``"k-means++"`` or ``"random_from_data"``: how each warm-up initialisation is seeded.
+        How each warm-up initialisation is seeded, as in scikit-learn: ``"k-means++"``,
+        ``"kmeans"``, ``"random"`` or ``"random_from_data"``.
+    weights_init, means_init, precisions_init
+        Initial weights (K,), means (K, D) and precisions (shaped as scikit-learn's
+        ``precisions_``), as in scikit-learn: any given one replaces the seeding's estimate in
+        the warm-up fit (every provisional fit and the final one).
     reg_covar
         Added to the covariance diagonals, in units of each feature's variance at warm-up.
         0 is accepted and turns every regularisation off (no variance floors, no shrinkage)
         but the least that keeps every covariance factorisable: 1e-10 of each feature's
         variance.
     max_iter
-        EM iterations per warm-up initialisation.
+        EM iterations per warm-up initialisation (0: the initialisation itself); for
+        :meth:`fit` on more rows than the warm-up, also the most online passes.
     tol
         Convergence threshold of the warm-up EM (change of mean log-likelihood).
     random_state
@@ -121,6 +129,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         log-likelihood by less than ``tol``.
     lower_bound_ : float
         Set by :meth:`fit`: mean log-likelihood of X under the final model.
+    lower_bounds_ : list of float
+        Set by :meth:`fit`: the mean log-likelihood after each EM iteration or pass.
     weights_ : ndarray of shape (K,)
     means_ : ndarray of shape (K, D)
     covariances_ : ndarray
@@ -168,9 +178,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         "step_offset": [Interval(Real, 0, None, closed="left")],
         "warm_up": [Interval(Integral, 2, None, closed="left"), None],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions({"k-means++", "random_from_data"})],
+        "init_params": [StrOptions({"kmeans", "k-means++", "random", "random_from_data"})],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "random_state": ["random_state"],
     }
@@ -186,6 +199,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         warm_up=None,
         n_init=3,
         init_params="k-means++",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
         reg_covar=1e-6,
         max_iter=100,
         tol=1e-3,
@@ -199,6 +215,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self.warm_up = warm_up
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.tol = tol
@@ -232,23 +251,34 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if self.warming_up_:
             self._finish_warm_up()
         if self._warm_up_size >= X.shape[0]:  # batch EM saw everything
-            self.n_iter_, self.converged_ = self._warm_up_n_iter, self._warm_up_converged
-            self.lower_bound_ = self.score(X)
-            return self
-        lower = self.score(X)
-        self.n_iter_, self.converged_ = 1, False
-        shuffle = np.random.default_rng([self._seed, 2])
-        while self.n_iter_ < self.max_iter:
-            self._learn_rows(X[shuffle.permutation(X.shape[0])])
-            self.n_iter_ += 1
-            new = self.score(X)
-            done = abs(new - lower) < self.tol
-            lower = new
-            if done:
-                self.converged_ = True
-                break
-        self.lower_bound_ = lower
+            fit = self._warm_up_fit
+            self.n_iter_, self.converged_ = fit.n_iter, fit.converged
+            self.lower_bounds_ = fit.lower_bounds
+            self.lower_bound_ = fit.lower_bounds[-1] if fit.lower_bounds else -np.inf
+        else:
+            self.lower_bounds_ = [self.score(X)]
+            self.n_iter_, self.converged_ = 1, False
+            shuffle = np.random.default_rng([self._seed, 2])
+            while self.n_iter_ < self.max_iter:
+                self._learn_rows(X[shuffle.permutation(X.shape[0])])
+                self.n_iter_ += 1
+                self.lower_bounds_.append(self.score(X))
+                if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
+                    self.converged_ = True
+                    break
+            self.lower_bound_ = self.lower_bounds_[-1]
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
+
+    def fit_predict(self, X, y=None):
+        """:meth:`fit` on X, then the most probable component of each row of X."""
+        return self.fit(X).predict(X)
 
     def partial_fit(self, X, y=None):
         """Learn from one row or a mini-batch (2-D array); returns self."""
@@ -656,7 +686,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def get_state(self):
         """The whole learner as plain arrays plus JSON-able metadata (no pickle needed)."""
-        params = self.get_params()
+        params = {
+            name: value.tolist() if isinstance(value, np.ndarray) else value
+            for name, value in self.get_params().items()
+        }
         if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
             raise ValueError("get_state needs random_state to be None or an int")
         meta = {
@@ -778,8 +811,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _check_fitted(self):
         if not self._has_model():
             raise NotFittedError(
-                f"This {type(self).__name__} instance has not learned anything yet; "
-                "call fit or partial_fit first."
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator (or 'partial_fit')."
             )
 
     def _check_magnitude(self, X):
@@ -1031,8 +1064,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _finish_warm_up(self):
         X = self._buffer[: self._n_buffered]
-        fit = self._fit_buffer(X, self.n_init, stream=0)
-        self._warm_up_n_iter, self._warm_up_converged = fit.n_iter, fit.converged
+        self._warm_up_fit = self._fit_buffer(X, self.n_init, stream=0)
         self.warming_up_ = False
         self._buffer = None
         self._n_buffered = 0
@@ -1068,6 +1100,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self.tol,
             np.random.default_rng([self._seed, stream]),
             shrink=regularise,
+            init=self._checked_init(X.shape[1]),
         )
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
@@ -1075,6 +1108,19 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._derive()
         self._since_refresh = 0
         return fit
+
+    def _checked_init(self, n_features):
+        """``(weights_init, means_init, precisions_init)`` checked as scikit-learn does."""
+        k, ct = self.n_components, self.covariance_type
+        weights = means = precisions = None
+        xp, _ = get_namespace(np.zeros(1))
+        if self.weights_init is not None:
+            weights = _check_weights(self.weights_init, k, xp=xp)
+        if self.means_init is not None:
+            means = _check_means(self.means_init, k, n_features, xp=xp)
+        if self.precisions_init is not None:
+            precisions = _check_precisions(self.precisions_init, ct, k, n_features, xp=xp)
+        return weights, means, precisions
 
     def _n_parameters(self):
         k, d = self.n_components, self.n_features_in_
@@ -1118,8 +1164,8 @@ _LEARNED_ATTRIBUTES = (
     "n_iter_",
     "converged_",
     "lower_bound_",
-    "_warm_up_n_iter",
-    "_warm_up_converged",
+    "lower_bounds_",
+    "_warm_up_fit",
 )
 
 
