@@ -8,7 +8,7 @@ Prints, on the same data (a known K=5, D=10 mixture):
 - batch-size invariance: held-out log-likelihood after one pass with B in {1, 10, 100, 1000};
 - mini-batch throughput (K=5, D=10, B=1000), samples/s;
 - per-sample cost of ``partial_fit`` on one row (public API, with validation) and of the
-  compiled fast path ``_learn_one`` / ``_score_one`` that the River estimators use;
+  one-row API ``learn_one`` / ``score_one`` that the River estimators use;
 - memory over a 1M-record stream: the model state's size and the process's resident memory,
   sampled every 100k records (they must stay flat: the state is O(K D^2)).
 
@@ -35,7 +35,7 @@ def online_pass(X, batch_size, **params):
     if batch_size == 1:
         model.partial_fit(X[:1])
         for x in X[1:]:
-            model._learn_one(x)
+            model.learn_one(x)
     else:
         for i in range(0, len(X), batch_size):
             model.partial_fit(X[i : i + batch_size])
@@ -133,12 +133,12 @@ def main():
             return run
 
         us_public = best_of(args.repeats, per_sample(lambda m: lambda x: m.partial_fit(x[None])))
-        us_learn = best_of(args.repeats, per_sample(lambda m: m._learn_one))
-        us_score = best_of(args.repeats, per_sample(lambda m: m._score_one))
+        us_learn = best_of(args.repeats, per_sample(lambda m: m.learn_one))
+        us_score = best_of(args.repeats, per_sample(lambda m: m.score_one))
         print("per-sample cost, K=5 D=10 (one row at a time)")
         print(f"  partial_fit(x[None])   {us_public:6.2f} us  (public API: input checks included)")
-        print(f"  _learn_one(x)          {us_learn:6.2f} us  (fast path; target well under 15 us)")
-        print(f"  _score_one(x)          {us_score:6.2f} us")
+        print(f"  learn_one(x)           {us_learn:6.2f} us  (fast path; target well under 15 us)")
+        print(f"  score_one(x)           {us_score:6.2f} us")
         print(f"  learn + score          {us_learn + us_score:6.2f} us")
         print()
 

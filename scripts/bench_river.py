@@ -99,7 +99,7 @@ def main():
         stream,
         labels,
         {
-            "GaussianMixtureDetector()": GaussianMixtureDetector,
+            "GaussianMixtureDetector(seed=42)": lambda: GaussianMixtureDetector(seed=42),
             "MinMaxScaler() | HalfSpaceTrees(seed=42)": lambda: (
                 preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(seed=42)
             ),

@@ -195,8 +195,48 @@ def pooled_update(s0, means, cov, g, b0, d, V, w_cap, covariance_type):
     return s0_new, means_new, cov_new
 
 
-def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str):
-    """Batch EM M-step (used by the warm-up fit): weights, means, unregularised covariances."""
+def shrink_to_diagonal(cov: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Shrink sample covariances (..., D, D) estimated from ``n`` rows toward their diagonal.
+
+    Schäfer & Strimmer's (2005) target "D" (the Ledoit–Wolf idea with the diagonal as target):
+    the correlations are scaled by ``1 - lambda`` with
+    ``lambda = sum_ij Var(r_ij) / sum_ij r_ij^2`` over off-diagonal pairs and
+    ``Var(r_ij) ~ (1 - r_ij^2)^2 / n``.  With D near n the sample covariance is singular or
+    wildly conditioned and ``lambda`` is near 1; as rows accumulate ``lambda`` falls as 1/n and
+    the covariance becomes full.
+    """
+    d = cov.shape[-1]
+    if d < 2:
+        return cov
+    var = np.diagonal(cov, axis1=-2, axis2=-1)
+    sd = np.sqrt(np.maximum(var, 0.0))
+    safe = np.where(sd > 0, sd, 1.0)
+    r = cov / (safe[..., :, None] * safe[..., None, :])
+    off = ~np.eye(d, dtype=bool)
+    r2 = np.where(off, r * r, 0.0)
+    n = np.maximum(np.asarray(n, dtype=np.float64), 1.0).reshape(r.shape[:-2])
+    spread = ((1.0 - np.minimum(r2, 1.0)) ** 2 * off).sum(axis=(-2, -1)) / n
+    signal = r2.sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(signal > 0, np.minimum(spread / signal, 1.0), 1.0)
+    out = (1.0 - lam)[..., None, None] * cov
+    idx = np.arange(d)
+    out[..., idx, idx] = var
+    return out
+
+
+# Worth of the variance-floor prior, in rows (see :func:`batch_m_step`).
+PRIOR_COUNT = 1.0
+
+
+def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str, prior=None, shrink=False):
+    """Batch EM M-step (used by the warm-up fit): weights, means, unregularised covariances.
+
+    ``prior`` (D,), optional: variance floors worth :data:`PRIOR_COUNT` rows, so a component's
+    variance is ``(n_k S_k + PRIOR_COUNT floor) / (n_k + PRIOR_COUNT)`` (a conjugate prior's
+    MAP).  With ``shrink``, full and tied covariances are shrunk toward their diagonal
+    (:func:`shrink_to_diagonal`) by the number of rows they rest on.
+    """
     n = X.shape[0]
     nk = resp.sum(axis=0) + 10.0 * np.finfo(float).eps
     means = resp.T @ X / nk[:, None]
@@ -204,13 +244,59 @@ def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str):
     rk = resp.T[:, :, None]
     if covariance_type == "full":
         cov = np.swapaxes(rk * diff, 1, 2) @ diff / nk[:, None, None]
+        if shrink:
+            cov = shrink_to_diagonal(cov, nk)
     elif covariance_type == "tied":
         cov = np.einsum("kni,knj->ij", rk * diff, diff) / n
+        if shrink:
+            cov = shrink_to_diagonal(cov, np.array(n))
     elif covariance_type == "diag":
         cov = (rk * diff * diff).sum(axis=1) / nk[:, None]
     else:
         cov = (rk[:, :, 0] * np.einsum("knd,knd->kn", diff, diff)).sum(axis=1) / nk / X.shape[1]
+    if prior is not None and prior.any():
+        cov = apply_prior(cov, prior, nk if covariance_type != "tied" else n, covariance_type)
     return nk / n, means, cov
+
+
+def apply_prior(cov, floors, counts, covariance_type):
+    """``(n_k C + PRIOR_COUNT floor) / (n_k + PRIOR_COUNT)`` on the variances; a new array.
+
+    ``counts``: rows behind each component's statistic ((K,), or a scalar for tied).
+    """
+    a = np.asarray(counts, dtype=np.float64) / (np.asarray(counts) + PRIOR_COUNT)
+    b = PRIOR_COUNT / (np.asarray(counts, dtype=np.float64) + PRIOR_COUNT)
+    if covariance_type == "full":
+        out = a[:, None, None] * cov
+        idx = np.arange(floors.shape[0])
+        out[:, idx, idx] += b[:, None] * floors
+        return out
+    if covariance_type == "tied":
+        out = a * cov
+        idx = np.arange(floors.shape[0])
+        out[idx, idx] += b * floors
+        return out
+    if covariance_type == "diag":
+        return a[:, None] * cov + b[:, None] * floors
+    return a * cov + b * floors.mean()
+
+
+def floor_variances(cov, floors, counts, covariance_type):
+    """Raise each variance to at least ``PRIOR_COUNT floor / (n_k + PRIOR_COUNT)`` (online).
+
+    The online form of the prior of :func:`batch_m_step`: it binds only on components resting
+    on few rows; in place, returns ``cov``.
+    """
+    b = PRIOR_COUNT / (np.asarray(counts, dtype=np.float64) + PRIOR_COUNT)
+    if covariance_type in ("full", "tied"):
+        idx = np.arange(floors.shape[0])
+        diag = cov[..., idx, idx]
+        cov[..., idx, idx] = np.maximum(diag, np.multiply.outer(b, floors))
+    elif covariance_type == "diag":
+        np.maximum(cov, b[:, None] * floors, out=cov)
+    else:
+        np.maximum(cov, b * floors.mean(), out=cov)
+    return cov
 
 
 def principal_axis(cov_k: np.ndarray, covariance_type: str, n_features: int):

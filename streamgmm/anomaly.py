@@ -1,53 +1,143 @@
-"""Anomaly threshold and learning gate for an online mixture."""
+"""Anomaly decisions for an online mixture: tail probability, threshold, learning gate, drift.
+
+One gate step (:meth:`AnomalyGate.score_and_learn` for a batch, :meth:`AnomalyGate.decide_one`
+and :meth:`AnomalyGate.account_one` for one record) serves the stream processor and the River
+detector alike.
+"""
 
 from __future__ import annotations
 
+import bisect
+import logging
 import math
+from typing import NamedTuple
 
 import numpy as np
+from river import drift
+from sklearn.base import BaseEstimator
+
+from streamgmm._gate_spec import GATE_DEFAULTS, GATE_PARAMETERS, validate_gate_params
+from streamgmm.online import MAX_ABS_VALUE
+
+__all__ = ["AnomalyGate", "GateResult"]
+
+log = logging.getLogger("streamgmm.anomaly")
 
 STATE_FORMAT = "streamgmm.AnomalyGate"
-STATE_VERSION = 1
+STATE_VERSION = 2
+
+# Rows per model call in the batch step: a detected change takes effect within this many rows
+# (and a batch of several thousand rows would otherwise be judged by one stale model).
+CHUNK = 64
+# Smaller chunks and faster recalibration while the model re-adapts after a change.
+ADAPT_CHUNK = 8
+ADAPT_REFRESH = 8
+# While re-adapting, the tail is loosened (power down to ADAPT_MIN_POWER) from this many
+# post-change scores on.
+ADAPT_MIN_RECENT = 8
+ADAPT_MIN_POWER = 0.2
+# Small chunks already while the change detector's statistic passes this fraction of its
+# threshold: the rows after a detection must not all have been judged by the old model.
+SUSPECT_FRACTION = 0.25
+# After the warm-up or a change, the first few refreshes come this often (and the stream check
+# needs this many recent scores): a model that does not fit is caught within a few hundred records.
+EARLY_REFRESH = 200
+N_EARLY = 5
+# The stream replaces the model's samples as the reference only if the model also misjudges the
+# bulk: more than BULK_FACTOR * BULK_LEVEL of the stream above the model's BULK_LEVEL quantile.
+BULK_LEVEL = 0.1
+BULK_FACTOR = 1.5
+# The exponential tail is fitted to this many top reference scores (at least).
+TAIL_FIT = 10
+# The change detector sees the surprise -log(tail) clipped here: one extreme anomaly must not
+# look like a change by itself.
+SURPRISE_CAP = 8.0
+# The change detector sees the median surprise of blocks of this many records.
+DRIFT_BLOCK = 5
+# PageHinkley's allowance per record (in nats of surprise, whose mean is 1 on calibrated data).
+DRIFT_DELTA = 0.5
+# Consecutive refresh windows with an excessive flag rate before a warning.
+ALARM_WINDOWS = 3
 
 
-class AnomalyGate:
-    """Calibrated anomaly threshold that also decides what the model may learn.
+class GateResult(NamedTuple):
+    """What :meth:`AnomalyGate.score_and_learn` returns for a batch (one entry per row)."""
 
-    The anomaly score of a point is its negative log-density ``-log p(x)``.  The threshold is
-    the ``1 - false_alarm_rate`` quantile of the scores of points drawn *from the model
-    itself*, so it needs no labels and follows the model as it moves: it is recomputed after
-    every ``refresh_every`` observed points.
+    log_density: np.ndarray
+    proba: np.ndarray
+    tail_probability: np.ndarray
+    anomaly: np.ndarray
+    learned: np.ndarray
+    threshold: np.ndarray
 
-    Points above the threshold should not be learned: otherwise a burst of anomalies grows a
-    broad component that then swallows later anomalies.  But if far more points than the
-    target rate are flagged for a whole window (``drift_factor`` times the rate over
-    ``drift_window`` points), the world has changed rather than gone wrong: gating stops until
-    the flag rate is back to normal, so the model can learn the new regime.  Nothing is gated
-    while the model is still warming up (its provisional fits are too rough to judge by).
+
+def _base_step_floor(model) -> float:
+    hl = model.half_life
+    return 0.0 if hl is None else -math.expm1(-math.log(2.0) / hl)
+
+
+class AnomalyGate(BaseEstimator):
+    """Calibrated tail probability, anomaly threshold and learning gate of an online mixture.
+
+    **Score and tail probability.**  The score of a record is ``-log p(x)`` under the model as
+    it was before the record (prequential).  Its *tail probability* is the probability that a
+    normal record scores at least as high: bounded in [0, 1], uniform on calibrated normal
+    data, so thresholds and River's metrics mean what users expect.  It is read from a
+    *reference* distribution of scores: ``n_calibration`` records drawn from the model itself
+    (empirical survival function, and beyond its top an exponential tail fitted to the top
+    scores, so that extreme records keep distinct, strictly decreasing tail probabilities).
+    The reference is refreshed every ``refresh_every`` records as the model moves.
+
+    **Checked against the stream.**  On non-Gaussian data the model's own samples are
+    optimistic (real records score worse than the model's).  At each refresh the gate counts
+    how many of the last ``n_recent`` scores lie above the model-calibrated threshold; if more
+    than ``stream_factor`` times the target, the stream's own recent scores become the
+    reference (``calibration_source_ == "stream"``).  If the realised flag rate still stays
+    above ``stream_factor`` times the target for three refresh windows, the gate logs a warning
+    and counts it in ``n_rate_warnings_`` (``flag_rate_alarm_`` is set while it lasts).
+
+    **Flag and gate.**  A record is flagged when its tail probability is below
+    ``false_alarm_rate``, i.e. its score exceeds ``threshold_``.  It is kept out of the model
+    only when far more extreme: tail probability below ``exclusion_ratio * false_alarm_rate``
+    (``exclusion_threshold_``).  Dropping every flagged record would truncate the normal tail
+    and shrink the learned covariance (then more is flagged, and so on); dropping only the far
+    tail keeps the bias negligible while a burst of true anomalies still cannot grow a broad
+    component that would swallow later ones.  Nothing is gated while the model warms up.
+
+    **Drift.**  River's :class:`river.drift.PageHinkley` watches the surprise
+    ``min(-log tail, 8)`` (mean 1 on calibrated data).  When it detects a rise, the gate opens
+    (every record is learned), the model's step is raised to that of a half-life of
+    ``adapt_half_life`` records for ``adapt_records`` records, and the reference is refreshed
+    every few dozen records, so the model settles on the new regime within a few hundred
+    records instead of a few thousand.
 
     Parameters
     ----------
-    false_alarm_rate
-        Target fraction of normal points flagged.
-    refresh_every
-        Observed points between recalibrations of the threshold.
-    n_calibration
-        Points drawn from the model for each calibration.
-    drift_factor
-        A window whose flag rate exceeds ``drift_factor * false_alarm_rate`` counts as drift.
-    drift_window
-        Points per drift-detection window.
-    random_state
-        Seed of the calibration draws (an int, or None for a fixed default of 0).
+    false_alarm_rate, exclusion_ratio, refresh_every, n_calibration, n_recent, stream_factor,
+    drift_detection, drift_threshold, adapt_half_life, adapt_records, gating, random_state
+        See :data:`streamgmm._gate_spec.GATE_PARAMETERS` (the one spec shared with the River
+        detector and the service configuration).
 
     Attributes
     ----------
-    threshold : float
-        The current threshold (``inf`` until the model exists).
-    gating : bool
-        Whether flagged points are currently kept from learning.
-    drift_detected : bool
-        Whether the last complete window looked like drift.
+    threshold_ : float
+        Current threshold on the score (``inf`` until the model exists).
+    exclusion_threshold_ : float
+        Scores above it are not learned (while gating).
+    calibration_source_ : str or None
+        ``"model"`` or ``"stream"``: where the reference scores come from.
+    n_observed_, n_flagged_, n_excluded_ : int
+        Records judged, flagged, kept out of the model.
+    recent_flag_rate_ : float
+        Flag rate over the last complete refresh window (NaN before one).
+    flag_rate_alarm_ : bool
+        Whether the flag rate has stayed far above the target (see above).
+    n_rate_warnings_ : int
+        Warnings issued about it.
+    n_drifts_ : int
+        Changes detected.
+    adapting_ : bool
+        Whether the model is re-adapting after a change.
 
     Examples
     --------
@@ -57,130 +147,559 @@ class AnomalyGate:
     >>> rng = np.random.default_rng(1)
     >>> model = OnlineGaussianMixture(n_components=1, warm_up=500, random_state=0)
     >>> gate = AnomalyGate(false_alarm_rate=0.01, random_state=0)
-    >>> flagged = 0
-    >>> for batch in np.array_split(rng.normal(0, 1, (5000, 2)), 50):
-    ...     thr = gate.threshold_for(model)
-    ...     result = model.score_and_learn(batch, threshold=thr if gate.gating else None)
-    ...     flags = -result.log_density > thr
-    ...     gate.observe(flags)
-    ...     flagged += int(flags.sum())
-    >>> 0.003 < flagged / 5000 < 0.03
+    >>> result = gate.score_and_learn(model, rng.normal(0, 1, (20000, 2)))
+    >>> bool(0.0075 < result.anomaly[1000:].mean() < 0.0125)
     True
-    >>> thr = gate.threshold_for(model)
-    >>> bool(-model.score_samples([[8.0, 8.0]])[0] > thr)
-    True
+    >>> odd = gate.score_and_learn(model, np.array([[8.0, 8.0]]))
+    >>> bool(odd.anomaly[0]), bool(odd.learned[0]), float(odd.tail_probability[0]) < 1e-6
+    (True, False, True)
     """
+
+    _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
+        name: spec[1] for name, spec in GATE_PARAMETERS.items()
+    }
 
     def __init__(
         self,
-        false_alarm_rate: float = 0.01,
-        refresh_every: int = 1000,
-        n_calibration: int = 2000,
-        drift_factor: float = 5.0,
-        drift_window: int = 1000,
-        random_state: int | None = None,
+        false_alarm_rate: float = GATE_DEFAULTS["false_alarm_rate"],
+        exclusion_ratio: float = GATE_DEFAULTS["exclusion_ratio"],
+        refresh_every: int = GATE_DEFAULTS["refresh_every"],
+        n_calibration: int = GATE_DEFAULTS["n_calibration"],
+        n_recent: int = GATE_DEFAULTS["n_recent"],
+        stream_factor: float = GATE_DEFAULTS["stream_factor"],
+        drift_detection: bool = GATE_DEFAULTS["drift_detection"],
+        drift_threshold: float = GATE_DEFAULTS["drift_threshold"],
+        adapt_half_life: float = GATE_DEFAULTS["adapt_half_life"],
+        adapt_records: int = GATE_DEFAULTS["adapt_records"],
+        gating: bool = GATE_DEFAULTS["gating"],
+        random_state: int | None = GATE_DEFAULTS["random_state"],
     ):
-        if not 0.0 < false_alarm_rate < 1.0:
-            raise ValueError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate!r}")
-        for name, value in (
-            ("refresh_every", refresh_every),
-            ("n_calibration", n_calibration),
-            ("drift_window", drift_window),
-        ):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not drift_factor > 1.0:
-            raise ValueError(f"drift_factor must be > 1, got {drift_factor!r}")
-        self.false_alarm_rate = float(false_alarm_rate)
-        self.refresh_every = int(refresh_every)
-        self.n_calibration = int(n_calibration)
-        self.drift_factor = float(drift_factor)
-        self.drift_window = int(drift_window)
+        self.false_alarm_rate = false_alarm_rate
+        self.exclusion_ratio = exclusion_ratio
+        self.refresh_every = refresh_every
+        self.n_calibration = n_calibration
+        self.n_recent = n_recent
+        self.stream_factor = stream_factor
+        self.drift_detection = drift_detection
+        self.drift_threshold = drift_threshold
+        self.adapt_half_life = adapt_half_life
+        self.adapt_records = adapt_records
+        self.gating = gating
         self.random_state = random_state
-        self.threshold = math.inf
-        self.drift_detected = False
-        self._n_observed = 0
+        # Validated at construction (the gate is built from user input by three faces).
+        validate_gate_params(self.get_params(), type(self).__name__)
+        self._reset()
+
+    # ------------------------------------------------------------------ state
+
+    def _reset(self) -> None:
+        self.threshold_ = math.inf
+        self.exclusion_threshold_ = math.inf
+        self.calibration_source_: str | None = None
+        self._ref = np.zeros(0)  # sorted reference scores up to the exponential tail
+        self._ref_n = 0  # number of reference scores (including the tail's)
+        self._ref_list: list = []
+        self._log_p: np.ndarray = np.zeros(0)
+        self._log_p_list: list = []
+        self._tail_u = math.inf  # start of the exponential tail
+        self._tail_log_pu = 0.0
+        self._tail_beta = 1.0
+        self.tail_power_ = 1.0
+        self._recent = np.full(self.n_recent, np.nan)
+        self._recent_pos = 0
+        self._recent_n = 0
+        self.n_observed_ = 0
+        self.n_flagged_ = 0
+        self.n_excluded_ = 0
         self._calibrated_at = -1
+        self._calibrated_seen = -1
+        self._n_settled = 0  # calibrations since the warm-up or the last change
         self._n_calibrations = 0
         self._model_warming = True
         self._window_n = 0
         self._window_flagged = 0
+        self.recent_flag_rate_ = math.nan
+        self._excess_windows = 0
+        self.flag_rate_alarm_ = False
+        self.n_rate_warnings_ = 0
+        self.n_drifts_ = 0
+        self._adapt_left = 0
+        self._detector = self._new_detector()
+        self._block: list = []  # surprises of the current block (change detector)
+
+    def _new_detector(self):
+        if not self.drift_detection:
+            return None
+        return drift.PageHinkley(
+            min_instances=30,
+            delta=DRIFT_DELTA,
+            threshold=float(self.drift_threshold),
+            alpha=1.0,  # no fading: with it the sums wander (AR(1)) and raise false alarms
+            mode="up",
+        )
 
     @property
-    def gating(self) -> bool:
-        return not (self._model_warming or self.drift_detected)
+    def adapting_(self) -> bool:
+        return self._adapt_left > 0
 
-    def threshold_for(self, model) -> float:
-        """The threshold for ``model`` now, recalibrated if due."""
-        self._model_warming = bool(getattr(model, "warming_up_", True))
-        if not model._has_model():
-            self.threshold = math.inf
-            return self.threshold
-        due = self._calibrated_at < 0 or (
-            self._n_observed - self._calibrated_at >= self.refresh_every
+    @property
+    def gating_(self) -> bool:
+        """Whether extreme records are kept out of the model right now."""
+        return bool(
+            self.gating
+            and not self._model_warming
+            and not self._adapt_left
+            and self.exclusion_threshold_ < math.inf
         )
+
+    # ------------------------------------------------------------------ reference / tails
+
+    def _set_reference(self, scores: np.ndarray, source: str) -> None:
+        ref = np.sort(scores[np.isfinite(scores)])
+        n = ref.size
+        if n < TAIL_FIT + 2:
+            return
+        # Survival at the i-th smallest reference score: (n - i) / (n + 1).
+        log_p = np.log((n - np.arange(n)) / (n + 1.0))
+        m = max(TAIL_FIT, n // 200)
+        u = float(ref[n - m])
+        beta = float(np.mean(ref[n - m :] - u))
+        # A (nearly) degenerate top: keep the tail decreasing, on the scale of the bulk.
+        spread = float(ref[n - m] - ref[n // 2])
+        beta = max(beta, 1e-3 * max(spread, 1.0), 1e-9)
+        self._ref, self._log_p, self._ref_n = ref[: n - m + 1], log_p[: n - m + 1], n
+        self._ref_list, self._log_p_list = self._ref.tolist(), self._log_p.tolist()
+        self._tail_u, self._tail_log_pu, self._tail_beta = u, float(log_p[n - m]), beta
+        self.calibration_source_ = source
+        self.threshold_ = self.score_at(self.false_alarm_rate)
+        self.exclusion_threshold_ = self.score_at(self.false_alarm_rate * self.exclusion_ratio)
+
+    def score_at(self, tail_probability: float) -> float:
+        """The score whose tail probability is ``tail_probability`` (inverse of the tail)."""
+        if not self._ref_list:
+            return math.inf
+        log_a = math.log(tail_probability) / self.tail_power_
+        if log_a <= self._tail_log_pu:
+            return self._tail_u + self._tail_beta * (self._tail_log_pu - log_a)
+        # log_p decreases along the reference: interpolate on the reversed arrays.
+        return float(np.interp(log_a, self._log_p[::-1], self._ref[::-1]))
+
+    def tail_probability(self, scores) -> np.ndarray:
+        """Tail probability of each score (NaN for NaN or before any calibration)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if not self._ref_list:
+            return np.full(s.shape, np.nan)
+        with np.errstate(invalid="ignore", over="ignore"):
+            bulk = np.interp(s, self._ref, self._log_p, left=self._log_p[0])
+            tail = self._tail_log_pu - (s - self._tail_u) / self._tail_beta
+            out = np.exp(self.tail_power_ * np.where(s >= self._tail_u, tail, bulk))
+        return out
+
+    def tail_probability_one(self, score: float) -> float:
+        """Tail probability of one score (fast scalar path of :meth:`tail_probability`)."""
+        ref = self._ref_list
+        if not ref or score != score:
+            return math.nan
+        g = self.tail_power_
+        if score >= self._tail_u:
+            return math.exp(g * (self._tail_log_pu - (score - self._tail_u) / self._tail_beta))
+        i = bisect.bisect_right(ref, score)
+        lp = self._log_p_list
+        if i == 0:
+            return math.exp(g * lp[0])
+        lo, hi = ref[i - 1], ref[i]
+        f = (score - lo) / (hi - lo) if hi > lo else 1.0
+        return math.exp(g * (lp[i - 1] + f * (lp[i] - lp[i - 1])))
+
+    # ------------------------------------------------------------------ calibration
+
+    def prepare(self, model) -> None:
+        """Bring the reference up to date for ``model`` and set its step (before judging)."""
+        self._model_warming = bool(getattr(model, "warming_up_", True))
+        if not model.has_model_:
+            return
+        if self._model_warming:
+            # A provisional fit changes each time the buffer doubles: follow it.
+            due = self._calibrated_seen < 0 or model.n_samples_seen_ >= 2 * self._calibrated_seen
+        else:
+            if self._adapt_left:
+                # Wide data: a calibration costs O(n_calibration K D^2); not every few rows.
+                every = max(ADAPT_REFRESH, model.n_features_in_ // 2)
+            elif self._n_settled < N_EARLY:
+                every = min(self.refresh_every, EARLY_REFRESH)
+            else:
+                every = self.refresh_every
+            due = self._calibrated_at < 0 or self.n_observed_ - self._calibrated_at >= every
         if due:
             self.calibrate(model)
-        return self.threshold
+        if not self._model_warming:
+            floor = _base_step_floor(model)
+            if self._adapt_left:
+                # Never fewer effective records than a covariance of the model needs.
+                hl = max(
+                    self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1)
+                )
+                floor = max(floor, -math.expm1(-math.log(2.0) / hl))
+            # The core has no public setter for its step floor (the half-life's); the gate
+            # raises it while re-adapting and puts it back after.
+            model._rho_floor = floor
+
+    def threshold_for(self, model) -> float:
+        """The score threshold for ``model`` now (the reference refreshed first if due)."""
+        self.prepare(model)
+        return self.threshold_
 
     def calibrate(self, model) -> float:
-        """Set the threshold from ``n_calibration`` points drawn from ``model``."""
+        """Recompute the reference (model samples, or the stream's recent scores); the threshold."""
         seed = 0 if self.random_state is None else int(self.random_state)
         rng = np.random.default_rng([seed, self._n_calibrations])
-        X, _ = model._draw(self.n_calibration, rng)
-        scores = -model.score_samples(X)
-        self.threshold = float(np.quantile(scores, 1.0 - self.false_alarm_rate))
-        self._calibrated_at = self._n_observed
         self._n_calibrations += 1
-        return self.threshold
+        self._calibrated_at = self.n_observed_
+        self._calibrated_seen = int(model.n_samples_seen_)
+        if not (self._model_warming or self._adapt_left):
+            self._n_settled += 1
+        scores = -model.score_samples(model.sample(self.n_calibration, random_state=rng)[0])
+        self.tail_power_ = 1.0
+        self._set_reference(scores, "model")
+        model_exclusion = self.exclusion_threshold_
+        recent = self._recent[np.isfinite(self._recent)]
+        if self._adapt_left:
+            if recent.size >= ADAPT_MIN_RECENT:
+                # The model lags the new regime: what it flags now is mostly its own lag.  Loosen
+                # its tail by the power that matches the post-change records' median surprise.
+                with np.errstate(divide="ignore"):
+                    median = float(np.median(-np.log(self.tail_probability(recent))))
+                if median > math.log(2.0):
+                    self.tail_power_ = max(math.log(2.0) / median, ADAPT_MIN_POWER)
+                    self._set_reference(scores, "model")
+            return self.threshold_
+        enough = recent.size >= min(self.n_recent, EARLY_REFRESH)
+        if self._model_warming or not enough:
+            return self.threshold_
+        # The stream's typical surprise -log(tail): ln 2 at the median if the model's samples
+        # score like the stream.  A model fitted on finitely many records scores real records
+        # a little worse than its own samples; for a Gaussian score tail that mismatch is a
+        # power of the tail probability, estimated here from the median (robust to a few
+        # percent of anomalies).
+        with np.errstate(divide="ignore"):
+            median_surprise = float(np.median(-np.log(self.tail_probability(recent))))
+        if median_surprise > 0.0:
+            power = math.log(2.0) / median_surprise
+            # Only what the median's sampling noise (one relative s.e., 1 / (ln 2 sqrt(n))) cannot
+            # explain: a well-fitted model keeps its own tail.
+            noise = 1.0 / (math.log(2.0) * math.sqrt(recent.size))
+            excess = max(abs(power - 1.0) - noise, 0.0)
+            self.tail_power_ = min(max(1.0 + math.copysign(excess, power - 1.0), 0.5), 2.0)
+            self._set_reference(scores, "model")
+        above = float(np.mean(recent > self.threshold_))
+        bulk_above = float(np.mean(recent > self.score_at(BULK_LEVEL)))
+        if (
+            above > self.stream_factor * self.false_alarm_rate
+            and bulk_above > BULK_FACTOR * BULK_LEVEL
+        ):
+            # The model's samples are far too optimistic, in the tail and in the bulk (a few
+            # percent of true anomalies only fill the tail): the stream's scores are the
+            # reference.
+            self.tail_power_ = 1.0
+            self._set_reference(recent, "stream")
+            # What is learned is still judged by the model's own far tail: a stream reference
+            # holds the stream's anomalies too, and must not let them in.
+            self.exclusion_threshold_ = model_exclusion
+        return self.threshold_
 
-    def observe(self, flags) -> None:
-        """Account for a batch's anomaly flags (drift detection, recalibration timing)."""
-        flags = np.asarray(flags, dtype=bool).ravel()
-        self._n_observed += flags.size
-        self._window_n += flags.size
-        self._window_flagged += int(flags.sum())
-        if self._window_n >= self.drift_window:
-            rate = self._window_flagged / self._window_n
-            self.drift_detected = rate > self.drift_factor * self.false_alarm_rate
-            self._window_n = 0
-            self._window_flagged = 0
+    # ------------------------------------------------------------------ one gate step
+
+    def decide_one(self, score: float) -> tuple[float, bool, bool]:
+        """``(tail probability, flagged, learn)`` for one record's score (no state change)."""
+        tail = self.tail_probability_one(score)
+        flagged = tail < self.false_alarm_rate
+        learn = not (score > self.exclusion_threshold_ and self.gating_)
+        return tail, flagged, learn
+
+    def account_one(self, score: float, tail: float, flagged: bool, learned: bool) -> None:
+        """Record one judged record: counters, recent scores, flag-rate alarm, change detector.
+
+        The scalar twin of what :meth:`score_and_learn` does for a segment of rows.
+        """
+        self.n_observed_ += 1
+        if flagged:
+            self.n_flagged_ += 1
+        if not learned:
+            self.n_excluded_ += 1
+        if score == score and not self._model_warming:  # provisional fits score wildly
+            self._recent[self._recent_pos] = score
+            self._recent_pos = (self._recent_pos + 1) % self.n_recent
+        self._window_n += 1
+        self._window_flagged += flagged
+        if self._window_n >= self.refresh_every:
+            self._close_window()
+        if self._adapt_left:
+            self._count_down(1)
+        elif self._watching():
+            self._watch(tail)
+
+    def _watching(self) -> bool:
+        return self._detector is not None and not self._model_warming and not self._adapt_left
+
+    def _watch(self, tail: float) -> bool:
+        """Feed the change detector one tail probability; True (and adapting) on a change."""
+        if tail != tail:
+            return False
+        surprise = -math.log(tail) if tail > 0.0 else SURPRISE_CAP
+        block = self._block
+        block.append(surprise if surprise < SURPRISE_CAP else SURPRISE_CAP)
+        if len(block) < DRIFT_BLOCK:
+            return False
+        # The block's median: a change moves every record, scattered anomalies only a few.
+        block.sort()
+        median = block[DRIFT_BLOCK // 2]
+        block.clear()
+        det = self._detector
+        det.update(median)
+        if det.drift_detected:
+            self._start_adaptation()
+            return True
+        return False
+
+    def _count_down(self, n: int) -> None:
+        self._adapt_left -= n
+        if not self._adapt_left:
+            self._detector = self._new_detector()
+            self._block = []
+            self._calibrated_at = -1  # a fresh reference for the settled model
+
+    def _account_many(self, scores, tails, flags, learned) -> None:
+        """:meth:`account_one` for a segment that ends at or before a window boundary."""
+        n = scores.size
+        self.n_observed_ += n
+        n_flagged = int(flags.sum())
+        self.n_flagged_ += n_flagged
+        self.n_excluded_ += n - int(learned.sum())
+        if not self._model_warming:
+            kept = scores[np.isfinite(scores)][-self.n_recent :]
+            idx = (self._recent_pos + np.arange(kept.size)) % self.n_recent
+            self._recent[idx] = kept
+            self._recent_pos = int((self._recent_pos + kept.size) % self.n_recent)
+        self._window_n += n
+        self._window_flagged += n_flagged
+        if self._window_n >= self.refresh_every:
+            self._close_window()
+
+    def _suspect(self) -> bool:
+        det = self._detector
+        if det is None:
+            return False
+        rise = det._sum_increase - det._min_increase
+        return rise > SUSPECT_FRACTION * self.drift_threshold
+
+    def _start_adaptation(self) -> None:
+        self.n_drifts_ += 1
+        self._adapt_left = self.adapt_records
+        self._recent[:] = np.nan  # the old regime's scores say nothing about the new one
+        self._calibrated_at = -1
+        self._n_settled = 0
+        log.info(
+            "change detected in the score stream after %d records: re-adapting the model",
+            self.n_observed_,
+        )
+
+    def _close_window(self) -> None:
+        rate = self._window_flagged / self._window_n
+        self.recent_flag_rate_ = rate
+        self._window_n = self._window_flagged = 0
+        if rate > self.stream_factor * self.false_alarm_rate:
+            self._excess_windows += 1
+            if self._excess_windows >= ALARM_WINDOWS and not self.flag_rate_alarm_:
+                self.flag_rate_alarm_ = True
+                self.n_rate_warnings_ += 1
+                log.warning(
+                    "anomaly flag rate %.3f stays far above the target %.3f (%d windows of %d "
+                    "records): the data may not fit the model, or the stream is changing",
+                    rate,
+                    self.false_alarm_rate,
+                    self._excess_windows,
+                    self.refresh_every,
+                )
+        else:
+            self._excess_windows = 0
+            self.flag_rate_alarm_ = False
+
+    def score_and_learn(self, model, X) -> GateResult:
+        """Score a batch prequentially, flag it, and let ``model`` learn what the gate admits.
+
+        The batch is processed in segments, each scored by the model as it is after the
+        previous segments (never after the segment itself).  A segment ends where the reference
+        is due for a refresh or where the change detector fires (it sees each row's tail before
+        the segment is learned), so a change detected mid-batch takes effect at the next row;
+        while the model re-adapts, segments are a few rows long.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        # All or nothing: a bad row must fail the batch before any segment has been learned.
+        if X.ndim != 2 or (X.size and not np.abs(X).max() <= MAX_ABS_VALUE):
+            raise ValueError("X must be a 2-D array of finite values within the model's range")
+        n = X.shape[0]
+        log_density = np.empty(n)
+        tails = np.empty(n)
+        flags = np.zeros(n, dtype=bool)
+        learned = np.zeros(n, dtype=bool)
+        thresholds = np.empty(n)
+        probas = []
+        i = 0
+        while i < n:
+            self.prepare(model)
+            j = min(n, i + self._segment_length(model))
+            was_adapting = bool(self._adapt_left)
+            watch = self._watching() and model.has_model_
+            if watch:
+                # The detector sees the rows' tails before anything is learned: the segment
+                # stops right after the row where it fires.
+                pre = self.tail_probability(-model.score_samples(X[i:j]))
+                for k, t in enumerate(pre.tolist()):
+                    if self._watch(t):
+                        j = i + k + 1
+                        break
+            exclude = self.exclusion_threshold_ if self.gating_ else None
+            r = model.score_and_learn(X[i:j], threshold=exclude)
+            score = -r.log_density
+            tail = self.tail_probability(score)
+            with np.errstate(invalid="ignore"):
+                flag = tail < self.false_alarm_rate
+            log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = -score, tail, flag, r.learned
+            thresholds[i:j] = self.threshold_
+            probas.append(r.proba)
+            self._account_many(score, tail, flag, r.learned)
+            if was_adapting:
+                self._count_down(j - i)
+            i = j
+        proba = np.vstack(probas) if probas else np.zeros((0, model.n_components))
+        return GateResult(log_density, proba, tails, flags, learned, thresholds)
+
+    def _segment_length(self, model) -> int:
+        """Rows until the next refresh, window end or end of adaptation (a few while unsure)."""
+        if self._model_warming:
+            # Rows past the end of the warm-up must already be judged by the final fit.
+            if getattr(model, "warm_up", None) and hasattr(model, "n_samples_seen_"):
+                return max(min(model.warm_up - model.n_samples_seen_, CHUNK), 1)
+            return ADAPT_CHUNK
+        if self._adapt_left:
+            return min(max(ADAPT_CHUNK, model.n_features_in_ // 4), self._adapt_left)
+        if self._suspect():
+            return ADAPT_CHUNK
+        every = self.refresh_every if self._n_settled >= N_EARLY else EARLY_REFRESH
+        every = min(every, self.refresh_every)
+        to_refresh = max(every - (self.n_observed_ - self._calibrated_at), 1)
+        return max(min(to_refresh, self.refresh_every - self._window_n), 1)
+
+    # ------------------------------------------------------------------ persistence
 
     def get_state(self) -> tuple[dict, dict]:
-        """Plain arrays (none needed) and JSON-able metadata."""
+        """Plain float arrays and JSON-able metadata (no pickle)."""
+        det = self._detector
+        det_state = None
+        if det is not None:
+            det_state = {
+                "n": det._x_mean.n,
+                "mean": det._x_mean._mean,
+                "sum_increase": det._sum_increase,
+                "sum_decrease": det._sum_decrease,
+                "min_increase": _finite_or_none(det._min_increase),
+                "max_decrease": det._max_decrease,
+                "drift_detected": det._drift_detected,
+            }
         meta = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
-            "params": {
-                "false_alarm_rate": self.false_alarm_rate,
-                "refresh_every": self.refresh_every,
-                "n_calibration": self.n_calibration,
-                "drift_factor": self.drift_factor,
-                "drift_window": self.drift_window,
-                "random_state": self.random_state,
-            },
-            "threshold": None if math.isinf(self.threshold) else self.threshold,
-            "drift_detected": self.drift_detected,
-            "n_observed": self._n_observed,
-            "calibrated_at": self._calibrated_at,
-            "n_calibrations": self._n_calibrations,
+            "params": self.get_params(),
+            "calibration_source": self.calibration_source_,
+            "tail": [
+                _finite_or_none(self._tail_u),
+                self._tail_log_pu,
+                self._tail_beta,
+                self._ref_n,
+                self.tail_power_,
+            ],
+            "recent_pos": self._recent_pos,
+            "counts": [
+                self.n_observed_,
+                self.n_flagged_,
+                self.n_excluded_,
+                self._calibrated_at,
+                self._calibrated_seen,
+                self._n_calibrations,
+                self._window_n,
+                self._window_flagged,
+                self._excess_windows,
+                self.n_rate_warnings_,
+                self.n_drifts_,
+                self._adapt_left,
+                self._n_settled,
+            ],
             "model_warming": self._model_warming,
-            "window_n": self._window_n,
-            "window_flagged": self._window_flagged,
+            "flag_rate_alarm": self.flag_rate_alarm_,
+            "recent_flag_rate": _finite_or_none(self.recent_flag_rate_),
+            "detector": det_state,
+            "block": list(self._block),
         }
-        return {}, meta
+        arrays = {"reference": self._ref.copy(), "recent": self._recent.copy()}
+        return arrays, meta
 
     @classmethod
     def from_state(cls, arrays, meta) -> AnomalyGate:
+        """Rebuild a gate from :meth:`get_state`'s output; ValueError if malformed."""
         if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
             raise ValueError("not a streamgmm AnomalyGate state (format/version mismatch)")
         gate = cls(**meta["params"])
-        gate.threshold = math.inf if meta["threshold"] is None else float(meta["threshold"])
-        gate.drift_detected = bool(meta["drift_detected"])
-        gate._n_observed = int(meta["n_observed"])
-        gate._calibrated_at = int(meta["calibrated_at"])
-        gate._n_calibrations = int(meta["n_calibrations"])
+        ref = np.asarray(arrays["reference"], dtype=np.float64)
+        recent = np.asarray(arrays["recent"], dtype=np.float64)
+        if ref.ndim != 1 or recent.shape != (gate.n_recent,):
+            raise ValueError("AnomalyGate state: arrays have the wrong shape")
+        if ref.size:
+            u, log_pu, beta, n, gate.tail_power_ = meta["tail"]
+            gate._ref, gate._ref_n = ref.copy(), int(n)
+            # The survival values exactly as _set_reference made them.
+            gate._log_p = np.log((n - np.arange(ref.size)) / (n + 1.0))
+            gate._ref_list, gate._log_p_list = gate._ref.tolist(), gate._log_p.tolist()
+            gate._tail_u = math.inf if u is None else float(u)
+            gate._tail_log_pu, gate._tail_beta = float(log_pu), float(beta)
+            gate.calibration_source_ = meta["calibration_source"]
+            gate.threshold_ = gate.score_at(gate.false_alarm_rate)
+            gate.exclusion_threshold_ = gate.score_at(gate.false_alarm_rate * gate.exclusion_ratio)
+        gate._recent = recent.copy()
+        gate._recent_pos = int(meta["recent_pos"])
+        (
+            gate.n_observed_,
+            gate.n_flagged_,
+            gate.n_excluded_,
+            gate._calibrated_at,
+            gate._calibrated_seen,
+            gate._n_calibrations,
+            gate._window_n,
+            gate._window_flagged,
+            gate._excess_windows,
+            gate.n_rate_warnings_,
+            gate.n_drifts_,
+            gate._adapt_left,
+            gate._n_settled,
+        ) = (int(v) for v in meta["counts"])
         gate._model_warming = bool(meta["model_warming"])
-        gate._window_n = int(meta["window_n"])
-        gate._window_flagged = int(meta["window_flagged"])
+        gate.flag_rate_alarm_ = bool(meta["flag_rate_alarm"])
+        rate = meta["recent_flag_rate"]
+        gate.recent_flag_rate_ = math.nan if rate is None else float(rate)
+        gate._block = [float(v) for v in meta["block"]]
+        det_state = meta["detector"]
+        if gate._detector is not None and det_state is not None:
+            det = gate._detector
+            det._x_mean.n = float(det_state["n"])
+            det._x_mean._mean = float(det_state["mean"])
+            det._sum_increase = float(det_state["sum_increase"])
+            det._sum_decrease = float(det_state["sum_decrease"])
+            mi = det_state["min_increase"]
+            det._min_increase = math.inf if mi is None else float(mi)
+            det._max_decrease = float(det_state["max_decrease"])
+            det._drift_detected = bool(det_state["drift_detected"])
         return gate
+
+
+def _finite_or_none(v):
+    v = float(v)
+    return v if math.isfinite(v) else None

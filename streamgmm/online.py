@@ -9,14 +9,23 @@ from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture._gaussian_mixture import _check_means, _check_precisions, _check_weights
 from sklearn.utils import check_random_state
+from sklearn.utils._array_api import get_namespace
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
-from streamgmm._warm_up import feature_scales, fit_batch
+from streamgmm._warm_up import (
+    RECURRING_SHARE,
+    feature_scales,
+    fit_batch,
+    gross_rows,
+    robust_bounds,
+    variance_floors,
+)
 
 STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
 STATE_VERSION = 1
@@ -31,6 +40,13 @@ MAX_BATCH = 1000
 SMALL_BATCH = 32
 # |x| beyond this would overflow the second moments.
 MAX_ABS_VALUE = 1e150
+# The regulariser never goes below this (standardised units): with reg_covar=0 a component
+# resting on equal rows would otherwise have a zero variance and no density at all.
+MIN_REG = 1e-10
+# Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
+# rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
+GROSS_HALF_LIFE = 1000
+GROSS_DECAY = 2.0 ** (-1.0 / GROSS_HALF_LIFE)
 
 
 class ScoreResult(NamedTuple):
@@ -58,8 +74,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     batch moments, so the result hardly depends on how a stream is cut into batches.
 
     The first ``warm_up`` rows are buffered and fitted by batch EM (several k-means++ starts, the
-    best kept, the worst 2% trimmed and refitted) before the model goes online.  While it warms
-    up, predictions come from a provisional fit of the buffer, refitted each time it doubles.
+    best kept; every row counts) before the model goes online.  While it warms up, predictions
+    come from a provisional fit of the buffer, refitted each time it doubles.  Covariances that
+    rest on few rows are regularised in each feature's own scale: full and tied covariances are
+    shrunk toward their diagonal (Schäfer–Strimmer), and a discrete feature's variance is pulled
+    toward the variance of rounding to its resolution by a prior worth one row (both fade as
+    rows accumulate, in the warm-up and online alike).
 
     Parameters
     ----------
@@ -76,15 +96,24 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         Offset ``t0`` of the step schedule.
     warm_up
         Rows buffered and fitted in batch before going online (at least 2, and never fewer
-        than K).  ``None`` means ``max(1000, 10 K (D + 1))``.
+        than K).  ``None`` means ``max(1000, 2 K (D + 1))``.
     n_init
         Initialisations of the warm-up fit; the best is kept.
     init_params
-        ``"k-means++"`` or ``"random_from_data"``: how each warm-up initialisation is seeded.
+        How each warm-up initialisation is seeded, as in scikit-learn: ``"k-means++"``,
+        ``"kmeans"``, ``"random"`` or ``"random_from_data"``.
+    weights_init, means_init, precisions_init
+        Initial weights (K,), means (K, D) and precisions (shaped as scikit-learn's
+        ``precisions_``), as in scikit-learn: any given one replaces the seeding's estimate in
+        the warm-up fit (every provisional fit and the final one).
     reg_covar
         Added to the covariance diagonals, in units of each feature's variance at warm-up.
+        0 is accepted and turns every regularisation off (no variance floors, no shrinkage)
+        but the least that keeps every covariance factorisable: 1e-10 of each feature's
+        variance.
     max_iter
-        EM iterations per warm-up initialisation.
+        EM iterations per warm-up initialisation (0: the initialisation itself); for
+        :meth:`fit` on more rows than the warm-up, also the most online passes.
     tol
         Convergence threshold of the warm-up EM (change of mean log-likelihood).
     random_state
@@ -92,6 +121,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     Attributes
     ----------
+    n_iter_ : int
+        Set by :meth:`fit`: EM iterations when the warm-up covered all of X, else online
+        passes over X.
+    converged_ : bool
+        Set by :meth:`fit`: whether the last pass (or EM iteration) changed the mean
+        log-likelihood by less than ``tol``.
+    lower_bound_ : float
+        Set by :meth:`fit`: mean log-likelihood of X under the final model.
+    lower_bounds_ : list of float
+        Set by :meth:`fit`: the mean log-likelihood after each EM iteration or pass.
     weights_ : ndarray of shape (K,)
     means_ : ndarray of shape (K, D)
     covariances_ : ndarray
@@ -139,9 +178,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         "step_offset": [Interval(Real, 0, None, closed="left")],
         "warm_up": [Interval(Integral, 2, None, closed="left"), None],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions({"k-means++", "random_from_data"})],
+        "init_params": [StrOptions({"kmeans", "k-means++", "random", "random_from_data"})],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "random_state": ["random_state"],
     }
@@ -157,6 +199,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         warm_up=None,
         n_init=3,
         init_params="k-means++",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
         reg_covar=1e-6,
         max_iter=100,
         tol=1e-3,
@@ -170,6 +215,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self.warm_up = warm_up
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.tol = tol
@@ -178,7 +226,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     # ------------------------------------------------------------------ learning
 
     def fit(self, X, y=None):
-        """Learn a fresh model from X: a warm-up on its first rows, then one online pass."""
+        """Learn a fresh model from all of X; the result does not depend on the row order.
+
+        The rows are shuffled (with ``random_state``); the warm-up fits the first
+        ``warm_up`` of them by batch EM (all of X if it is no longer), then online passes
+        over all of X, each in a fresh random order, continue until the mean log-likelihood of
+        X changes by less than ``tol`` or ``max_iter`` passes are done.
+
+        Sets ``n_iter_`` (EM iterations of the warm-up when it covered all of X, else online
+        passes), ``converged_`` and ``lower_bound_`` (the final mean log-likelihood of X).
+        """
         self._validate_params()
         self._reset()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
@@ -189,10 +246,39 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             )
         self._check_magnitude(X)
         self._start(X.shape[1], X.shape[0])
-        self._learn_rows(X)
+        order = np.random.default_rng([self._seed, 1]).permutation(X.shape[0])
+        self._learn_rows(X[order])
         if self.warming_up_:
             self._finish_warm_up()
+        if self._warm_up_size >= X.shape[0]:  # batch EM saw everything
+            fit = self._warm_up_fit
+            self.n_iter_, self.converged_ = fit.n_iter, fit.converged
+            self.lower_bounds_ = fit.lower_bounds
+            self.lower_bound_ = fit.lower_bounds[-1] if fit.lower_bounds else -np.inf
+        else:
+            self.lower_bounds_ = [self.score(X)]
+            self.n_iter_, self.converged_ = 1, False
+            shuffle = np.random.default_rng([self._seed, 2])
+            while self.n_iter_ < self.max_iter:
+                self._learn_rows(X[shuffle.permutation(X.shape[0])])
+                self.n_iter_ += 1
+                self.lower_bounds_.append(self.score(X))
+                if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
+                    self.converged_ = True
+                    break
+            self.lower_bound_ = self.lower_bounds_[-1]
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
+
+    def fit_predict(self, X, y=None):
+        """:meth:`fit` on X, then the most probable component of each row of X."""
+        return self.fit(X).predict(X)
 
     def partial_fit(self, X, y=None):
         """Learn from one row or a mini-batch (2-D array); returns self."""
@@ -211,10 +297,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         X = self._check_rows(X)
         n = X.shape[0]
         if self._has_model():
-            log_density, log_resp, diff = self._e_step(X)
+            log_density, log_resp, diff, extreme = self._e_step(X)
             with np.errstate(under="ignore"):
                 proba = np.exp(log_resp)
             learned = np.isfinite(log_density)
+            if extreme:  # learning uses bounded responsibilities and deviations: recompute
+                diff = None
         else:
             log_density = np.full(n, np.nan)
             proba = np.full((n, self.n_components), 1.0 / self.n_components)
@@ -255,12 +343,22 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         X = self._check_predict(X)
         return self._chunked(X, lambda c: self._e_step(c)[1].argmax(axis=1))
 
-    def sample(self, n_samples=1):
-        """Draw ``n_samples`` rows from the model; returns (X, component labels)."""
+    def sample(self, n_samples=1, random_state=None):
+        """Draw ``n_samples`` rows from the model; returns (X, component labels).
+
+        ``random_state``: a seed, ``RandomState`` or ``Generator`` for this draw; ``None``
+        uses the estimator's ``random_state`` (as scikit-learn does).
+        """
         self._check_fitted()
-        if n_samples < 1:
+        if not isinstance(n_samples, Integral) or n_samples < 1:
             raise ValueError(f"Invalid value for 'n_samples': {n_samples}. It must be >= 1.")
-        return self._draw(n_samples, check_random_state(self.random_state))
+        if random_state is None:
+            rng = check_random_state(self.random_state)
+        elif isinstance(random_state, np.random.Generator):
+            rng = random_state
+        else:
+            rng = check_random_state(random_state)
+        return self._draw(int(n_samples), rng)
 
     def _draw(self, n_samples, rng):
         """(rows, component labels) drawn with ``rng`` (a RandomState or a Generator)."""
@@ -334,8 +432,135 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._stable_cov(), self._reg, self.covariance_type, self.n_components
         )
 
+    @property
+    def full_covariances_(self):
+        """Every component's covariance as a (K, D, D) matrix, whatever ``covariance_type``."""
+        self._check_fitted()
+        return self._covariance_matrices()
+
+    @property
+    def has_model_(self):
+        """Whether a model (provisional during the warm-up, or final) exists to score with."""
+        return self._has_model()
+
     def __sklearn_is_fitted__(self):
         return self._has_model()
+
+    # ------------------------------------------------------------------ one row (public)
+
+    def learn_one(self, x, observed=None) -> bool:
+        """Learn one row; returns whether it was learned.
+
+        Parameters
+        ----------
+        x
+            1-D array of ``n_features_in_`` values (float64 is the fast path).
+        observed
+            Optional boolean mask: the row's observed coordinates.  The others (any value,
+            NaN included) are filled by their conditional expectation under each component
+            (missing-data EM, Ghahramani & Jordan 1994); see :mod:`streamgmm._missing`.
+
+        Returns False, and leaves the state untouched, when the row cannot be learned: its
+        density under the model underflows to zero, or it is partial while no model past the
+        warm-up exists.  A non-finite or out-of-range value raises ValueError, state untouched.
+        """
+        x, observed = self._check_one(x, observed, learning=True)
+        if observed is None:
+            return self._learn_one_status(x)[1]
+        if self.warming_up_:
+            return False
+        obs = np.flatnonzero(observed)
+        inside = _kernels.row_inside(x[obs], self._gross_lo[obs], self._gross_hi[obs])
+        if not inside and self._skip_gross(1):
+            return False
+        from streamgmm._missing import learn_one_partial
+
+        try:
+            learn_one_partial(self, x, observed)
+        except FloatingPointError:
+            return False
+        return True
+
+    def score_one(self, x, observed=None) -> float:
+        """Log-density of one row (marginal over the observed coordinates if ``observed``)."""
+        x, observed = self._check_one(x, observed)
+        self._check_fitted()
+        if observed is None:
+            return float(self._score_one(x))
+        from streamgmm._missing import marginal_log_prob
+
+        try:
+            return float(marginal_log_prob(self, x, observed)[0])
+        except FloatingPointError:
+            return -np.inf
+
+    def predict_proba_one(self, x, observed=None) -> np.ndarray:
+        """Responsibilities of one row, shape (K,) (marginal over unobserved coordinates)."""
+        x, observed = self._check_one(x, observed)
+        self._check_fitted()
+        if observed is None:
+            ld, resp = self._proba_one(x)
+        else:
+            from streamgmm._missing import marginal_log_prob
+
+            try:
+                ld, resp = marginal_log_prob(self, x, observed)
+            except FloatingPointError:
+                ld = -np.inf
+        if ld == -np.inf:  # no component gives the row a density: say so evenly
+            resp = np.full(self.n_components, 1.0 / self.n_components)
+        return resp
+
+    def _check_one(self, x, observed=None, learning=False):
+        """``(x, observed)`` validated; ``observed`` is None for a complete row.
+
+        A C-contiguous float64 1-D array of the right length costs one compiled pass; anything
+        else gets the full conversion and checks.
+        """
+        d = getattr(self, "n_features_in_", -1)
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype == np.float64
+            and x.ndim == 1
+            and x.shape[0] == d
+            and x.flags.c_contiguous
+            and _kernels.row_within(x, MAX_ABS_VALUE)
+        ):
+            return x, None
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if x.ndim != 1:
+            raise ValueError(f"Expected a 1-D row, got an array of shape {x.shape}")
+        if d == -1:
+            if not learning:
+                self._check_fitted()
+            d = x.shape[0]
+            if d == 0:
+                raise ValueError("a row needs at least one feature")
+        if x.shape[0] != d:
+            raise ValueError(
+                f"X has {x.shape[0]} features, but {type(self).__name__} is expecting {d} "
+                "features as input."
+            )
+        if observed is not None:
+            observed = np.asarray(observed)
+            if observed.dtype != bool or observed.shape != (d,):
+                raise ValueError(f"observed must be a boolean mask of shape ({d},)")
+            if observed.all():
+                observed = None
+        values = x if observed is None else x[observed]
+        if not np.isfinite(values).all():
+            raise ValueError("Input X contains NaN or infinity at observed coordinates.")
+        if values.size and np.abs(values).max() > MAX_ABS_VALUE:
+            raise ValueError(
+                f"Input X has values beyond ±{MAX_ABS_VALUE:g}; their squares would overflow."
+            )
+        if observed is not None:
+            x = np.where(observed, x, 0.0)  # placeholders: never read as data
+        if not hasattr(self, "n_features_in_"):  # first row ever: set the model up
+            self._validate_params()
+            self._start(d, None)
+        return x, observed
 
     # ------------------------------------------------------------------ fast one-row paths
 
@@ -360,42 +585,64 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _learn_one(self, x):
         """Learn one validated row (1-D float64, finite); returns its log-density before.
 
-        The row is learned unless its density underflows to zero (returns ``-inf``).  Before
-        any model exists the returned log-density is NaN.
+        The row is learned unless its density underflows to zero (returns ``-inf``) or it is
+        a rare gross row (see :meth:`_skip_gross`).  Before any model exists the returned
+        log-density is NaN.
         """
+        return self._learn_one_status(x)[0]
+
+    def _learn_one_status(self, x):
+        """``(log-density before, learned)`` of one validated row, learned if it can be."""
         if self.warming_up_:
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
-            return before
+            return before, True
+        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi) and self._skip_gross(1):
+            return self._score_one(x), False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
             lse, status = _kernels.learn_full(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "tied":
             lse, status = _kernels.learn_tied(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "diag":
             lse, status = _kernels.learn_diag(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet, self._reg,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         else:
             lse, status = _kernels.learn_spherical(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                self._reg_mean, *args, self._rho_floor, W_CAP,
+                self._reg_mean, *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         if status == _kernels.REJECTED:
-            return lse
+            return lse, False
         self.n_samples_seen_ += 1
         self._since_refresh += 1
         if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
             self._refresh()
-        return lse
+        return lse, True
+
+    def _skip_gross(self, n_gross):
+        """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
+
+        A gross row has a value outside the warm-up's robust bounds
+        (``_warm_up.robust_bounds``: beyond 100 robust spreads of the feature's median).  While
+        such rows are rare (their rate, with a half-life of ``GROSS_HALF_LIFE`` learned rows,
+        below ``RECURRING_SHARE``) they are not learned: one record of 1e149 among values of
+        order 1 cannot wreck the model.  When they recur, the stream has moved there (drift,
+        a rescaled sensor) and they are learned.
+        """
+        decay = GROSS_DECAY ** (self.n_samples_seen_ - self._gross_at)
+        self._gross_rate = self._gross_rate * decay + n_gross * (1.0 - GROSS_DECAY)
+        self._gross_at = self.n_samples_seen_
+        return self._gross_rate < RECURRING_SHARE
 
     def _learn_one_expected(self, x_hat, extra_cov, resp):
         """Learn one sample from expected sufficient statistics (missing-data EM).
@@ -413,6 +660,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         s0 = (1.0 - rho) * self._s0 + rho * resp
         w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
         e = np.asarray(x_hat, dtype=np.float64) - self._means
+        q = cov_ops.mahalanobis(e[:, None, :], self._prec, self.covariance_type)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):  # bounded influence, as online
+            e = e * np.where(q > self._q_max, np.sqrt(self._q_max / q), 1.0)[:, None]
         means = self._means + w[:, None] * e
         outer = e[:, :, None] * e[:, None, :]
         extra = np.asarray(extra_cov, dtype=np.float64)
@@ -436,7 +686,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def get_state(self):
         """The whole learner as plain arrays plus JSON-able metadata (no pickle needed)."""
-        params = self.get_params()
+        params = {
+            name: value.tolist() if isinstance(value, np.ndarray) else value
+            for name, value in self.get_params().items()
+        }
         if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
             raise ValueError("get_state needs random_state to be None or an int")
         meta = {
@@ -455,6 +708,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 seed=int(self._seed),
                 provisional_n=int(self._provisional_n),
                 warm_up_size=int(self._warm_up_size),
+                gross_rate=float(self._gross_rate),
+                gross_at=int(self._gross_at),
                 has_model=self._has_model(),
                 feature_names_in=(
                     [str(f) for f in self.feature_names_in_]
@@ -465,7 +720,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             if self.warming_up_:
                 arrays["buffer"] = self._buffer[: self._n_buffered].copy()
             if self._has_model():
-                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg"):
+                for name in _STATE_ARRAYS:
                     arrays[name[1:]] = getattr(self, name).copy()
         return arrays, json.loads(json.dumps(meta))
 
@@ -485,6 +740,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         model.n_samples_seen_ = int(meta["n_samples_seen"])
         model._since_refresh = int(meta["since_refresh"])
         model._provisional_n = int(meta["provisional_n"])
+        model._gross_rate = float(meta.get("gross_rate", 0.0))
+        model._gross_at = int(meta.get("gross_at", 0))
         if meta.get("feature_names_in") is not None:
             model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         if meta["warming_up"]:
@@ -499,6 +756,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if meta["has_model"]:
             k = model.n_components
             shapes = _state_shapes(model.covariance_type, k, d)
+            # States written before the variance floors and gross bounds: neutral values.
+            huge = np.finfo(np.float64).max
+            defaults = {"floors": 0.0, "gross_lo": -huge, "gross_hi": huge}
+            arrays = {**{k: np.full(d, v) for k, v in defaults.items()}, **arrays}
             for name, shape in shapes.items():
                 value = _float_array(arrays[name], name)
                 if value.shape != shape:
@@ -521,7 +782,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         k = self.n_components
         if warm_up_size is None:
             warm_up_size = (
-                self.warm_up if self.warm_up is not None else max(1000, 10 * k * (n_features + 1))
+                self.warm_up if self.warm_up is not None else max(1000, 2 * k * (n_features + 1))
             )
             warm_up_size = max(int(warm_up_size), k, 2)
             if n_rows is not None:  # fit(): no larger buffer than the data
@@ -540,6 +801,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._rho_floor = 0.0 if self.half_life is None else -np.expm1(-np.log(2) / self.half_life)
         self._tied = self.covariance_type == "tied"
         self._spherical = self.covariance_type == "spherical"
+        self._q_max = _kernels.influence_limit(n_features)
+        self._gross_rate = 0.0
+        self._gross_at = 0
 
     def _has_model(self):
         return getattr(self, "_s0", None) is not None
@@ -547,8 +811,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _check_fitted(self):
         if not self._has_model():
             raise NotFittedError(
-                f"This {type(self).__name__} instance has not learned anything yet; "
-                "call fit or partial_fit first."
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator (or 'partial_fit')."
             )
 
     def _check_magnitude(self, X):
@@ -601,14 +865,29 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             return fn(X)
         return np.concatenate([fn(X[i : i + size]) for i in range(0, X.shape[0], size)])
 
-    def _e_step(self, X):
-        """(log-density (n,), log-responsibilities (n, K), centered rows (K, n, D))."""
+    def _e_step(self, X, learning=False):
+        """(log-density (n,), log-responsibilities (n, K), deviations (K, n, D), extreme).
+
+        ``extreme``: some row lies beyond the squared Mahalanobis length
+        ``q_max = influence_limit(D)`` of some component.  When ``learning``, such a row's
+        responsibilities are computed as if it were at ``q_max`` and its deviations are
+        shortened to that length (bounded influence: a Huber-type E-step, exact for ordinary
+        data, as in the compiled kernels); the log-density is always the true one.
+        """
         diff = cov_ops.centered_rows(X, self._means)
         with np.errstate(divide="ignore"):
             log_w = np.log(self._s0 / self._s0.sum())
-        log_prob = cov_ops.log_gaussian(diff, self._prec, self._logdet, self.covariance_type)
-        log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
-        return log_norm, log_resp, diff
+        q = cov_ops.mahalanobis(diff, self._prec, self.covariance_type)
+        base = log_w - 0.5 * (X.shape[1] * cov_ops.LOG_2PI + self._logdet)
+        log_norm, log_resp = cov_ops.log_responsibilities(base - 0.5 * q)
+        extreme = bool(q.max(initial=0.0) > self._q_max)
+        if learning and extreme:
+            q_cut = np.minimum(q, self._q_max)
+            _, log_resp = cov_ops.log_responsibilities(base - 0.5 * q_cut)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.sqrt(q_cut / q)
+            diff = diff * np.nan_to_num(f, nan=0.0).T[:, :, None]
+        return log_norm, log_resp, diff, extreme
 
     def _steps(self, n):
         t = self.n_samples_seen_ + np.arange(n, dtype=np.float64)
@@ -622,13 +901,18 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             take = min(self._warm_up_size - self._n_buffered, X.shape[0])
             self._buffer[self._n_buffered : self._n_buffered + take] = X[:take]
             self._n_buffered += take
-            self.n_samples_seen_ += take
             start = take
-            if self._n_buffered == self._warm_up_size:
-                self._finish_warm_up()
-                resp = diff = None  # the model just changed: responsibilities are stale
-            else:
-                self._maybe_fit_provisional()
+            try:
+                if self._n_buffered == self._warm_up_size:
+                    self._finish_warm_up()
+                    resp = diff = None  # the model just changed: responsibilities are stale
+                else:
+                    self._maybe_fit_provisional()
+            except BaseException:
+                if self.warming_up_:  # nothing of these rows was learned: forget them
+                    self._n_buffered -= take
+                raise
+            self.n_samples_seen_ += take
         if start == X.shape[0]:
             return
         if start:
@@ -652,8 +936,26 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._learn_batch(X[i:j])
 
     def _learn_batch(self, X, resp=None, diff=None):
+        inside = ((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)
+        if not inside.all():
+            skip = np.zeros(X.shape[0], dtype=bool)
+            for i in np.flatnonzero(~inside):
+                skip[i] = self._skip_gross(1)
+            if skip.any():
+                warnings.warn(
+                    f"{int(skip.sum())} rows with values far beyond the scales seen so far "
+                    "(and rare) were not learned",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                keep = ~skip
+                if not keep.any():
+                    return
+                X = X[keep]
+                if resp is not None and diff is not None:
+                    resp, diff = resp[keep], diff[:, keep]
         if resp is None or diff is None:
-            log_norm, log_resp, diff = self._e_step(X)
+            log_norm, log_resp, diff, _ = self._e_step(X, learning=True)
             ok = np.isfinite(log_norm)
             if not ok.all():
                 warnings.warn(
@@ -683,6 +985,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
         if self.covariance_type in ("full", "tied"):  # outer products round asymmetrically
             cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        self._floor(cov, s0)
         try:
             cov, prec, logdet = self._factorised(cov)
         except np.linalg.LinAlgError:
@@ -702,10 +1005,23 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _refresh(self):
         """Recompute precisions exactly from the covariance statistics (and re-seed)."""
+        self._floor(self._cov, self._s0)
         self._cov, self._prec, self._logdet = self._factorised(self._cov)
         self._derive()
         self._since_refresh = 0
         self._reseed_starving()
+
+    def _floor(self, cov, s0):
+        """The variance floors' prior, online (``_covariance.floor_variances``), in place.
+
+        A component's rows are counted as its weight times the step's memory ``1 / rho``.
+        """
+        if not self._floors.any():
+            return
+        rows = (s0 / s0.sum()) / self._steps(1)[0]
+        cov_ops.floor_variances(
+            cov, self._floors, rows.sum() if self._tied else rows, self.covariance_type
+        )
 
     def _derive(self):
         """Views the compiled kernels want; recomputed whenever the arrays are replaced."""
@@ -748,7 +1064,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _finish_warm_up(self):
         X = self._buffer[: self._n_buffered]
-        self._fit_buffer(X, self.n_init, trim_fraction=0.02, stream=0)
+        self._warm_up_fit = self._fit_buffer(X, self.n_init, stream=0)
         self.warming_up_ = False
         self._buffer = None
         self._n_buffered = 0
@@ -756,30 +1072,55 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _maybe_fit_provisional(self):
         n = self._n_buffered
         if n >= max(self.n_components, 2) and n >= 2 * self._provisional_n:
-            self._fit_buffer(self._buffer[:n], 1, trim_fraction=0.0, stream=n)
+            self._fit_buffer(self._buffer[:n], 1, stream=n)
             self._provisional_n = n
 
-    def _fit_buffer(self, X, n_init, trim_fraction, stream):
+    def _fit_buffer(self, X, n_init, stream):
+        self._gross_lo, self._gross_hi = robust_bounds(X)
+        gross = gross_rows(X)
+        if gross.any() and (~gross).sum() >= max(self.n_components, 2):
+            X = X[~gross]
         scale = feature_scales(X)
-        self._reg = self.reg_covar * scale**2
+        reg_covar = max(self.reg_covar, MIN_REG)
+        self._reg = reg_covar * scale**2
+        # reg_covar=0 asks for no regularisation: no floors nor shrinkage, only MIN_REG.
+        regularise = self.reg_covar > 0
+        provisional = 1.0 if stream else 0.0  # see variance_floors
+        self._floors = variance_floors(X, provisional) if regularise else np.zeros(X.shape[1])
         fit = fit_batch(
             X,
             scale,
+            self._floors,
             self.n_components,
             self.covariance_type,
-            self.reg_covar,
+            reg_covar,
             n_init,
             self.init_params,
             self.max_iter,
             self.tol,
             np.random.default_rng([self._seed, stream]),
-            trim_fraction=trim_fraction,
+            shrink=regularise,
+            init=self._checked_init(X.shape[1]),
         )
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
         self._derive()
         self._since_refresh = 0
+        return fit
+
+    def _checked_init(self, n_features):
+        """``(weights_init, means_init, precisions_init)`` checked as scikit-learn does."""
+        k, ct = self.n_components, self.covariance_type
+        weights = means = precisions = None
+        xp, _ = get_namespace(np.zeros(1))
+        if self.weights_init is not None:
+            weights = _check_weights(self.weights_init, k, xp=xp)
+        if self.means_init is not None:
+            means = _check_means(self.means_init, k, n_features, xp=xp)
+        if self.precisions_init is not None:
+            precisions = _check_precisions(self.precisions_init, ct, k, n_features, xp=xp)
+        return weights, means, precisions
 
     def _n_parameters(self):
         k, d = self.n_components, self.n_features_in_
@@ -806,6 +1147,11 @@ _LEARNED_ATTRIBUTES = (
     "_rho_floor",
     "_tied",
     "_spherical",
+    "_q_max",
+    "_gross_rate",
+    "_gross_at",
+    "_gross_lo",
+    "_gross_hi",
     "_s0",
     "_means",
     "_cov",
@@ -814,7 +1160,18 @@ _LEARNED_ATTRIBUTES = (
     "_logdet",
     "_reg",
     "_reg_mean",
+    "_floors",
+    "n_iter_",
+    "converged_",
+    "lower_bound_",
+    "lower_bounds_",
+    "_warm_up_fit",
 )
+
+
+_STATE_ARRAYS = (
+    "_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors", "_gross_lo", "_gross_hi",
+)  # fmt: skip
 
 
 def _state_shapes(covariance_type, k, d):
@@ -826,6 +1183,9 @@ def _state_shapes(covariance_type, k, d):
         "prec": cov_shape[covariance_type],
         "logdet": (k,),
         "reg": (d,),
+        "floors": (d,),
+        "gross_lo": (d,),
+        "gross_hi": (d,),
     }
 
 

@@ -26,7 +26,7 @@ def test_k1_running_average_equals_mean_and_biased_cov(path):
     m = _running_average_model(warm_up=10).partial_fit(X[:10])
     if path == "per_sample":
         for x in X[10:]:
-            m._learn_one(x)
+            m.learn_one(x)
     else:
         for i in range(10, len(X), 37):
             m.partial_fit(X[i : i + 37])
@@ -48,7 +48,7 @@ def test_k1_running_average_all_covariance_types(covariance_type):
         random_state=0,
     ).partial_fit(X[:10])
     for x in X[10:]:
-        m._learn_one(x)
+        m.learn_one(x)
     cov = np.cov(X.T, bias=True)
     expected = {
         "full": cov[None],
@@ -67,7 +67,7 @@ def test_constant_step_equals_exponentially_weighted_moments():
         1, half_life=half_life, step_offset=1e15, warm_up=w, reg_covar=0.0, random_state=0
     ).partial_fit(X[:w])
     for x in X[w:]:
-        m._learn_one(x)
+        m.learn_one(x)
     rho = 1 - 2 ** (-1 / half_life)
     n = len(X) - w
     weights = np.concatenate(
@@ -97,7 +97,7 @@ def test_rank_one_path_matches_fresh_factorisation_after_1e5_updates(covariance_
     kernel = _kernels.learn_full if covariance_type == "full" else _kernels.learn_tied
     for i, x in enumerate(X):
         kernel(x, m._s0, m._means, m._cov, m._prec, m._logdet, 500.0 + i, 2.0, 0.8,
-               m._rho_floor, 0.5)  # fmt: skip
+               m._rho_floor, 0.5, m._q_max)  # fmt: skip
     prec, logdet = cov_ops.exact_precision(m._cov, m._reg, covariance_type, k)
     rel = np.linalg.norm(m._prec - prec) / np.linalg.norm(prec)
     assert rel <= 1e-6, rel
@@ -111,7 +111,7 @@ def test_large_offset_small_spread_is_estimated_correctly():
     m = OnlineGaussianMixture(1, warm_up=200, random_state=0)
     m.partial_fit(X[:200])
     for x in X[200:5000]:
-        m._learn_one(x)
+        m.learn_one(x)
     for i in range(5000, len(X), 500):
         m.partial_fit(X[i : i + 500])
     var = m.covariances_[0].diagonal()

@@ -107,7 +107,7 @@ def test_weights_do_not_underflow_and_starving_component_is_reseeded():
     # into the data (a split of the heaviest), not left to underflow.
     later = rng.normal(5, 1, (20_000, 2))
     for x in later:
-        model._learn_one(x)
+        model.learn_one(x)
     assert np.isfinite(np.log(model.weights_)).all()
     assert (model.weights_ > 1e-3).all()
     assert (np.abs(model.means_[:, 0] - 5) < 3).all()
@@ -146,7 +146,7 @@ def test_any_shape_scale_or_degenerate_stream_stays_finite(case):
     for i in range(0, len(X), batch):
         model.partial_fit(X[i : i + batch])
     for x in X[: min(len(X), 20)]:
-        model._learn_one(np.ascontiguousarray(x))
+        model.learn_one(np.ascontiguousarray(x))
     assert model.n_samples_seen_ == len(X) + min(len(X), 20)
     for value in (model.weights_, model.means_, model.covariances_, model.precisions_cholesky_):
         assert np.isfinite(value).all()

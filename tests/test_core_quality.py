@@ -13,7 +13,7 @@ def _online_pass(X, batch_size, **params):
     if batch_size == 1:
         model.partial_fit(X[:1])
         for x in X[1:]:
-            model._learn_one(x)
+            model.learn_one(x)
     else:
         for i in range(0, len(X), batch_size):
             model.partial_fit(X[i : i + batch_size])

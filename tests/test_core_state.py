@@ -40,8 +40,8 @@ def test_round_trip_and_continuation_are_exact(tmp_path, covariance_type, stop_a
         uninterrupted.partial_fit(X[i : i + 50])
         restored.partial_fit(X[i : i + 50])
     for x in X[:300]:  # and the per-sample path, through several exact refreshes
-        uninterrupted._learn_one(x)
-        restored._learn_one(x)
+        uninterrupted.learn_one(x)
+        restored.learn_one(x)
     _assert_same_predictions(uninterrupted, restored, X[:500])
     assert restored.n_samples_seen_ == uninterrupted.n_samples_seen_ == len(X) + 300
 

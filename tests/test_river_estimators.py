@@ -44,8 +44,11 @@ def test_before_any_learning():
     assert clusterer.centers == {}
     detector = GaussianMixtureDetector()
     assert detector.score_one({"a": 1.0}) == 0.0
-    assert detector.threshold == math.inf
+    assert detector.threshold == 0.99  # the tail score: 1 - false_alarm_rate
     assert detector.is_anomaly({"a": 1e9}) is False
+    nll = GaussianMixtureDetector(score="neg_log_density")
+    assert nll.score_one({"a": 1.0}) == 0.0
+    assert nll.threshold == math.inf
 
 
 def test_warm_up_scores_are_informative():
@@ -148,7 +151,7 @@ def test_learn_many_equals_learn_one_loop(cls):
     assert (
         one.n_learned_
         == many.n_learned_
-        == len(X) - (one.n_flagged_ if cls is GaussianMixtureDetector else 0)
+        == len(X) - (one.gate_.n_excluded_ if cls is GaussianMixtureDetector else 0)
     )
     assert one.unseen_features_ == many.unseen_features_ == {"late": len(X) - 801}
     queries = [x for x, _ in SHUTTLE[2000:2100]] + [{"f1": 40.0, "f9": 3.0}]
@@ -246,7 +249,8 @@ def test_bad_values_raise_and_leave_the_model_untouched():
         {"warm_up": 1},
         {"reg_covar": -1.0},
         {"false_alarm_rate": 1.5},
-        {"drift_factor": 0.5},
+        {"exclusion_ratio": 0.0},
+        {"score": "probability"},
     ],
 )
 def test_invalid_parameters(kwargs):
@@ -293,11 +297,14 @@ def test_defaults_do_not_depend_on_the_scale_of_the_data():
     stream = [x for x, _ in SHUTTLE[:4000]]
     labels = [y for _, y in SHUTTLE[:4000]]
     big = [{k: v * 1e4 + 1e7 for k, v in x.items()} for x in stream]
-    a = prequential_scores(GaussianMixtureDetector(warm_up=500, seed=0), stream)
-    b = prequential_scores(GaussianMixtureDetector(warm_up=500, seed=0), big)
-    auc_a, auc_b = roc_auc_score(labels, a), roc_auc_score(labels, b)
+    tail_a = prequential_scores(GaussianMixtureDetector(warm_up=500, seed=0), stream)
+    tail_b = prequential_scores(GaussianMixtureDetector(warm_up=500, seed=0), big)
+    auc_a, auc_b = roc_auc_score(labels, tail_a), roc_auc_score(labels, tail_b)
     assert auc_a > 0.9
     assert abs(auc_a - auc_b) < 1e-3
+    params = {"warm_up": 500, "score": "neg_log_density", "seed": 0}
+    a = prequential_scores(GaussianMixtureDetector(**params), stream)
+    b = prequential_scores(GaussianMixtureDetector(**params), big)
     # Densities are in the input's units: the Jacobian of x -> 1e4 x is 9 * log(1e4).
     np.testing.assert_allclose(b[600:] - a[600:], 9 * math.log(1e4), rtol=1e-6)
 
@@ -393,15 +400,15 @@ def test_gating_keeps_the_model_clean_and_flags_outliers():
     assert false_alarms < 0.03, false_alarms
 
     test_dicts = to_dicts(test)
-    ll_ref = -np.mean([reference.score_one(x) for x in test_dicts])
-    ll_gated = -np.mean([gated.score_one(x) for x in test_dicts])
+    ll_ref = -np.mean([reference.neg_log_density_one(x) for x in test_dicts])
+    ll_gated = -np.mean([gated.neg_log_density_one(x) for x in test_dicts])
     assert abs(ll_ref - ll_gated) <= 0.02, (ll_ref, ll_gated)
 
     # Without the gate the outliers leak into the model.
     ungated = GaussianMixtureDetector(**params, gating=False)
     for x in to_dicts(contaminated):
         ungated.learn_one(x)
-    ll_ungated = -np.mean([ungated.score_one(x) for x in test_dicts])
+    ll_ungated = -np.mean([ungated.neg_log_density_one(x) for x in test_dicts])
     assert ll_ref - ll_ungated > 0.02
 
 

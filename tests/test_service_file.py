@@ -119,6 +119,7 @@ def test_jsonl_end_to_end_outputs_and_dead_letters(tmp_path):
         "cluster",
         "log_density",
         "score",
+        "tail_probability",
         "anomaly",
         "threshold",
         "model_version",
@@ -261,7 +262,7 @@ def test_checkpoint_refused_for_other_config_unless_fresh(tmp_path, capsys):
     capsys.readouterr()
     assert main([*args, "--n-components", "5"]) == 2
     err = capsys.readouterr().err
-    assert "different configuration" in err and "n_components: checkpoint 3 != configured 5" in err
+    assert "different configuration" in err and "n_components: checkpoint 1 != configured 5" in err
     assert main([*args[:-4], "--features", "a,b", "--warm-up", "200"]) == 2
     assert "features ['a', 'b', 'c'], configured ['a', 'b']" in capsys.readouterr().err
     assert main([*args, "--n-components", "5", "--fresh"]) == 0
@@ -372,6 +373,8 @@ def test_signal_mid_file_then_resume_loses_and_repeats_nothing(tmp_path, sig):
         "50",
         "--warm-up",
         "300",
+        "--n-components",
+        "3",
         "--no-progress",
     ]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)

@@ -656,14 +656,17 @@ def encode_outputs(
     decoded: DecodedBatch,
     log_density: np.ndarray,
     proba: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     anomaly: np.ndarray,
     model_version: int,
+    tail_probability: np.ndarray | None = None,
 ) -> list[bytes]:
     """One JSON document (UTF-8 bytes, no newline) per valid row of ``decoded``, in order.
 
     Fields: ``source``, ``key``, ``probabilities``, ``cluster``, ``log_density``, ``score``,
-    ``anomaly``, ``threshold``, ``model_version`` and ``timestamp`` if the input has one.
+    ``anomaly``, ``threshold``, ``model_version`` and ``timestamp`` if the input has one;
+    ``tail_probability`` (the probability that a normal record scores at least as high) after
+    ``score`` when given.  ``threshold`` is one value for the batch or one per row.
     """
     ld = log_density.tolist()
     # Rows of the array go to orjson as they are (untracked views; per-row lists from tolist()
@@ -671,7 +674,8 @@ def encode_outputs(
     pr = np.ascontiguousarray(proba, dtype=np.float64)
     an = anomaly.tolist()
     cl = pr.argmax(axis=1).tolist() if pr.shape[1] else [0] * len(ld)
-    thr = float(threshold)
+    thr_rows = np.broadcast_to(np.asarray(threshold, dtype=np.float64), len(ld)).tolist()
+    tail = None if tail_probability is None else tail_probability.tolist()
     keys, stamps = decoded.keys, decoded.timestamps
     dumps, opt = _dumps, orjson.OPT_SERIALIZE_NUMPY
     out: list[bytes] = []
@@ -694,8 +698,9 @@ def encode_outputs(
             "cluster": cl[j],
             "log_density": x,
             "score": -x,
+            **({} if tail is None else {"tail_probability": tail[j]}),
             "anomaly": an[j],
-            "threshold": thr,
+            "threshold": thr_rows[j],
             "model_version": model_version,
         }
         ts = stamps[j]

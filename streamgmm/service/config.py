@@ -10,7 +10,7 @@ Example
 -------
 >>> cfg = load_config(overrides={"input": {"path": "in.jsonl"}, "features": "a,b"}, env={})
 >>> cfg.mode, cfg.features, cfg.model.n_components
-('file', ['a', 'b'], 3)
+('file', ['a', 'b'], 1)
 >>> try:
 ...     load_config(overrides={"model": {"n_components": 0}}, env={})
 ... except ConfigError as e:
@@ -31,6 +31,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from streamgmm._gate_spec import GATE_DEFAULTS, validate_gate_params
+
 __all__ = [
     "CheckpointConfig",
     "ConfigError",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STREAMGMM_"
+_GATE = GATE_DEFAULTS
 
 
 class ConfigError(ValueError):
@@ -58,7 +61,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Hyper-parameters of :class:`streamgmm.OnlineGaussianMixture`."""
 
-    n_components: int = Field(3, ge=1)
+    # One component by default, as in the core and the River detector (measured on River's
+    # Shuttle through the CLI: ROC-AUC 0.98 with 1 component, 0.79 with 3).
+    n_components: int = Field(1, ge=1)
     covariance_type: Literal["full", "diag", "spherical", "tied"] = "full"
     half_life: float | None = Field(None, gt=0)
     step_exponent: float = Field(0.8, gt=0.5, le=1.0)
@@ -70,15 +75,38 @@ class ModelConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    """Anomaly threshold and learning gate (:class:`streamgmm.anomaly.AnomalyGate`)."""
+    """Anomaly threshold and learning gate (:class:`streamgmm.anomaly.AnomalyGate`).
 
-    enabled: bool = True
-    false_alarm_rate: float = Field(0.01, gt=0, lt=1)
-    refresh_every: int = Field(1000, ge=1)
-    n_calibration: int = Field(2000, ge=10)
-    drift_factor: float = Field(5.0, gt=1)
-    drift_window: int = Field(1000, ge=1)
-    random_state: int | None = 0
+    Defaults and validation come from the gate's own spec
+    (:data:`streamgmm._gate_spec.GATE_PARAMETERS`); ``enabled`` is its ``gating``.
+    """
+
+    enabled: bool = _GATE["gating"]
+    false_alarm_rate: float = _GATE["false_alarm_rate"]
+    exclusion_ratio: float = _GATE["exclusion_ratio"]
+    refresh_every: int = _GATE["refresh_every"]
+    n_calibration: int = _GATE["n_calibration"]
+    n_recent: int = _GATE["n_recent"]
+    stream_factor: float = _GATE["stream_factor"]
+    drift_detection: bool = _GATE["drift_detection"]
+    drift_threshold: float = _GATE["drift_threshold"]
+    adapt_half_life: float = _GATE["adapt_half_life"]
+    adapt_records: int = _GATE["adapt_records"]
+    random_state: int | None = 0  # the service is reproducible by default
+
+    @field_validator("*")
+    @classmethod
+    def _check_spec(cls, value: Any, info: Any) -> Any:
+        # Each field is checked against the gate's spec, so the error names the field.
+        name = "gating" if info.field_name == "enabled" else info.field_name
+        validate_gate_params({name: value}, "the gate")
+        return value
+
+    def gate_kwargs(self) -> dict:
+        """The :class:`~streamgmm.anomaly.AnomalyGate` parameters."""
+        kwargs = self.model_dump(exclude={"enabled"})
+        kwargs["gating"] = self.enabled
+        return kwargs
 
 
 class InputConfig(_Strict):

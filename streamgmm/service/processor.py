@@ -68,7 +68,7 @@ def build_model(cfg: ServiceConfig):
 
     # The configuration's sections name exactly the estimators' parameters.
     model = OnlineGaussianMixture(**cfg.model.model_dump())
-    gate = AnomalyGate(**cfg.gate.model_dump(exclude={"enabled"}))
+    gate = AnomalyGate(**cfg.gate.gate_kwargs())
     return model, gate
 
 
@@ -430,51 +430,54 @@ class Processor:
         self._since_ckpt += n
 
     def _score_and_learn(self, batch, dec) -> list[bytes]:
+        """Score, flag and (gated) learn the decoded rows: the gate's one step, as in River."""
         model, gate = self.model, self.gate
-        thr = float(gate.threshold_for(model))
         version = self._n_seen()
-        gated = self.cfg.gate.enabled and gate.gating and math.isfinite(thr)
+        gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
         try:
-            r = model.score_and_learn(dec.X, threshold=thr if gated else None)
-            log_density, proba = r.log_density, r.proba
+            r = gate.score_and_learn(model, dec.X)
         except Exception as e:
-            # The core validates before touching its state; isolate the offending rows.
+            # The gate validates the whole batch before any state change; isolate the rows.
             log.warning("batch rejected by the model (%s); retrying row by row", e)
-            return self._row_by_row(batch, dec, thr, gated, version)
-        with np.errstate(invalid="ignore"):
-            flags = -log_density > thr
-        gate.observe(flags)
-        n_anom = int(flags.sum())
+            r = self._row_by_row(dec)
+            if r is None:
+                return []
+        n_anom = int(r.anomaly.sum())
         self.counts["anomalies"] += n_anom
         self.metrics.anomalies.inc(n_anom)
         self.metrics.samples_seen.set(self._n_seen())
-        if math.isfinite(thr):
-            self.metrics.threshold.set(thr)
-        return encode_outputs(batch, dec, log_density, proba, thr, flags, version)
+        if math.isfinite(gate.threshold_):
+            self.metrics.threshold.set(gate.threshold_)
+        return encode_outputs(
+            batch,
+            dec,
+            r.log_density,
+            r.proba,
+            r.threshold,
+            r.anomaly,
+            version,
+            tail_probability=r.tail_probability,
+        )
 
-    def _row_by_row(self, batch, dec, thr, gated, version) -> list[bytes]:
-        keep, lds, probas = [], [], []
+    def _row_by_row(self, dec):
+        """The gate step row by row; rows the model rejects become dead letters."""
+        from streamgmm.anomaly import GateResult
+
+        keep, parts = [], []
         for j, i in enumerate(dec.rows):
             try:
-                r = self.model.score_and_learn(dec.X[j : j + 1], threshold=thr if gated else None)
+                parts.append(self.gate.score_and_learn(self.model, dec.X[j : j + 1]))
             except Exception as e:
                 dec.dead.append((i, f"rejected by the model: {e}"))
                 continue
             keep.append(j)
-            lds.append(r.log_density[0])
-            probas.append(r.proba[0])
         dec.dead.sort()
         dec.rows = [dec.rows[j] for j in keep]
         dec.keys = [dec.keys[j] for j in keep]
         dec.timestamps = [dec.timestamps[j] for j in keep]
         if not keep:
-            return []
-        ld = np.asarray(lds)
-        with np.errstate(invalid="ignore"):
-            flags = -ld > thr
-        self.gate.observe(flags)
-        self.counts["anomalies"] += int(flags.sum())
-        return encode_outputs(batch, dec, ld, np.asarray(probas), thr, flags, version)
+            return None
+        return GateResult(*(np.concatenate(field) for field in zip(*parts, strict=True)))
 
     # -- the loop ----------------------------------------------------------------------------------
     def stop(self) -> None:

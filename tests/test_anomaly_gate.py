@@ -1,0 +1,270 @@
+"""Anomaly decisions (issue 9): unbiased gating, a calibrated bounded score, flag rates that hold
+on data the model does not fit, one parameter spec, fast reaction to a change."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+
+import numpy as np
+import pytest
+from river import anomaly, datasets, metrics
+from sklearn.metrics import roc_auc_score
+
+from streamgmm import OnlineGaussianMixture
+from streamgmm.river import GaussianMixtureDetector
+
+
+def _gaussian_dicts(n, d=2, seed=0):
+    rng = np.random.default_rng(seed)
+    names = [f"x{j}" for j in range(d)]
+    return [dict(zip(names, r, strict=True)) for r in rng.normal(size=(n, d)).tolist()]
+
+
+# -- 1. unbiased gating ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05])
+def test_detector_flags_at_the_target_rate_and_learns_the_true_variance(rate):
+    """Dropping every flagged record truncated the tail: at 0.05 it flagged 13% and learned a
+    variance of 0.70.  The gate must leave both as an ungated model has them."""
+    stream = _gaussian_dicts(20000)
+    gated = GaussianMixtureDetector(false_alarm_rate=rate, seed=0)
+    ungated = GaussianMixtureDetector(false_alarm_rate=rate, gating=False, seed=0)
+    flags = []
+    for x in stream:
+        flags.append(gated.is_anomaly(x))
+        gated.learn_one(x)
+        ungated.learn_one(x)
+    realised = np.mean(flags[1000:])
+    assert abs(realised / rate - 1.0) <= 0.25, realised
+
+    def variance(det):
+        return np.diag(det.model_.full_covariances_[0]) / det._inv_scale**2
+
+    np.testing.assert_allclose(variance(gated), variance(ungated), rtol=0.05)
+    np.testing.assert_allclose(variance(gated), [1.0, 1.0], rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "covariance_type, k, d, rate",
+    [("full", 3, 10, 0.05), ("diag", 5, 2, 0.01), ("spherical", 1, 2, 0.05), ("tied", 3, 2, 0.01)],
+)
+def test_gate_step_unbiased_across_covariance_types(covariance_type, k, d, rate):
+    from scipy.optimize import linear_sum_assignment
+
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(1)
+    means = rng.normal(0.0, 6.0, (k, d))
+    X = means[rng.integers(k, size=20000)] + rng.normal(size=(20000, d))
+
+    def run(gating):
+        model = OnlineGaussianMixture(
+            k, covariance_type=covariance_type, warm_up=1000, random_state=0
+        )
+        gate = AnomalyGate(false_alarm_rate=rate, gating=gating, random_state=0)
+        result = gate.score_and_learn(model, X)
+        return model, result.anomaly[1000:].mean()
+
+    gated, realised = run(True)
+    ungated, _ = run(False)
+    assert abs(realised / rate - 1.0) <= 0.25, realised
+    cost = ((gated.means_[:, None] - ungated.means_[None]) ** 2).sum(-1)
+    i, j = linear_sum_assignment(cost)
+    var_g = np.diagonal(gated.full_covariances_[i], axis1=1, axis2=2)
+    var_u = np.diagonal(ungated.full_covariances_[j], axis1=1, axis2=2)
+    np.testing.assert_allclose(var_g, var_u, rtol=0.05)
+
+
+# -- 2. a calibrated, bounded score ---------------------------------------------------------
+
+
+def test_river_score_is_a_bounded_tail_score_that_river_filters_understand():
+    stream = _gaussian_dicts(12000, d=3, seed=2)
+    qf = anomaly.QuantileFilter(GaussianMixtureDetector(seed=0), q=0.95)
+    tf = anomaly.ThresholdFilter(GaussianMixtureDetector(seed=0), threshold=0.99)
+    q_flags, t_flags, scores = [], [], []
+    for x in stream:
+        s = qf.score_one(x)
+        scores.append(s)
+        q_flags.append(qf.classify(s))
+        qf.learn_one(x)
+        t_flags.append(tf.classify(tf.score_one(x)))
+        tf.learn_one(x)
+    assert min(scores) >= 0.0 and max(scores) <= 1.0
+    assert 0.035 <= np.mean(q_flags[2000:]) <= 0.065, np.mean(q_flags[2000:])
+    # ThresholdFilter(0.99): about 1% of normal records, warm-up included (no starving).
+    assert 0.005 <= np.mean(t_flags) <= 0.02, np.mean(t_flags)
+    assert tf.anomaly_detector.n_learned_ >= 0.97 * len(stream)
+
+
+def test_river_rocauc_agrees_with_the_exact_figure():
+    data = list(datasets.Shuttle().take(8000))
+    detector = GaussianMixtureDetector(seed=0)
+    river_auc = metrics.ROCAUC()
+    scores, labels = [], []
+    for x, y in data:
+        s = detector.score_one(x)
+        river_auc.update(y, s)
+        scores.append(s)
+        labels.append(y)
+        detector.learn_one(x)
+    exact = roc_auc_score(labels, scores)
+    assert exact > 0.95
+    assert abs(river_auc.get() - exact) <= 0.02, (river_auc.get(), exact)
+
+
+def test_warm_up_scores_are_not_absurd():
+    """Two records used to give a running variance of ~0 and scores of 8e6 for the third."""
+    stream = _gaussian_dicts(300, d=3, seed=3)
+    det = GaussianMixtureDetector(score="neg_log_density", seed=0)
+    tails = GaussianMixtureDetector(seed=0)
+    nll, bounded = [], []
+    for x in stream:
+        nll.append(det.score_one(x))
+        bounded.append(tails.score_one(x))
+        det.learn_one(x)
+        tails.learn_one(x)
+    assert max(nll) < 50.0, max(nll)
+    assert min(bounded) >= 0.0 and max(bounded) <= 1.0
+    assert np.mean(np.array(bounded[20:]) > 0.99) < 0.03
+
+
+# -- 3. flag rates on data the model does not fit --------------------------------------------
+
+
+def test_flag_rate_holds_on_wide_data():
+    """4,000 rows of 200 correlated features (76% flagged before): the stream's own scores
+    and the core's shorter warm-up keep the rate near the target."""
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 200))
+    X = rng.multivariate_normal(np.zeros(200), a @ a.T / 200 + np.eye(200), 4000)
+    model = OnlineGaussianMixture(random_state=0)
+    gate = AnomalyGate(random_state=0)
+    result = gate.score_and_learn(model, X)
+    assert result.anomaly[2000:].mean() <= 0.02, result.anomaly[2000:].mean()
+
+
+def test_a_flag_rate_far_above_the_target_is_reported(caplog):
+    """4% of far outliers at a 0.5% target: every outlier is flagged, none is learned, and the
+    sustained excess is logged, counted and visible as an attribute.  (The model still fits
+    the bulk of the stream, so the gate keeps calibrating on the model, not on the stream.)"""
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(8000, 2))
+    outlier = rng.random(8000) < 0.04
+    outlier[:1000] = False
+    angle = rng.uniform(0.0, 2.0 * np.pi, outlier.sum())
+    X[outlier] = 30.0 * np.column_stack([np.cos(angle), np.sin(angle)])  # scattered, far
+    model = OnlineGaussianMixture(warm_up=1000, random_state=0)
+    gate = AnomalyGate(false_alarm_rate=0.005, random_state=0)
+    with caplog.at_level(logging.WARNING, logger="streamgmm.anomaly"):
+        result = gate.score_and_learn(model, X)
+    assert result.anomaly[outlier].all() and not result.learned[outlier].any()
+    assert gate.calibration_source_ == "model"
+    assert gate.flag_rate_alarm_ and gate.n_rate_warnings_ == 1
+    assert gate.recent_flag_rate_ > 0.02
+    assert "far above the target" in caplog.text
+
+
+# -- 4. one spec, one step ------------------------------------------------------------------
+
+
+def test_one_parameter_spec_for_gate_detector_and_service():
+    from streamgmm._gate_spec import GATE_DEFAULTS
+    from streamgmm.anomaly import AnomalyGate
+    from streamgmm.service.config import GateConfig, ModelConfig
+
+    gate = inspect.signature(AnomalyGate).parameters
+    detector = inspect.signature(GaussianMixtureDetector).parameters
+    service = GateConfig()
+    for name, default in GATE_DEFAULTS.items():
+        assert gate[name].default == default, name
+        if name != "random_state":  # River's `seed`
+            assert detector[name].default == default, name
+        if name == "gating":
+            assert service.enabled == default
+        elif name != "random_state":  # the service is seeded (reproducible) by default
+            assert getattr(service, name) == default, name
+    # The same number of components everywhere.
+    assert (
+        inspect.signature(OnlineGaussianMixture).parameters["n_components"].default
+        == detector["n_components"].default
+        == ModelConfig().n_components
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"false_alarm_rate": 0.0},
+        {"exclusion_ratio": 2.0},
+        {"refresh_every": 0},
+        {"n_calibration": 5},
+        {"drift_threshold": -1.0},
+        {"gating": "yes"},
+    ],
+)
+def test_gate_parameters_are_validated_on_every_face(kwargs):
+    from streamgmm.anomaly import AnomalyGate
+    from streamgmm.service.config import ConfigError, load_config
+
+    with pytest.raises(ValueError):
+        AnomalyGate(**kwargs)
+    with pytest.raises(ValueError):
+        GaussianMixtureDetector(**kwargs)
+    if "gating" not in kwargs:
+        with pytest.raises(ConfigError, match=f"gate.{next(iter(kwargs))}"):
+            load_config(overrides={"input": {"path": "x"}, "gate": kwargs}, env={})
+
+
+def test_gate_state_round_trip_continues_exactly():
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(5000, 3))
+    X[3000:, 0] += 6.0  # a change, so that the change detector and the adaptation are saved
+
+    def fresh():
+        return OnlineGaussianMixture(warm_up=300, random_state=0), AnomalyGate(random_state=0)
+
+    model, gate = fresh()
+    whole = [gate.score_and_learn(model, X[i : i + 100]) for i in range(0, 5000, 100)]
+    for cut in (200, 2000, 3100):
+        model, gate = fresh()
+        for i in range(0, 5000, 100):
+            if i == cut:
+                arrays, meta = model.get_state()
+                model = OnlineGaussianMixture.from_state(arrays, json.loads(json.dumps(meta)))
+                arrays, meta = gate.get_state()
+                gate = AnomalyGate.from_state(arrays, json.loads(json.dumps(meta)))
+            part = gate.score_and_learn(model, X[i : i + 100])
+            for a, b in zip(part, whole[i // 100], strict=True):
+                np.testing.assert_array_equal(a, b)
+
+
+# -- 5. fast reaction to a change ------------------------------------------------------------
+
+
+def test_an_abrupt_change_is_followed_within_a_hundred_records():
+    """A jump of 5 standard deviations: the old window check needed ~1,000 flagged records."""
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(9000, 2))
+    X[6000:, 0] += 5.0
+    model = OnlineGaussianMixture(half_life=3000, random_state=0)
+    gate = AnomalyGate(random_state=0)
+    result = np.concatenate(
+        [gate.score_and_learn(model, X[i : i + 250]).anomaly for i in range(0, 9000, 250)]
+    )
+    assert gate.n_drifts_ == 1
+    assert result[6000:7000].sum() <= 100, result[6000:7000].sum()
+    assert result[7000:].mean() <= 0.02
+    assert result[1000:6000].mean() <= 0.02

@@ -1,0 +1,69 @@
+"""The stream processor gates learning and emits the tail probability (issue 9)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from streamgmm.service.config import load_config
+from streamgmm.service.processor import Processor
+
+
+def _run(tmp_path, X, **gate):
+    src = tmp_path / "in.jsonl"
+    with open(src, "w") as f:
+        for row in X.tolist():
+            f.write(json.dumps({"a": row[0], "b": row[1]}) + "\n")
+    out = tmp_path / "out.jsonl"
+    cfg = load_config(
+        overrides={
+            "input": {"path": str(src)},
+            "output": {"path": str(out)},
+            "features": ["a", "b"],
+            "model": {"warm_up": 300},
+            "gate": gate,
+            "batch_size": 200,
+            "progress": False,
+        },
+        env={},
+    )
+    proc = Processor(cfg, handle_signals=False)
+    assert proc.run() == 0
+    return proc, [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_processor_keeps_far_outliers_out_of_the_model(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(4000, 2))
+    outlier = np.zeros(4000, dtype=bool)
+    outlier[1000::50] = True  # 2% after the warm-up
+    X[outlier] = rng.normal(0.0, 1.0, (outlier.sum(), 2)) * 0.5 + 30.0
+    proc, recs = _run(tmp_path, X)
+    flags = np.array([r["anomaly"] for r in recs])
+    assert flags[outlier].all()
+    # Not one outlier was learned: the processor really gates (and only the far tail).
+    assert proc.gate.n_excluded_ >= outlier.sum()
+    assert proc.model.n_samples_seen_ == len(X) - proc.gate.n_excluded_
+    assert proc.gate.n_excluded_ <= outlier.sum() + 0.01 * len(X)
+    np.testing.assert_allclose(proc.model.means_[0], [0.0, 0.0], atol=0.1)
+
+    # Without the gate the same outliers are learned and pull the model.
+    proc_off, _ = _run(tmp_path, X, enabled=False)
+    assert proc_off.model.n_samples_seen_ == len(X)
+    assert np.abs(proc_off.model.means_[0]).max() > 0.3
+
+
+def test_every_output_has_its_tail_probability(tmp_path):
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(3000, 2))
+    X[2500] = [12.0, -12.0]
+    _, recs = _run(tmp_path, X)
+    tails = [r["tail_probability"] for r in recs]
+    assert all(t is None or 0.0 <= t <= 1.0 for t in tails)
+    scored = np.array([t for t in tails[1000:] if t is not None])
+    assert len(scored) == 2000
+    # Uniform on normal records: a tenth below 0.1, and the far record far below the rest.
+    assert 0.07 <= np.mean(scored < 0.1) <= 0.13
+    assert tails[2500] < 1e-6
+    assert recs[2500]["anomaly"] and recs[2500]["score"] > recs[2500]["threshold"]
