@@ -74,4 +74,4 @@ def test_learn_one_partial_moves_the_core_model():
     assert np.isfinite(ld)
     assert model.n_samples_seen_ == n + 1
     assert not np.allclose(model.means_, means)
-    assert np.isfinite(model._covariance_matrices()).all()
+    assert np.isfinite(model.full_covariances_).all()
