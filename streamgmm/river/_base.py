@@ -66,7 +66,8 @@ class _Fit:
     """A schema, its standardisation and a core model fitted on standardised records.
 
     ``labels[j]`` is the public cluster label of the core's component ``j``: a refit may order
-    its components differently, and the labels keep a cluster's name across refits.
+    its components differently, and the labels keep a cluster's name across refits.  ``None``
+    means the identity (no per-prediction relabelling on the hot path).
     """
 
     def __init__(self, names, loc, scale, model, labels):
@@ -115,27 +116,28 @@ class _Fit:
         return np.asarray(self.model.means_) / self.inv_scale + self.loc
 
 
-def _matching_labels(previous: _Fit | None, new: _Fit, n_components: int) -> np.ndarray:
+def _matching_labels(previous: _Fit | None, new: _Fit, n_components: int) -> np.ndarray | None:
     """Labels for `new`'s components: each takes the label of the nearest previous cluster.
 
     Nearest in the new standardised units over the features both fits share, one-to-one
-    (Hungarian assignment); identity when there is nothing to match.
+    (Hungarian assignment); ``None`` (identity) when there is nothing to match.
     """
-    identity = np.arange(n_components)
     if previous is None:
-        return identity
+        return None
     shared = [name for name in new.names if name in previous.position]
     if not shared:
-        return identity
+        return None
     old_cols = [previous.position[name] for name in shared]
     new_cols = [new.position[name] for name in shared]
     old = previous.means()[:, old_cols] * new.inv_scale[new_cols]
     cur = new.means()[:, new_cols] * new.inv_scale[new_cols]
     cost = ((old[:, None, :] - cur[None, :, :]) ** 2).sum(axis=2)
     old_components, new_components = linear_sum_assignment(cost)
+    identity = np.arange(n_components)
+    old_labels = identity if previous.labels is None else previous.labels
     labels = identity.copy()
-    labels[new_components] = previous.labels[old_components]
-    return labels
+    labels[new_components] = old_labels[old_components]
+    return None if np.array_equal(labels, identity) else labels
 
 
 class MixtureAdapter:
@@ -252,7 +254,7 @@ class MixtureAdapter:
         z[np.isnan(z)] = 0.0  # missing cells at the mean
         model = OnlineGaussianMixture(**self._core_kwargs(warm_up=len(z), n_init=n_init))
         model.fit(z)
-        fit = _Fit(names, loc, scale, model, np.arange(self.n_components))
+        fit = _Fit(names, loc, scale, model, labels=None)
         fit.labels = _matching_labels(self._provisional, fit, self.n_components)
         return fit
 
@@ -331,6 +333,8 @@ class MixtureAdapter:
             k = self.n_components
             return np.full(k, 1.0 / k)
         resp = fit.responsibilities(x)
+        if fit.labels is None:
+            return resp
         out = np.empty_like(resp)
         out[fit.labels] = resp
         return out
@@ -344,9 +348,10 @@ class MixtureAdapter:
             mean = {name: self._keys.moments(name)[1] for name in names}
             return {c: dict(mean) for c in range(self.n_components)}
         means = fit.means()
+        labels = range(self.n_components) if fit.labels is None else fit.labels
         return {
-            int(fit.labels[j]): {name: float(means[j, i]) for i, name in enumerate(fit.names)}
-            for j in range(self.n_components)
+            int(label): {name: float(means[j, i]) for i, name in enumerate(fit.names)}
+            for j, label in enumerate(labels)
         }
 
     def _iter_frame(self, X):
