@@ -109,6 +109,23 @@ def score_dense(x, s0, means, prec, logdet, tied, resp):
 
 
 @njit(cache=True)
+def _bounded_resp(log_prob, q, q_max, resp):
+    """Responsibilities for learning: as if every ``q_k > q_max`` were ``q_max``.
+
+    A Huber-type E-step: an extreme row goes to the components by weight and volume, not to
+    whichever is broadest along its direction (which would then grow without bound).  Exact
+    when no ``q_k`` exceeds ``q_max``: ``resp`` is left as it is.
+    """
+    extreme = False
+    for k in range(q.shape[0]):
+        if q[k] > q_max:
+            extreme = True
+            log_prob[k] += 0.5 * (q[k] - q_max)
+    if extreme:
+        _normalise(log_prob, resp)
+
+
+@njit(cache=True)
 def _deviations_ok(e, q):
     for k in range(e.shape[0]):
         if not np.isfinite(q[k]):
@@ -120,8 +137,12 @@ def _deviations_ok(e, q):
 
 
 @njit(cache=True)
-def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
-    """One sample of online EM, full covariances. Returns (log-density before, status)."""
+def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap, q_max):
+    """One sample of online EM, full covariances. Returns (log-density before, status).
+
+    A deviation longer than ``q_max`` (squared Mahalanobis) is shortened to that length
+    before it enters the update (bounded influence, see ``influence_limit``).
+    """
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -132,6 +153,7 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
     lse = _normalise(log_prob, resp)
     if not np.isfinite(lse) or not _deviations_ok(e, q):
         return lse, REJECTED
+    _bounded_resp(log_prob, q, q_max, resp)
     rho = _step(t, t0, kappa, floor)
     status = LEARNED
     for k in range(k_count):
@@ -141,6 +163,12 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
             if w > w_cap:
                 w = w_cap
             qk = q[k] if q[k] > 0.0 else 0.0
+            if qk > q_max:
+                f = np.sqrt(q_max / qk)
+                for i in range(d):
+                    e[k, i] *= f
+                    u[k, i] *= f
+                qk = q_max
             if w > BIG_STEP or w * qk > BIG_UPDATE:
                 status = LEARNED_REFRESH
             c = w / (1.0 + w * qk)
@@ -165,7 +193,7 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
 
 
 @njit(cache=True)
-def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
+def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, one covariance shared by all components."""
     k_count, d = means.shape
     log_prob = np.empty(k_count)
@@ -178,6 +206,7 @@ def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
     lse = _normalise(log_prob, resp)
     if not np.isfinite(lse) or not _deviations_ok(e, q):
         return lse, REJECTED
+    _bounded_resp(log_prob, q, q_max, resp)
     rho = _step(t, t0, kappa, floor)
     status = LEARNED
     # T' = (1 - rho) [T + sum_k a_k e_k e_k^T],  a_k = rho r_k (1 - w_k) / (1 - rho)
@@ -192,6 +221,10 @@ def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap):
             if w > BIG_STEP:
                 status = LEARNED_REFRESH
             a = rho * resp[k] * (1.0 - w) / (1.0 - rho)
+            if q[k] > q_max:  # bounded influence, as in learn_full
+                f = np.sqrt(q_max / q[k])
+                for i in range(d):
+                    e[k, i] *= f
             # P e_k with the precision as already updated by earlier components
             qk = 0.0
             for i in range(d):
@@ -280,7 +313,7 @@ def _bounded(x, means):
 
 
 @njit(cache=True)
-def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap):
+def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, diagonal covariances (exact: no factorisation to carry)."""
     k_count, d = means.shape
     log_prob = np.empty(k_count)
@@ -290,6 +323,7 @@ def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap)
     lse = _normalise(log_prob, resp)
     if not np.isfinite(lse) or not _bounded(x, means):
         return lse, REJECTED
+    _bounded_resp(log_prob, q, q_max, resp)
     rho = _step(t, t0, kappa, floor)
     for k in range(k_count):
         s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
@@ -298,8 +332,9 @@ def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap)
             if w > w_cap:
                 w = w_cap
             ld = 0.0
+            f = np.sqrt(q_max / q[k]) if q[k] > q_max else 1.0  # bounded influence
             for i in range(d):
-                ei = x[i] - means[k, i]
+                ei = f * (x[i] - means[k, i])
                 means[k, i] += w * ei
                 cov[k, i] = (1.0 - w) * (cov[k, i] + w * ei * ei)
                 sigma = cov[k, i] + reg[i]
@@ -311,7 +346,7 @@ def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap)
 
 
 @njit(cache=True)
-def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, floor, w_cap):
+def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, one variance per component."""
     k_count, d = means.shape
     log_prob = np.empty(k_count)
@@ -321,6 +356,7 @@ def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, flo
     lse = _normalise(log_prob, resp)
     if not np.isfinite(lse) or not _bounded(x, means):
         return lse, REJECTED
+    _bounded_resp(log_prob, q, q_max, resp)
     rho = _step(t, t0, kappa, floor)
     for k in range(k_count):
         s0_new = (1.0 - rho) * s0[k] + rho * resp[k]
@@ -329,8 +365,9 @@ def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, flo
             if w > w_cap:
                 w = w_cap
             sq = 0.0
+            f = np.sqrt(q_max / q[k]) if q[k] > q_max else 1.0  # bounded influence
             for i in range(d):
-                ei = x[i] - means[k, i]
+                ei = f * (x[i] - means[k, i])
                 means[k, i] += w * ei
                 sq += ei * ei
             cov[k] = (1.0 - w) * (cov[k] + w * sq / d)
@@ -341,10 +378,35 @@ def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, flo
     return lse, LEARNED
 
 
+def influence_limit(n_features: int) -> float:
+    """Squared Mahalanobis length ``q_max`` beyond which a row's influence is bounded.
+
+    ``max(1e4, D + 6 sqrt(2 D) + 25)``: a Gaussian sample exceeds it with probability below
+    ~1e-8, and a binary value as rare as 0.01% lies at about ``1 / 0.01% = 1e4``, so ordinary
+    data (rare discrete values, heavy tails as Shuttle's) are learned exactly.  Lower, a rare
+    value's variance would be learned short, making it rarer still (measured: a bound of
+    1000 collapsed digits' rare pixels and Shuttle's tied fit).  Beyond it, the row's
+    responsibilities are computed as if it were at that length, and its deviation is
+    shortened to it: the row goes to the components by weight, moves one by at most
+    ``w sqrt(q_max)`` standard deviations and grows its variance along that direction by at
+    most a factor ``1 + w q_max`` (``w``: the component's step).
+    """
+    return max(1e4, n_features + 6.0 * float(np.sqrt(2.0 * n_features)) + 25.0)
+
+
 @njit(cache=True)
 def row_within(x, limit):
     """True if every value of the 1-D row is finite and at most ``limit`` in magnitude."""
     for i in range(x.shape[0]):  # noqa: SIM110 (a compiled loop, not a generator)
         if not abs(x[i]) <= limit:  # False for NaN too
+            return False
+    return True
+
+
+@njit(cache=True)
+def row_inside(x, lo, hi):
+    """True if ``lo <= x <= hi`` coordinate-wise."""
+    for i in range(x.shape[0]):  # noqa: SIM110 (a compiled loop, not a generator)
+        if x[i] < lo[i] or x[i] > hi[i]:
             return False
     return True

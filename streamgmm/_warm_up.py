@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
+from sklearn.cluster import KMeans, kmeans_plusplus
 
 from streamgmm import _covariance as cov_ops
 
@@ -27,18 +27,26 @@ class BatchFit:
     log_likelihood: float
     n_iter: int
     converged: bool
+    lower_bounds: list
 
 
 def _initial_resp(X, n_components, init_params, rng):
+    """Hard (or random) initial responsibilities, by scikit-learn's ``init_params`` names."""
     n = X.shape[0]
-    if init_params == "k-means++":
-        seed = int(rng.integers(2**31 - 1))
-        centers, _ = kmeans_plusplus(X, n_components, random_state=seed)
-    else:  # random_from_data
-        centers = X[rng.choice(n, size=n_components, replace=n < n_components)]
-    dist = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(-1)
+    seed = int(rng.integers(2**31 - 1))
+    if init_params == "random":
+        resp = rng.uniform(size=(n, n_components))
+        return resp / resp.sum(axis=1, keepdims=True)
+    if init_params == "kmeans":
+        labels = KMeans(n_components, n_init=1, random_state=seed).fit(X).labels_
+    else:
+        if init_params == "k-means++":
+            centers, _ = kmeans_plusplus(X, n_components, random_state=seed)
+        else:  # random_from_data
+            centers = X[rng.choice(n, size=n_components, replace=n < n_components)]
+        labels = ((X[:, None, :] - centers[None, :, :]) ** 2).sum(-1).argmin(axis=1)
     resp = np.zeros((n, n_components))
-    resp[np.arange(n), dist.argmin(axis=1)] = 1.0
+    resp[np.arange(n), labels] = 1.0
     return resp
 
 
@@ -51,34 +59,86 @@ def _safe_precision(cov, reg, covariance_type, k):
         return cov, *cov_ops.exact_precision(cov, reg, covariance_type, k)
 
 
-def _em(X, resp, covariance_type, reg, prior, shrink, max_iter, tol):
-    """Batch EM from initial responsibilities.
+@dataclass
+class _Params:
+    """One EM iterate, in standardised units: ``cov`` without the regulariser."""
 
-    Returns ``(weights, means, cov, lower, n_iter, converged)``: the parameters of the last
-    M-step and the mean log-likelihood of the last E-step.
+    weights: np.ndarray
+    means: np.ndarray
+    cov: np.ndarray
+    prec: np.ndarray
+    logdet: np.ndarray
+
+
+def _start(X, resp, covariance_type, reg, prior, shrink, init):
+    """The first iterate: an M-step on ``resp``, overridden by any given ``init``.
+
+    ``init``: ``(weights, means, precisions)`` in standardised units, any of them None (as
+    scikit-learn's ``weights_init``, ``means_init``, ``precisions_init``).
     """
     k = resp.shape[1]
+    weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
+    w_init, m_init, p_init = init
+    if w_init is not None:
+        weights = w_init
+    if m_init is not None:
+        means = m_init
+    if p_init is not None:
+        sigma = _inverse(p_init, covariance_type)
+        cov = cov_ops.regularised(sigma, -reg, covariance_type)  # C + reg = inverse(P)
+        prec = p_init
+        logdet = -_logdet(p_init, covariance_type, k, X.shape[1])
+        return _Params(weights, means, cov, prec, logdet)
+    cov, prec, logdet = _safe_precision(cov, reg, covariance_type, k)
+    return _Params(weights, means, cov, prec, logdet)
+
+
+def _inverse(prec, covariance_type):
+    if covariance_type in ("full", "tied"):
+        return np.linalg.inv(prec)
+    return 1.0 / prec
+
+
+def _logdet(prec, covariance_type, k, d):
+    if covariance_type == "full":
+        return np.linalg.slogdet(prec)[1]
+    if covariance_type == "tied":
+        return np.full(k, np.linalg.slogdet(prec)[1])
+    if covariance_type == "diag":
+        return np.log(prec).sum(axis=1)
+    return d * np.log(prec)
+
+
+def _em(X, start, covariance_type, reg, prior, shrink, max_iter, tol):
+    """Batch EM from a first iterate, as scikit-learn's: E-step, M-step, until the mean
+    log-likelihood (of the E-step) changes by less than ``tol`` or ``max_iter`` iterations.
+
+    Returns ``(params, lower, n_iter, converged, lower_bounds)``.
+    """
+    k = start.weights.shape[0]
+    params = start
     lower = -np.inf
+    lower_bounds = []
     converged = False
     n_iter = 0
-    for n_iter in range(1, max(1, max_iter) + 1):  # noqa: B007 (n_iter is reported)
-        weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
-        cov, prec, logdet = _safe_precision(cov, reg, covariance_type, k)
-        diff = cov_ops.centered_rows(X, means)
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported)
+        diff = cov_ops.centered_rows(X, params.means)
         with np.errstate(divide="ignore"):
-            log_w = np.log(weights)
-        log_prob = cov_ops.log_gaussian(diff, prec, logdet, covariance_type) + log_w
-        log_norm, log_resp = cov_ops.log_responsibilities(log_prob)
+            log_w = np.log(params.weights)
+        log_prob = cov_ops.log_gaussian(diff, params.prec, params.logdet, covariance_type)
+        log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
         with np.errstate(under="ignore"):
             resp = np.exp(log_resp)
+        weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
+        cov, prec, logdet = _safe_precision(cov, reg, covariance_type, k)
+        params = _Params(weights, means, cov, prec, logdet)
         new_lower = float(log_norm.mean())
-        if abs(new_lower - lower) < tol:
-            lower = new_lower
+        lower_bounds.append(new_lower)
+        change, lower = new_lower - lower, new_lower
+        if abs(change) < tol:
             converged = True
             break
-        lower = new_lower
-    weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
-    return weights, means, cov, lower, n_iter, converged
+    return params, lower, n_iter, converged, lower_bounds
 
 
 def feature_scales(X: np.ndarray) -> np.ndarray:
@@ -93,6 +153,61 @@ def feature_scales(X: np.ndarray) -> np.ndarray:
     return np.sqrt(np.where(var > noise, var, 1.0))
 
 
+# A value this many robust spreads from its feature's median is "gross" (see gross_rows):
+# some 6,700 standard deviations for Gaussian data; heavy-tailed real data (Shuttle) have
+# recurring values at a few hundred...
+GROSS_SPREADS = 1e4
+# ...unless it recurs in at least this share of the rows (and at least MIN_RECURRENCES times).
+RECURRING_SHARE = 0.005
+MIN_RECURRENCES = 3
+
+
+def robust_bounds(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per feature, the range beyond which a value is gross: median ± GROSS_SPREADS spreads.
+
+    The spread is the median distance to the median over the values that differ from it, so a
+    binary or sparse feature's spread is its step, never 0.  Where the scale is unknown (a
+    constant feature, or fewer than ``2 MIN_RECURRENCES`` rows) there is no bound.
+    """
+    huge = np.finfo(np.float64).max
+    lo, hi = np.full(X.shape[1], -huge), np.full(X.shape[1], huge)
+    if X.shape[0] < 2 * MIN_RECURRENCES:
+        return lo, hi
+    med = np.median(X, axis=0)
+    for j in range(X.shape[1]):
+        dev = np.abs(X[:, j] - med[j])
+        moved = dev[dev > 0]
+        if moved.size:
+            spread = GROSS_SPREADS * np.median(moved)
+            lo[j], hi[j] = med[j] - spread, med[j] + spread
+    return lo, hi
+
+
+def gross_rows(X: np.ndarray) -> np.ndarray:
+    """Rows the warm-up fit leaves out: values far beyond any sane scale of their feature.
+
+    A value is gross when it lies outside :func:`robust_bounds` *and* occurs in fewer than
+    ``max(MIN_RECURRENCES, RECURRING_SHARE n)`` rows.  A value that recurs is never left out
+    (a binary column at 1% of 300 rows has 3 ones: kept).  Such rows (1e149, 2^64 among values
+    of order 1) would otherwise set the feature's scale and squash every ordinary value to one
+    point; they are only left out of the warm-up *fit*.  Online, the same bounds decide which
+    rows are not learned while gross rows are rare (``OnlineGaussianMixture``).
+    """
+    n, d = X.shape
+    gross = np.zeros(n, dtype=bool)
+    if n < 2 * MIN_RECURRENCES:
+        return gross
+    lo, hi = robust_bounds(X)
+    rare = max(MIN_RECURRENCES, RECURRING_SHARE * n)
+    for j in range(d):
+        far = (X[:, j] < lo[j]) | (X[:, j] > hi[j])
+        if not far.any():
+            continue
+        _, inverse, counts = np.unique(X[:, j], return_inverse=True, return_counts=True)
+        gross |= far & (counts[inverse] < rare)
+    return gross
+
+
 def variance_floors(X: np.ndarray) -> np.ndarray:
     """Per feature, the variance a component's variance is pulled toward when it rests on a
     few rows: ``min(delta^2 / 12, var)`` for a discrete feature, 0 for the others.
@@ -101,9 +216,9 @@ def variance_floors(X: np.ndarray) -> np.ndarray:
     ``delta``, the smallest gap between its distinct values, is its resolution, and
     ``delta^2 / 12`` the variance of rounding to it (Sheppard).  Capped by the feature's own
     variance, so a rare binary value is never made more spread than the data show.  Constant
-    features get 0: their scale is unknown and the regulariser covers them.  The floor enters
-    as a prior worth :data:`PRIOR_COUNT` rows (see ``_covariance.batch_m_step``), so it fades
-    as a component gathers rows: a component with many rows equal on a feature keeps the
+    features get 0: their scale is unknown (``OnlineGaussianMixture`` regularises them in its
+    provisional fits).  The floor enters as a prior (``_covariance.prior_weight``) that fades
+    as a component gathers rows: a component with dozens of rows equal on a feature keeps the
     data's spike, one with a few is not made a spike by them.
     """
     n, d = X.shape
@@ -130,14 +245,17 @@ def fit_batch(
     tol: float,
     rng: np.random.Generator,
     shrink: bool = True,
+    init=(None, None, None),
 ) -> BatchFit:
     """Fit a mixture to X by batch EM; covariances returned without the regulariser.
 
     ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
-    ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` is in
-    standardised units; ``shrink``: shrink full and tied covariances toward their diagonal
-    (``_covariance.shrink_to_diagonal``).  No row is left out: outliers in the stream are
-    the gate's business, and trimming the worst-scoring rows deletes rare but normal values.
+    ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` (a scalar, or
+    one per feature) is in standardised units; ``shrink``: shrink full and tied covariances
+    toward their diagonal (``_covariance.shrink_to_diagonal``).  ``init``: ``(weights, means,
+    precisions)`` in the caller's units, any of them None, replacing the seeding's
+    (scikit-learn's ``*_init``).  No row is left out: outliers in the stream are the gate's
+    business, and trimming the worst-scoring rows deletes rare but normal values.
     """
     center = X.mean(axis=0)
     if covariance_type == "spherical":
@@ -146,24 +264,47 @@ def fit_batch(
     Xs = (X - center) / scale
     prior = floors / scale**2
     # In standardised units the regulariser is the same for every feature.
-    reg = np.full(X.shape[1], reg_covar)
+    reg = np.broadcast_to(np.asarray(reg_covar, dtype=np.float64), X.shape[1]).copy()
+    init_s = _standardise_init(init, center, scale, covariance_type)
+    if all(part is not None for part in init):
+        n_init = 1  # nothing left to seed: every start would be the same
 
     best = None
     for _ in range(max(1, n_init)):
         resp = _initial_resp(Xs, n_components, init_params, rng)
-        fit = _em(Xs, resp, covariance_type, reg, prior, shrink, max_iter, tol)
-        if best is None or fit[3] > best[3]:
+        start = _start(Xs, resp, covariance_type, reg, prior, shrink, init_s)
+        fit = _em(Xs, start, covariance_type, reg, prior, shrink, max_iter, tol)
+        if best is None or fit[1] > best[1]:
             best = fit
 
-    weights, means, cov, lower, n_iter, converged = best
+    params, lower, n_iter, converged, lower_bounds = best
+    log_scale = float(np.log(scale).sum())
     return BatchFit(
-        weights=weights,
-        means=center + means * scale,
-        cov=_unstandardise(cov, scale, covariance_type),
-        log_likelihood=lower - float(np.log(scale).sum()),
+        weights=params.weights,
+        means=center + params.means * scale,
+        cov=_unstandardise(params.cov, scale, covariance_type),
+        log_likelihood=lower - log_scale,
         n_iter=n_iter,
         converged=converged,
+        lower_bounds=[b - log_scale for b in lower_bounds],
     )
+
+
+def _standardise_init(init, center, scale, covariance_type):
+    weights, means, prec = init
+    if means is not None:
+        means = (np.asarray(means, dtype=np.float64) - center) / scale
+    if prec is not None:
+        prec = np.asarray(prec, dtype=np.float64)
+        if covariance_type in ("full", "tied"):
+            prec = prec * scale[:, None] * scale[None, :]
+        elif covariance_type == "diag":
+            prec = prec * scale**2
+        else:
+            prec = prec * scale[0] ** 2
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+    return weights, means, prec
 
 
 def _unstandardise(cov, scale, covariance_type):

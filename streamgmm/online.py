@@ -9,14 +9,23 @@ from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, DensityMixin
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.mixture._gaussian_mixture import _check_means, _check_precisions, _check_weights
 from sklearn.utils import check_random_state
+from sklearn.utils._array_api import get_namespace
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
-from streamgmm._warm_up import feature_scales, fit_batch, variance_floors
+from streamgmm._warm_up import (
+    RECURRING_SHARE,
+    feature_scales,
+    fit_batch,
+    gross_rows,
+    robust_bounds,
+    variance_floors,
+)
 
 STATE_FORMAT = "streamgmm.OnlineGaussianMixture"
 STATE_VERSION = 1
@@ -34,6 +43,14 @@ MAX_ABS_VALUE = 1e150
 # The regulariser never goes below this (standardised units): with reg_covar=0 a component
 # resting on equal rows would otherwise have a zero variance and no density at all.
 MIN_REG = 1e-10
+# ...nor below this share of a feature's current variance (see _factorised).
+RELATIVE_REG = 1e-12
+# Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
+AUTO_COMPONENTS = range(1, 9)
+# Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
+# rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
+GROSS_HALF_LIFE = 1000
+GROSS_DECAY = 2.0 ** (-1.0 / GROSS_HALF_LIFE)
 
 
 class ScoreResult(NamedTuple):
@@ -71,7 +88,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     Parameters
     ----------
     n_components
-        Number of mixture components K.
+        Number of mixture components K, or ``"auto"``: K is chosen at each warm-up fit by the
+        Bayesian information criterion over ``1..8`` (:data:`AUTO_COMPONENTS`, never more than
+        half the rows) and is fixed when the warm-up ends; ``n_components_`` tells which.
     covariance_type
         ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, as in scikit-learn.
     half_life
@@ -87,14 +106,20 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     n_init
         Initialisations of the warm-up fit; the best is kept.
     init_params
-        ``"k-means++"`` or ``"random_from_data"``: how each warm-up initialisation is seeded.
+        How each warm-up initialisation is seeded, as in scikit-learn: ``"k-means++"``,
+        ``"kmeans"``, ``"random"`` or ``"random_from_data"``.
+    weights_init, means_init, precisions_init
+        Initial weights (K,), means (K, D) and precisions (shaped as scikit-learn's
+        ``precisions_``), as in scikit-learn: any given one replaces the seeding's estimate in
+        the warm-up fit (every provisional fit and the final one).
     reg_covar
         Added to the covariance diagonals, in units of each feature's variance at warm-up.
         0 is accepted and turns every regularisation off (no variance floors, no shrinkage)
         but the least that keeps every covariance factorisable: 1e-10 of each feature's
         variance.
     max_iter
-        EM iterations per warm-up initialisation.
+        EM iterations per warm-up initialisation (0: the initialisation itself); for
+        :meth:`fit` on more rows than the warm-up, also the most online passes.
     tol
         Convergence threshold of the warm-up EM (change of mean log-likelihood).
     random_state
@@ -102,6 +127,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     Attributes
     ----------
+    n_components_ : int
+        The number of components K in use (``n_components``, or the choice of ``"auto"``).
     n_iter_ : int
         Set by :meth:`fit`: EM iterations when the warm-up covered all of X, else online
         passes over X.
@@ -109,7 +136,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         Set by :meth:`fit`: whether the last pass (or EM iteration) changed the mean
         log-likelihood by less than ``tol``.
     lower_bound_ : float
-        Set by :meth:`fit`: mean log-likelihood of X under the final model.
+        Set by :meth:`fit`: mean log-likelihood of X under the final model (rows with gross
+        values, which are not learned, left out).
+    lower_bounds_ : list of float
+        Set by :meth:`fit`: the mean log-likelihood after each EM iteration or pass.
     weights_ : ndarray of shape (K,)
     means_ : ndarray of shape (K, D)
     covariances_ : ndarray
@@ -150,16 +180,19 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "covariance_type": [StrOptions(set(cov_ops.COVARIANCE_TYPES))],
         "half_life": [Interval(Real, 0, None, closed="neither"), None],
         "step_exponent": [Interval(Real, 0.5, 1.0, closed="right")],
         "step_offset": [Interval(Real, 0, None, closed="left")],
         "warm_up": [Interval(Integral, 2, None, closed="left"), None],
         "n_init": [Interval(Integral, 1, None, closed="left")],
-        "init_params": [StrOptions({"k-means++", "random_from_data"})],
+        "init_params": [StrOptions({"kmeans", "k-means++", "random", "random_from_data"})],
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
         "reg_covar": [Interval(Real, 0.0, None, closed="left")],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "random_state": ["random_state"],
     }
@@ -175,6 +208,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         warm_up=None,
         n_init=3,
         init_params="k-means++",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
         reg_covar=1e-6,
         max_iter=100,
         tol=1e-3,
@@ -188,6 +224,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self.warm_up = warm_up
         self.n_init = n_init
         self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
         self.reg_covar = reg_covar
         self.max_iter = max_iter
         self.tol = tol
@@ -209,7 +248,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._validate_params()
         self._reset()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
-        if X.shape[0] < self.n_components:
+        if self.n_components != "auto" and X.shape[0] < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = "
                 f"{self.n_components}, n_samples = {X.shape[0]}"
@@ -221,23 +260,38 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if self.warming_up_:
             self._finish_warm_up()
         if self._warm_up_size >= X.shape[0]:  # batch EM saw everything
-            self.n_iter_, self.converged_ = self._warm_up_n_iter, self._warm_up_converged
-            self.lower_bound_ = self.score(X)
-            return self
-        lower = self.score(X)
-        self.n_iter_, self.converged_ = 1, False
-        shuffle = np.random.default_rng([self._seed, 2])
-        while self.n_iter_ < self.max_iter:
-            self._learn_rows(X[shuffle.permutation(X.shape[0])])
-            self.n_iter_ += 1
-            new = self.score(X)
-            done = abs(new - lower) < self.tol
-            lower = new
-            if done:
-                self.converged_ = True
-                break
-        self.lower_bound_ = lower
+            fit = self._warm_up_fit
+            self.n_iter_, self.converged_ = fit.n_iter, fit.converged
+            self.lower_bounds_ = fit.lower_bounds
+            self.lower_bound_ = fit.lower_bounds[-1] if fit.lower_bounds else -np.inf
+        else:
+            # Gross rows (see _skip_gross) are not learned: the bound is over the others.
+            ordinary = X[((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)]
+            if not ordinary.shape[0]:
+                ordinary = X
+            self.lower_bounds_ = [self.score(ordinary)]
+            self.n_iter_, self.converged_ = 1, False
+            shuffle = np.random.default_rng([self._seed, 2])
+            while self.n_iter_ < self.max_iter:
+                self._learn_rows(X[shuffle.permutation(X.shape[0])])
+                self.n_iter_ += 1
+                self.lower_bounds_.append(self.score(ordinary))
+                if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
+                    self.converged_ = True
+                    break
+            self.lower_bound_ = self.lower_bounds_[-1]
+        if not self.converged_ and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return self
+
+    def fit_predict(self, X, y=None):
+        """:meth:`fit` on X, then the most probable component of each row of X."""
+        return self.fit(X).predict(X)
 
     def partial_fit(self, X, y=None):
         """Learn from one row or a mini-batch (2-D array); returns self."""
@@ -256,13 +310,15 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         X = self._check_rows(X)
         n = X.shape[0]
         if self._has_model():
-            log_density, log_resp, diff = self._e_step(X)
+            log_density, log_resp, diff, extreme = self._e_step(X)
             with np.errstate(under="ignore"):
                 proba = np.exp(log_resp)
             learned = np.isfinite(log_density)
+            if extreme:  # learning uses bounded responsibilities and deviations: recompute
+                diff = None
         else:
             log_density = np.full(n, np.nan)
-            proba = np.full((n, self.n_components), 1.0 / self.n_components)
+            proba = np.full((n, self._k), 1.0 / self._k)
             learned = np.ones(n, dtype=bool)
             diff = None
         if threshold is not None:
@@ -329,7 +385,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 for mean, cov, c in zip(self._means, covs, counts, strict=True)
             ]
         )
-        return X, np.repeat(np.arange(self.n_components), counts)
+        return X, np.repeat(np.arange(self._k), counts)
 
     def bic(self, X):
         """Bayesian information criterion on X (lower is better)."""
@@ -367,13 +423,22 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def precisions_(self):
         self._check_fitted()
         return cov_ops.exact_precision(
-            self._stable_cov(), self._reg, self.covariance_type, self.n_components
+            self._stable_cov(), self._reg, self.covariance_type, self._k
         )[0]
 
     def _factorised(self, cov):
         """``(cov, precision, logdet)``, factorising once; on failure ``cov`` gets the least
         diagonal jitter that makes it factorisable (see ``_covariance.stabilise``)."""
-        ct, k = self.covariance_type, self.n_components
+        ct, k = self.covariance_type, self._k
+        if ct in ("full", "tied"):
+            # The regulariser was fixed in the warm-up's units; if a feature's scale has since
+            # grown a millionfold (it was constant then), it sinks below rounding and the
+            # precision turns to noise.  Keep it at least RELATIVE_REG of each variance.
+            var = np.diagonal(cov, axis1=-2, axis2=-1)
+            need = RELATIVE_REG * (var.max(axis=0) if var.ndim == 2 else var)
+            if (need > self._reg).any():
+                self._reg = np.maximum(self._reg, need)
+                self._reg_mean = float(self._reg.mean())
         try:
             return cov, *cov_ops.exact_precision(cov, self._reg, ct, k)
         except np.linalg.LinAlgError:
@@ -385,9 +450,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _covariance_matrices(self):
         """Each component's regularised covariance as a (K, D, D) matrix."""
-        return cov_ops.full_matrices(
-            self._stable_cov(), self._reg, self.covariance_type, self.n_components
-        )
+        return cov_ops.full_matrices(self._stable_cov(), self._reg, self.covariance_type, self._k)
 
     @property
     def full_covariances_(self):
@@ -423,8 +486,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
-            return self._learn_one(x) != -np.inf  # NaN (no model yet): buffered, learned
+            return self._learn_one_status(x)[1]
         if self.warming_up_:
+            return False
+        obs = np.flatnonzero(observed)
+        inside = _kernels.row_inside(x[obs], self._gross_lo[obs], self._gross_hi[obs])
+        if not inside and self._skip_gross(1):
             return False
         from streamgmm._missing import learn_one_partial
 
@@ -461,7 +528,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             except FloatingPointError:
                 ld = -np.inf
         if ld == -np.inf:  # no component gives the row a density: say so evenly
-            resp = np.full(self.n_components, 1.0 / self.n_components)
+            resp = np.full(self._k, 1.0 / self._k)
         return resp
 
     def _check_one(self, x, observed=None, learning=False):
@@ -519,11 +586,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _score_one(self, x):
         """Log-density of one validated row (1-D float64); no state change."""
-        return self._one(x, np.empty(self.n_components))
+        return self._one(x, np.empty(self._k))
 
     def _proba_one(self, x):
         """(log-density, responsibilities) of one validated row; no state change."""
-        resp = np.empty(self.n_components)
+        resp = np.empty(self._k)
         return self._one(x, resp), resp
 
     def _one(self, x, resp):
@@ -538,42 +605,64 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _learn_one(self, x):
         """Learn one validated row (1-D float64, finite); returns its log-density before.
 
-        The row is learned unless its density underflows to zero (returns ``-inf``).  Before
-        any model exists the returned log-density is NaN.
+        The row is learned unless its density underflows to zero (returns ``-inf``) or it is
+        a rare gross row (see :meth:`_skip_gross`).  Before any model exists the returned
+        log-density is NaN.
         """
+        return self._learn_one_status(x)[0]
+
+    def _learn_one_status(self, x):
+        """``(log-density before, learned)`` of one validated row, learned if it can be."""
         if self.warming_up_:
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
-            return before
+            return before, True
+        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi) and self._skip_gross(1):
+            return self._score_one(x), False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
             lse, status = _kernels.learn_full(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "tied":
             lse, status = _kernels.learn_tied(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         elif ct == "diag":
             lse, status = _kernels.learn_diag(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet, self._reg,
-                *args, self._rho_floor, W_CAP,
+                *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         else:
             lse, status = _kernels.learn_spherical(
                 x, self._s0, self._means, self._cov, self._prec, self._logdet,
-                self._reg_mean, *args, self._rho_floor, W_CAP,
+                self._reg_mean, *args, self._rho_floor, W_CAP, self._q_max,
             )  # fmt: skip
         if status == _kernels.REJECTED:
-            return lse
+            return lse, False
         self.n_samples_seen_ += 1
         self._since_refresh += 1
         if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
             self._refresh()
-        return lse
+        return lse, True
+
+    def _skip_gross(self, n_gross):
+        """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
+
+        A gross row has a value outside the warm-up's robust bounds
+        (``_warm_up.robust_bounds``: beyond 1e4 robust spreads of the feature's median).  While
+        such rows are rare (their rate, with a half-life of ``GROSS_HALF_LIFE`` learned rows,
+        below ``RECURRING_SHARE``) they are not learned: one record of 1e149 among values of
+        order 1 cannot wreck the model.  When they recur, the stream has moved there (drift,
+        a rescaled sensor) and they are learned.
+        """
+        decay = GROSS_DECAY ** (self.n_samples_seen_ - self._gross_at)
+        self._gross_rate = self._gross_rate * decay + n_gross * (1.0 - GROSS_DECAY)
+        self._gross_at = self.n_samples_seen_
+        return self._gross_rate < RECURRING_SHARE
 
     def _learn_one_expected(self, x_hat, extra_cov, resp):
         """Learn one sample from expected sufficient statistics (missing-data EM).
@@ -591,6 +680,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         s0 = (1.0 - rho) * self._s0 + rho * resp
         w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
         e = np.asarray(x_hat, dtype=np.float64) - self._means
+        q = cov_ops.mahalanobis(e[:, None, :], self._prec, self.covariance_type)[0]
+        with np.errstate(divide="ignore", invalid="ignore"):  # bounded influence, as online
+            e = e * np.where(q > self._q_max, np.sqrt(self._q_max / q), 1.0)[:, None]
         means = self._means + w[:, None] * e
         outer = e[:, :, None] * e[:, None, :]
         extra = np.asarray(extra_cov, dtype=np.float64)
@@ -614,7 +706,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def get_state(self):
         """The whole learner as plain arrays plus JSON-able metadata (no pickle needed)."""
-        params = self.get_params()
+        params = {
+            name: value.tolist() if isinstance(value, np.ndarray) else value
+            for name, value in self.get_params().items()
+        }
         if not (params["random_state"] is None or isinstance(params["random_state"], Integral)):
             raise ValueError("get_state needs random_state to be None or an int")
         meta = {
@@ -633,6 +728,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 seed=int(self._seed),
                 provisional_n=int(self._provisional_n),
                 warm_up_size=int(self._warm_up_size),
+                gross_rate=float(self._gross_rate),
+                n_components_in_use=int(self._k),
+                gross_at=int(self._gross_at),
                 has_model=self._has_model(),
                 feature_names_in=(
                     [str(f) for f in self.feature_names_in_]
@@ -643,7 +741,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             if self.warming_up_:
                 arrays["buffer"] = self._buffer[: self._n_buffered].copy()
             if self._has_model():
-                for name in ("_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors"):
+                for name in _STATE_ARRAYS:
                     arrays[name[1:]] = getattr(self, name).copy()
         return arrays, json.loads(json.dumps(meta))
 
@@ -659,10 +757,18 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if not meta["started"]:
             return model
         d = int(meta["n_features_in"])
-        model._start(d, None, seed=int(meta["seed"]), warm_up_size=int(meta["warm_up_size"]))
+        model._start(
+            d,
+            None,
+            seed=int(meta["seed"]),
+            warm_up_size=int(meta["warm_up_size"]),
+            k=meta.get("n_components_in_use"),
+        )
         model.n_samples_seen_ = int(meta["n_samples_seen"])
         model._since_refresh = int(meta["since_refresh"])
         model._provisional_n = int(meta["provisional_n"])
+        model._gross_rate = float(meta.get("gross_rate", 0.0))
+        model._gross_at = int(meta.get("gross_at", 0))
         if meta.get("feature_names_in") is not None:
             model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         if meta["warming_up"]:
@@ -675,10 +781,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             model.warming_up_ = False
             model._buffer = None
         if meta["has_model"]:
-            k = model.n_components
+            k = model._k
             shapes = _state_shapes(model.covariance_type, k, d)
-            if "floors" not in arrays:  # states written before the variance floors
-                arrays = {**arrays, "floors": np.zeros(d)}
+            # States written before the variance floors and gross bounds: neutral values.
+            huge = np.finfo(np.float64).max
+            defaults = {"floors": 0.0, "gross_lo": -huge, "gross_hi": huge}
+            arrays = {**{k: np.full(d, v) for k, v in defaults.items()}, **arrays}
             for name, shape in shapes.items():
                 value = _float_array(arrays[name], name)
                 if value.shape != shape:
@@ -697,8 +805,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         for name in _LEARNED_ATTRIBUTES:
             self.__dict__.pop(name, None)
 
-    def _start(self, n_features, n_rows, seed=None, warm_up_size=None):
-        k = self.n_components
+    def _start(self, n_features, n_rows, seed=None, warm_up_size=None, k=None):
+        if k is None:
+            k = max(AUTO_COMPONENTS) if self.n_components == "auto" else self.n_components
+        self._k = k
         if warm_up_size is None:
             warm_up_size = (
                 self.warm_up if self.warm_up is not None else max(1000, 2 * k * (n_features + 1))
@@ -720,6 +830,16 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._rho_floor = 0.0 if self.half_life is None else -np.expm1(-np.log(2) / self.half_life)
         self._tied = self.covariance_type == "tied"
         self._spherical = self.covariance_type == "spherical"
+        self._q_max = _kernels.influence_limit(n_features)
+        self._gross_rate = 0.0
+        self._gross_at = 0
+
+    @property
+    def n_components_(self):
+        """The number of components K in use (see ``n_components``)."""
+        if not hasattr(self, "_k"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet.")
+        return self._k
 
     def _has_model(self):
         return getattr(self, "_s0", None) is not None
@@ -727,8 +847,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _check_fitted(self):
         if not self._has_model():
             raise NotFittedError(
-                f"This {type(self).__name__} instance has not learned anything yet; "
-                "call fit or partial_fit first."
+                f"This {type(self).__name__} instance is not fitted yet. Call 'fit' with "
+                "appropriate arguments before using this estimator (or 'partial_fit')."
             )
 
     def _check_magnitude(self, X):
@@ -781,14 +901,29 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             return fn(X)
         return np.concatenate([fn(X[i : i + size]) for i in range(0, X.shape[0], size)])
 
-    def _e_step(self, X):
-        """(log-density (n,), log-responsibilities (n, K), centered rows (K, n, D))."""
+    def _e_step(self, X, learning=False):
+        """(log-density (n,), log-responsibilities (n, K), deviations (K, n, D), extreme).
+
+        ``extreme``: some row lies beyond the squared Mahalanobis length
+        ``q_max = influence_limit(D)`` of some component.  When ``learning``, such a row's
+        responsibilities are computed as if it were at ``q_max`` and its deviations are
+        shortened to that length (bounded influence: a Huber-type E-step, exact for ordinary
+        data, as in the compiled kernels); the log-density is always the true one.
+        """
         diff = cov_ops.centered_rows(X, self._means)
         with np.errstate(divide="ignore"):
             log_w = np.log(self._s0 / self._s0.sum())
-        log_prob = cov_ops.log_gaussian(diff, self._prec, self._logdet, self.covariance_type)
-        log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
-        return log_norm, log_resp, diff
+        q = cov_ops.mahalanobis(diff, self._prec, self.covariance_type)
+        base = log_w - 0.5 * (X.shape[1] * cov_ops.LOG_2PI + self._logdet)
+        log_norm, log_resp = cov_ops.log_responsibilities(base - 0.5 * q)
+        extreme = bool(q.max(initial=0.0) > self._q_max)
+        if learning and extreme:
+            q_cut = np.minimum(q, self._q_max)
+            _, log_resp = cov_ops.log_responsibilities(base - 0.5 * q_cut)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                f = np.sqrt(q_cut / q)
+            diff = diff * np.nan_to_num(f, nan=0.0).T[:, :, None]
+        return log_norm, log_resp, diff, extreme
 
     def _steps(self, n):
         t = self.n_samples_seen_ + np.arange(n, dtype=np.float64)
@@ -837,8 +972,26 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._learn_batch(X[i:j])
 
     def _learn_batch(self, X, resp=None, diff=None):
+        inside = ((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)
+        if not inside.all():
+            skip = np.zeros(X.shape[0], dtype=bool)
+            for i in np.flatnonzero(~inside):
+                skip[i] = self._skip_gross(1)
+            if skip.any():
+                warnings.warn(
+                    f"{int(skip.sum())} rows with values far beyond the scales seen so far "
+                    "(and rare) were not learned",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                keep = ~skip
+                if not keep.any():
+                    return
+                X = X[keep]
+                if resp is not None and diff is not None:
+                    resp, diff = resp[keep], diff[:, keep]
         if resp is None or diff is None:
-            log_norm, log_resp, diff = self._e_step(X)
+            log_norm, log_resp, diff, _ = self._e_step(X, learning=True)
             ok = np.isfinite(log_norm)
             if not ok.all():
                 warnings.warn(
@@ -919,7 +1072,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         weights = self._s0 / self._s0.sum()
         limit = 0.5 * self._steps(1)[0]
         starving = np.flatnonzero(weights < limit)
-        if starving.size == 0 or self.n_components < 2:
+        if starving.size == 0 or self._k < 2:
             return
         for k in starving:
             h = int(np.argmax(self._s0))
@@ -947,39 +1100,53 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _finish_warm_up(self):
         X = self._buffer[: self._n_buffered]
-        fit = self._fit_buffer(X, self.n_init, stream=0)
-        self._warm_up_n_iter, self._warm_up_converged = fit.n_iter, fit.converged
+        self._warm_up_fit = self._fit_buffer(X, self.n_init, stream=0)
         self.warming_up_ = False
         self._buffer = None
         self._n_buffered = 0
 
     def _maybe_fit_provisional(self):
         n = self._n_buffered
-        if n >= max(self.n_components, 2) and n >= 2 * self._provisional_n:
+        if n >= max(self._k, 2) and n >= 2 * self._provisional_n:
             self._fit_buffer(self._buffer[:n], 1, stream=n)
             self._provisional_n = n
 
     def _fit_buffer(self, X, n_init, stream):
+        self._gross_lo, self._gross_hi = robust_bounds(X)
+        gross = gross_rows(X)
+        if gross.any() and (~gross).sum() >= max(self._k, 2):
+            X = X[~gross]
         scale = feature_scales(X)
-        reg_covar = max(self.reg_covar, MIN_REG)
-        self._reg = reg_covar * scale**2
         # reg_covar=0 asks for no regularisation: no floors nor shrinkage, only MIN_REG.
         regularise = self.reg_covar > 0
+        reg_covar = np.full(X.shape[1], max(self.reg_covar, MIN_REG))
+        if stream and regularise:
+            # A provisional fit: a feature constant so far (a pixel 0 in the first 50 rows)
+            # has an unknown scale; 1 / (n + 1) in absolute units (a prior of one row at the
+            # neutral scale 1) keeps a later 1 from scoring -5e5.  The final fit drops it.
+            constant = np.ptp(X, axis=0) == 0
+            reg_covar[constant] = np.maximum(reg_covar[constant], 1.0 / (X.shape[0] + 1))
+        self._reg = reg_covar * scale**2
         self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
-        fit = fit_batch(
-            X,
-            scale,
-            self._floors,
-            self.n_components,
-            self.covariance_type,
-            reg_covar,
-            n_init,
-            self.init_params,
-            self.max_iter,
-            self.tol,
-            np.random.default_rng([self._seed, stream]),
-            shrink=regularise,
-        )
+        init = self._checked_init(X.shape[1])
+
+        def fit_k(k, seed):
+            return fit_batch(
+                X, scale, self._floors, k, self.covariance_type, reg_covar, n_init,
+                self.init_params, self.max_iter, self.tol, np.random.default_rng(seed),
+                shrink=regularise, init=init,
+            )  # fmt: skip
+
+        if self.n_components != "auto":
+            fit = fit_k(self._k, [self._seed, stream])
+        else:  # the K of least BIC; never more components than half the rows
+            n = X.shape[0]
+            best_bic = np.inf
+            for k in [k for k in AUTO_COMPONENTS if k <= max(1, n // 2)]:
+                candidate = fit_k(k, [self._seed, stream, k])
+                bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)
+                if bic < best_bic:
+                    best_bic, fit, self._k = bic, candidate, k
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
@@ -987,8 +1154,26 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._since_refresh = 0
         return fit
 
-    def _n_parameters(self):
-        k, d = self.n_components, self.n_features_in_
+    def _checked_init(self, n_features):
+        """``(weights_init, means_init, precisions_init)`` checked as scikit-learn does."""
+        k, ct = self._k, self.covariance_type
+        weights = means = precisions = None
+        xp, _ = get_namespace(np.zeros(1))
+        if self.n_components == "auto" and any(
+            p is not None for p in (self.weights_init, self.means_init, self.precisions_init)
+        ):
+            raise ValueError("n_components='auto' cannot be combined with *_init parameters")
+        if self.weights_init is not None:
+            weights = _check_weights(self.weights_init, k, xp=xp)
+        if self.means_init is not None:
+            means = _check_means(self.means_init, k, n_features, xp=xp)
+        if self.precisions_init is not None:
+            precisions = _check_precisions(self.precisions_init, ct, k, n_features, xp=xp)
+        return weights, means, precisions
+
+    def _n_parameters(self, k=None):
+        k = self._k if k is None else k
+        d = self.n_features_in_
         cov_params = {
             "full": k * d * (d + 1) / 2.0,
             "diag": k * d,
@@ -999,6 +1184,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
 
 _LEARNED_ATTRIBUTES = (
+    "_k",
     "n_features_in_",
     "feature_names_in_",
     "n_samples_seen_",
@@ -1012,6 +1198,11 @@ _LEARNED_ATTRIBUTES = (
     "_rho_floor",
     "_tied",
     "_spherical",
+    "_q_max",
+    "_gross_rate",
+    "_gross_at",
+    "_gross_lo",
+    "_gross_hi",
     "_s0",
     "_means",
     "_cov",
@@ -1024,9 +1215,14 @@ _LEARNED_ATTRIBUTES = (
     "n_iter_",
     "converged_",
     "lower_bound_",
-    "_warm_up_n_iter",
-    "_warm_up_converged",
+    "lower_bounds_",
+    "_warm_up_fit",
 )
+
+
+_STATE_ARRAYS = (
+    "_s0", "_means", "_cov", "_prec", "_logdet", "_reg", "_floors", "_gross_lo", "_gross_hi",
+)  # fmt: skip
 
 
 def _state_shapes(covariance_type, k, d):
@@ -1039,6 +1235,8 @@ def _state_shapes(covariance_type, k, d):
         "logdet": (k,),
         "reg": (d,),
         "floors": (d,),
+        "gross_lo": (d,),
+        "gross_hi": (d,),
     }
 
 

@@ -97,7 +97,7 @@ def test_rank_one_path_matches_fresh_factorisation_after_1e5_updates(covariance_
     kernel = _kernels.learn_full if covariance_type == "full" else _kernels.learn_tied
     for i, x in enumerate(X):
         kernel(x, m._s0, m._means, m._cov, m._prec, m._logdet, 500.0 + i, 2.0, 0.8,
-               m._rho_floor, 0.5)  # fmt: skip
+               m._rho_floor, 0.5, m._q_max)  # fmt: skip
     prec, logdet = cov_ops.exact_precision(m._cov, m._reg, covariance_type, k)
     rel = np.linalg.norm(m._prec - prec) / np.linalg.norm(prec)
     assert rel <= 1e-6, rel
