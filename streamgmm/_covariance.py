@@ -225,17 +225,31 @@ def shrink_to_diagonal(cov: np.ndarray, n: np.ndarray) -> np.ndarray:
     return out
 
 
-# Worth of the variance-floor prior, in rows (see :func:`batch_m_step`).
+# Worth of the variance-floor prior, in rows (see :func:`prior_weight`)...
 PRIOR_COUNT = 1.0
+# ...which tapers to nothing for a component resting on this many rows or more.
+FEW_ROWS = 30.0
+
+
+def prior_weight(counts):
+    """Weight of the variance floor in a variance resting on ``counts`` rows.
+
+    ``PRIOR_COUNT / (n + PRIOR_COUNT)`` (a conjugate prior worth one row) times the taper
+    ``max(0, 1 - n / FEW_ROWS)^2``: a component resting on *a few* equal values is not made a
+    spike by them, while one with dozens of rows keeps what its rows show, as scikit-learn's
+    would (on lattice-valued data such spikes are real: held-out rows sit on them too).
+    """
+    n = np.asarray(counts, dtype=np.float64)
+    return PRIOR_COUNT / (n + PRIOR_COUNT) * np.maximum(0.0, 1.0 - n / FEW_ROWS) ** 2
 
 
 def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str, prior=None, shrink=False):
     """Batch EM M-step (used by the warm-up fit): weights, means, unregularised covariances.
 
-    ``prior`` (D,), optional: variance floors worth :data:`PRIOR_COUNT` rows, so a component's
-    variance is ``(n_k S_k + PRIOR_COUNT floor) / (n_k + PRIOR_COUNT)`` (a conjugate prior's
-    MAP).  With ``shrink``, full and tied covariances are shrunk toward their diagonal
-    (:func:`shrink_to_diagonal`) by the number of rows they rest on.
+    ``prior`` (D,), optional: variance floors, so a component's variance is
+    ``(1 - b) S_k + b floor`` with ``b = prior_weight(n_k)``.  With ``shrink``, full and tied
+    covariances are shrunk toward their diagonal (:func:`shrink_to_diagonal`) by the number of
+    rows they rest on.
     """
     n = X.shape[0]
     nk = resp.sum(axis=0) + 10.0 * np.finfo(float).eps
@@ -260,12 +274,12 @@ def batch_m_step(X: np.ndarray, resp: np.ndarray, covariance_type: str, prior=No
 
 
 def apply_prior(cov, floors, counts, covariance_type):
-    """``(n_k C + PRIOR_COUNT floor) / (n_k + PRIOR_COUNT)`` on the variances; a new array.
+    """``(1 - b) C + b floor`` on the variances, ``b = prior_weight(counts)``; a new array.
 
     ``counts``: rows behind each component's statistic ((K,), or a scalar for tied).
     """
-    a = np.asarray(counts, dtype=np.float64) / (np.asarray(counts) + PRIOR_COUNT)
-    b = PRIOR_COUNT / (np.asarray(counts, dtype=np.float64) + PRIOR_COUNT)
+    b = prior_weight(counts)
+    a = 1.0 - b
     if covariance_type == "full":
         out = a[:, None, None] * cov
         idx = np.arange(floors.shape[0])
@@ -282,12 +296,12 @@ def apply_prior(cov, floors, counts, covariance_type):
 
 
 def floor_variances(cov, floors, counts, covariance_type):
-    """Raise each variance to at least ``PRIOR_COUNT floor / (n_k + PRIOR_COUNT)`` (online).
+    """Raise each variance to at least ``prior_weight(n_k) floor`` (online).
 
     The online form of the prior of :func:`batch_m_step`: it binds only on components resting
     on few rows; in place, returns ``cov``.
     """
-    b = PRIOR_COUNT / (np.asarray(counts, dtype=np.float64) + PRIOR_COUNT)
+    b = prior_weight(counts)
     if covariance_type in ("full", "tied"):
         idx = np.arange(floors.shape[0])
         diag = cov[..., idx, idx]

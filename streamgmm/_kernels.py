@@ -381,15 +381,17 @@ def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, flo
 def influence_limit(n_features: int) -> float:
     """Squared Mahalanobis length ``q_max`` beyond which a row's influence is bounded.
 
-    ``max(1000, D + 6 sqrt(2 D) + 25)``: a Gaussian sample exceeds it with probability below
-    ~1e-8, and a binary value as rare as 0.1% lies at about ``1 / 0.1% = 1000``, so ordinary
-    data (rare discrete values included) are learned exactly.  Beyond it, the row's
+    ``max(1e4, D + 6 sqrt(2 D) + 25)``: a Gaussian sample exceeds it with probability below
+    ~1e-8, and a binary value as rare as 0.01% lies at about ``1 / 0.01% = 1e4``, so ordinary
+    data (rare discrete values, heavy tails as Shuttle's) are learned exactly.  Lower, a rare
+    value's variance would be learned short, making it rarer still (measured: a bound of
+    1000 collapsed digits' rare pixels and Shuttle's tied fit).  Beyond it, the row's
     responsibilities are computed as if it were at that length, and its deviation is
     shortened to it: the row goes to the components by weight, moves one by at most
     ``w sqrt(q_max)`` standard deviations and grows its variance along that direction by at
     most a factor ``1 + w q_max`` (``w``: the component's step).
     """
-    return max(1000.0, n_features + 6.0 * float(np.sqrt(2.0 * n_features)) + 25.0)
+    return max(1e4, n_features + 6.0 * float(np.sqrt(2.0 * n_features)) + 25.0)
 
 
 @njit(cache=True)

@@ -154,8 +154,9 @@ def feature_scales(X: np.ndarray) -> np.ndarray:
 
 
 # A value this many robust spreads from its feature's median is "gross" (see gross_rows):
-# about 67 standard deviations for Gaussian data, where no ordinary value ever lies...
-GROSS_SPREADS = 100.0
+# some 6,700 standard deviations for Gaussian data; heavy-tailed real data (Shuttle) have
+# recurring values at a few hundred...
+GROSS_SPREADS = 1e4
 # ...unless it recurs in at least this share of the rows (and at least MIN_RECURRENCES times).
 RECURRING_SHARE = 0.005
 MIN_RECURRENCES = 3
@@ -207,7 +208,7 @@ def gross_rows(X: np.ndarray) -> np.ndarray:
     return gross
 
 
-def variance_floors(X: np.ndarray, constant: float = 0.0) -> np.ndarray:
+def variance_floors(X: np.ndarray) -> np.ndarray:
     """Per feature, the variance a component's variance is pulled toward when it rests on a
     few rows: ``min(delta^2 / 12, var)`` for a discrete feature, 0 for the others.
 
@@ -215,23 +216,16 @@ def variance_floors(X: np.ndarray, constant: float = 0.0) -> np.ndarray:
     ``delta``, the smallest gap between its distinct values, is its resolution, and
     ``delta^2 / 12`` the variance of rounding to it (Sheppard).  Capped by the feature's own
     variance, so a rare binary value is never made more spread than the data show.  Constant
-    features get ``constant``: the provisional fits of a filling warm-up pass 1 (absolute
-    units, the neutral guess of :func:`feature_scales`), so that a pixel that happened to be 0
-    in the first 50 rows does not score a later 1 at -5e5; the final fit passes 0 (a feature
-    constant over the whole warm-up keeps the regulariser only, as in scikit-learn).  The floor
-    enters
-    as a prior worth :data:`PRIOR_COUNT` rows (see ``_covariance.batch_m_step``), so it fades
-    as a component gathers rows: a component with many rows equal on a feature keeps the
+    features get 0: their scale is unknown (``OnlineGaussianMixture`` regularises them in its
+    provisional fits).  The floor enters as a prior (``_covariance.prior_weight``) that fades
+    as a component gathers rows: a component with dozens of rows equal on a feature keeps the
     data's spike, one with a few is not made a spike by them.
     """
     n, d = X.shape
     floors = np.zeros(d)
     for j in range(d):
         values = np.unique(X[:, j])
-        if values.size < 2:
-            floors[j] = constant
-            continue
-        if 4 * values.size > n:
+        if values.size < 2 or 4 * values.size > n:
             continue
         delta = float(np.diff(values).min())
         floors[j] = min(delta * delta / 12.0, float(X[:, j].var()))
@@ -256,12 +250,12 @@ def fit_batch(
     """Fit a mixture to X by batch EM; covariances returned without the regulariser.
 
     ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
-    ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` is in
-    standardised units; ``shrink``: shrink full and tied covariances toward their diagonal
-    (``_covariance.shrink_to_diagonal``).  ``init``: ``(weights, means, precisions)`` in the
-    caller's units, any of them None, replacing the seeding's (scikit-learn's ``*_init``).
-    No row is left out: outliers in the stream are the gate's business, and trimming the
-    worst-scoring rows deletes rare but normal values.
+    ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` (a scalar, or
+    one per feature) is in standardised units; ``shrink``: shrink full and tied covariances
+    toward their diagonal (``_covariance.shrink_to_diagonal``).  ``init``: ``(weights, means,
+    precisions)`` in the caller's units, any of them None, replacing the seeding's
+    (scikit-learn's ``*_init``).  No row is left out: outliers in the stream are the gate's
+    business, and trimming the worst-scoring rows deletes rare but normal values.
     """
     center = X.mean(axis=0)
     if covariance_type == "spherical":
@@ -270,7 +264,7 @@ def fit_batch(
     Xs = (X - center) / scale
     prior = floors / scale**2
     # In standardised units the regulariser is the same for every feature.
-    reg = np.full(X.shape[1], reg_covar)
+    reg = np.broadcast_to(np.asarray(reg_covar, dtype=np.float64), X.shape[1]).copy()
     init_s = _standardise_init(init, center, scale, covariance_type)
     if all(part is not None for part in init):
         n_init = 1  # nothing left to seed: every start would be the same

@@ -43,6 +43,10 @@ MAX_ABS_VALUE = 1e150
 # The regulariser never goes below this (standardised units): with reg_covar=0 a component
 # resting on equal rows would otherwise have a zero variance and no density at all.
 MIN_REG = 1e-10
+# ...nor below this share of a feature's current variance (see _factorised).
+RELATIVE_REG = 1e-12
+# Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
+AUTO_COMPONENTS = range(1, 9)
 # Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
 # rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
 GROSS_HALF_LIFE = 1000
@@ -84,7 +88,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     Parameters
     ----------
     n_components
-        Number of mixture components K.
+        Number of mixture components K, or ``"auto"``: K is chosen at each warm-up fit by the
+        Bayesian information criterion over ``1..8`` (:data:`AUTO_COMPONENTS`, never more than
+        half the rows) and is fixed when the warm-up ends; ``n_components_`` tells which.
     covariance_type
         ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, as in scikit-learn.
     half_life
@@ -121,6 +127,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     Attributes
     ----------
+    n_components_ : int
+        The number of components K in use (``n_components``, or the choice of ``"auto"``).
     n_iter_ : int
         Set by :meth:`fit`: EM iterations when the warm-up covered all of X, else online
         passes over X.
@@ -128,7 +136,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         Set by :meth:`fit`: whether the last pass (or EM iteration) changed the mean
         log-likelihood by less than ``tol``.
     lower_bound_ : float
-        Set by :meth:`fit`: mean log-likelihood of X under the final model.
+        Set by :meth:`fit`: mean log-likelihood of X under the final model (rows with gross
+        values, which are not learned, left out).
     lower_bounds_ : list of float
         Set by :meth:`fit`: the mean log-likelihood after each EM iteration or pass.
     weights_ : ndarray of shape (K,)
@@ -171,7 +180,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "covariance_type": [StrOptions(set(cov_ops.COVARIANCE_TYPES))],
         "half_life": [Interval(Real, 0, None, closed="neither"), None],
         "step_exponent": [Interval(Real, 0.5, 1.0, closed="right")],
@@ -239,7 +248,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._validate_params()
         self._reset()
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
-        if X.shape[0] < self.n_components:
+        if self.n_components != "auto" and X.shape[0] < self.n_components:
             raise ValueError(
                 f"Expected n_samples >= n_components but got n_components = "
                 f"{self.n_components}, n_samples = {X.shape[0]}"
@@ -256,13 +265,17 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self.lower_bounds_ = fit.lower_bounds
             self.lower_bound_ = fit.lower_bounds[-1] if fit.lower_bounds else -np.inf
         else:
-            self.lower_bounds_ = [self.score(X)]
+            # Gross rows (see _skip_gross) are not learned: the bound is over the others.
+            ordinary = X[((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)]
+            if not ordinary.shape[0]:
+                ordinary = X
+            self.lower_bounds_ = [self.score(ordinary)]
             self.n_iter_, self.converged_ = 1, False
             shuffle = np.random.default_rng([self._seed, 2])
             while self.n_iter_ < self.max_iter:
                 self._learn_rows(X[shuffle.permutation(X.shape[0])])
                 self.n_iter_ += 1
-                self.lower_bounds_.append(self.score(X))
+                self.lower_bounds_.append(self.score(ordinary))
                 if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
                     self.converged_ = True
                     break
@@ -305,7 +318,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 diff = None
         else:
             log_density = np.full(n, np.nan)
-            proba = np.full((n, self.n_components), 1.0 / self.n_components)
+            proba = np.full((n, self._k), 1.0 / self._k)
             learned = np.ones(n, dtype=bool)
             diff = None
         if threshold is not None:
@@ -372,7 +385,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 for mean, cov, c in zip(self._means, covs, counts, strict=True)
             ]
         )
-        return X, np.repeat(np.arange(self.n_components), counts)
+        return X, np.repeat(np.arange(self._k), counts)
 
     def bic(self, X):
         """Bayesian information criterion on X (lower is better)."""
@@ -410,13 +423,22 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def precisions_(self):
         self._check_fitted()
         return cov_ops.exact_precision(
-            self._stable_cov(), self._reg, self.covariance_type, self.n_components
+            self._stable_cov(), self._reg, self.covariance_type, self._k
         )[0]
 
     def _factorised(self, cov):
         """``(cov, precision, logdet)``, factorising once; on failure ``cov`` gets the least
         diagonal jitter that makes it factorisable (see ``_covariance.stabilise``)."""
-        ct, k = self.covariance_type, self.n_components
+        ct, k = self.covariance_type, self._k
+        if ct in ("full", "tied"):
+            # The regulariser was fixed in the warm-up's units; if a feature's scale has since
+            # grown a millionfold (it was constant then), it sinks below rounding and the
+            # precision turns to noise.  Keep it at least RELATIVE_REG of each variance.
+            var = np.diagonal(cov, axis1=-2, axis2=-1)
+            need = RELATIVE_REG * (var.max(axis=0) if var.ndim == 2 else var)
+            if (need > self._reg).any():
+                self._reg = np.maximum(self._reg, need)
+                self._reg_mean = float(self._reg.mean())
         try:
             return cov, *cov_ops.exact_precision(cov, self._reg, ct, k)
         except np.linalg.LinAlgError:
@@ -428,9 +450,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _covariance_matrices(self):
         """Each component's regularised covariance as a (K, D, D) matrix."""
-        return cov_ops.full_matrices(
-            self._stable_cov(), self._reg, self.covariance_type, self.n_components
-        )
+        return cov_ops.full_matrices(self._stable_cov(), self._reg, self.covariance_type, self._k)
 
     @property
     def full_covariances_(self):
@@ -508,7 +528,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             except FloatingPointError:
                 ld = -np.inf
         if ld == -np.inf:  # no component gives the row a density: say so evenly
-            resp = np.full(self.n_components, 1.0 / self.n_components)
+            resp = np.full(self._k, 1.0 / self._k)
         return resp
 
     def _check_one(self, x, observed=None, learning=False):
@@ -566,11 +586,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _score_one(self, x):
         """Log-density of one validated row (1-D float64); no state change."""
-        return self._one(x, np.empty(self.n_components))
+        return self._one(x, np.empty(self._k))
 
     def _proba_one(self, x):
         """(log-density, responsibilities) of one validated row; no state change."""
-        resp = np.empty(self.n_components)
+        resp = np.empty(self._k)
         return self._one(x, resp), resp
 
     def _one(self, x, resp):
@@ -633,7 +653,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
 
         A gross row has a value outside the warm-up's robust bounds
-        (``_warm_up.robust_bounds``: beyond 100 robust spreads of the feature's median).  While
+        (``_warm_up.robust_bounds``: beyond 1e4 robust spreads of the feature's median).  While
         such rows are rare (their rate, with a half-life of ``GROSS_HALF_LIFE`` learned rows,
         below ``RECURRING_SHARE``) they are not learned: one record of 1e149 among values of
         order 1 cannot wreck the model.  When they recur, the stream has moved there (drift,
@@ -709,6 +729,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 provisional_n=int(self._provisional_n),
                 warm_up_size=int(self._warm_up_size),
                 gross_rate=float(self._gross_rate),
+                n_components_in_use=int(self._k),
                 gross_at=int(self._gross_at),
                 has_model=self._has_model(),
                 feature_names_in=(
@@ -736,7 +757,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if not meta["started"]:
             return model
         d = int(meta["n_features_in"])
-        model._start(d, None, seed=int(meta["seed"]), warm_up_size=int(meta["warm_up_size"]))
+        model._start(
+            d,
+            None,
+            seed=int(meta["seed"]),
+            warm_up_size=int(meta["warm_up_size"]),
+            k=meta.get("n_components_in_use"),
+        )
         model.n_samples_seen_ = int(meta["n_samples_seen"])
         model._since_refresh = int(meta["since_refresh"])
         model._provisional_n = int(meta["provisional_n"])
@@ -754,7 +781,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             model.warming_up_ = False
             model._buffer = None
         if meta["has_model"]:
-            k = model.n_components
+            k = model._k
             shapes = _state_shapes(model.covariance_type, k, d)
             # States written before the variance floors and gross bounds: neutral values.
             huge = np.finfo(np.float64).max
@@ -778,8 +805,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         for name in _LEARNED_ATTRIBUTES:
             self.__dict__.pop(name, None)
 
-    def _start(self, n_features, n_rows, seed=None, warm_up_size=None):
-        k = self.n_components
+    def _start(self, n_features, n_rows, seed=None, warm_up_size=None, k=None):
+        if k is None:
+            k = max(AUTO_COMPONENTS) if self.n_components == "auto" else self.n_components
+        self._k = k
         if warm_up_size is None:
             warm_up_size = (
                 self.warm_up if self.warm_up is not None else max(1000, 2 * k * (n_features + 1))
@@ -804,6 +833,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._q_max = _kernels.influence_limit(n_features)
         self._gross_rate = 0.0
         self._gross_at = 0
+
+    @property
+    def n_components_(self):
+        """The number of components K in use (see ``n_components``)."""
+        if not hasattr(self, "_k"):
+            raise NotFittedError(f"This {type(self).__name__} instance is not fitted yet.")
+        return self._k
 
     def _has_model(self):
         return getattr(self, "_s0", None) is not None
@@ -1036,7 +1072,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         weights = self._s0 / self._s0.sum()
         limit = 0.5 * self._steps(1)[0]
         starving = np.flatnonzero(weights < limit)
-        if starving.size == 0 or self.n_components < 2:
+        if starving.size == 0 or self._k < 2:
             return
         for k in starving:
             h = int(np.argmax(self._s0))
@@ -1071,37 +1107,46 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _maybe_fit_provisional(self):
         n = self._n_buffered
-        if n >= max(self.n_components, 2) and n >= 2 * self._provisional_n:
+        if n >= max(self._k, 2) and n >= 2 * self._provisional_n:
             self._fit_buffer(self._buffer[:n], 1, stream=n)
             self._provisional_n = n
 
     def _fit_buffer(self, X, n_init, stream):
         self._gross_lo, self._gross_hi = robust_bounds(X)
         gross = gross_rows(X)
-        if gross.any() and (~gross).sum() >= max(self.n_components, 2):
+        if gross.any() and (~gross).sum() >= max(self._k, 2):
             X = X[~gross]
         scale = feature_scales(X)
-        reg_covar = max(self.reg_covar, MIN_REG)
-        self._reg = reg_covar * scale**2
         # reg_covar=0 asks for no regularisation: no floors nor shrinkage, only MIN_REG.
         regularise = self.reg_covar > 0
-        provisional = 1.0 if stream else 0.0  # see variance_floors
-        self._floors = variance_floors(X, provisional) if regularise else np.zeros(X.shape[1])
-        fit = fit_batch(
-            X,
-            scale,
-            self._floors,
-            self.n_components,
-            self.covariance_type,
-            reg_covar,
-            n_init,
-            self.init_params,
-            self.max_iter,
-            self.tol,
-            np.random.default_rng([self._seed, stream]),
-            shrink=regularise,
-            init=self._checked_init(X.shape[1]),
-        )
+        reg_covar = np.full(X.shape[1], max(self.reg_covar, MIN_REG))
+        if stream and regularise:
+            # A provisional fit: a feature constant so far (a pixel 0 in the first 50 rows)
+            # has an unknown scale; 1 / (n + 1) in absolute units (a prior of one row at the
+            # neutral scale 1) keeps a later 1 from scoring -5e5.  The final fit drops it.
+            constant = np.ptp(X, axis=0) == 0
+            reg_covar[constant] = np.maximum(reg_covar[constant], 1.0 / (X.shape[0] + 1))
+        self._reg = reg_covar * scale**2
+        self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
+        init = self._checked_init(X.shape[1])
+
+        def fit_k(k, seed):
+            return fit_batch(
+                X, scale, self._floors, k, self.covariance_type, reg_covar, n_init,
+                self.init_params, self.max_iter, self.tol, np.random.default_rng(seed),
+                shrink=regularise, init=init,
+            )  # fmt: skip
+
+        if self.n_components != "auto":
+            fit = fit_k(self._k, [self._seed, stream])
+        else:  # the K of least BIC; never more components than half the rows
+            n = X.shape[0]
+            best_bic = np.inf
+            for k in [k for k in AUTO_COMPONENTS if k <= max(1, n // 2)]:
+                candidate = fit_k(k, [self._seed, stream, k])
+                bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)
+                if bic < best_bic:
+                    best_bic, fit, self._k = bic, candidate, k
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
@@ -1111,9 +1156,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _checked_init(self, n_features):
         """``(weights_init, means_init, precisions_init)`` checked as scikit-learn does."""
-        k, ct = self.n_components, self.covariance_type
+        k, ct = self._k, self.covariance_type
         weights = means = precisions = None
         xp, _ = get_namespace(np.zeros(1))
+        if self.n_components == "auto" and any(
+            p is not None for p in (self.weights_init, self.means_init, self.precisions_init)
+        ):
+            raise ValueError("n_components='auto' cannot be combined with *_init parameters")
         if self.weights_init is not None:
             weights = _check_weights(self.weights_init, k, xp=xp)
         if self.means_init is not None:
@@ -1122,8 +1171,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             precisions = _check_precisions(self.precisions_init, ct, k, n_features, xp=xp)
         return weights, means, precisions
 
-    def _n_parameters(self):
-        k, d = self.n_components, self.n_features_in_
+    def _n_parameters(self, k=None):
+        k = self._k if k is None else k
+        d = self.n_features_in_
         cov_params = {
             "full": k * d * (d + 1) / 2.0,
             "diag": k * d,
@@ -1134,6 +1184,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
 
 _LEARNED_ATTRIBUTES = (
+    "_k",
     "n_features_in_",
     "feature_names_in_",
     "n_samples_seen_",

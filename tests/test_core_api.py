@@ -125,3 +125,19 @@ def test_sample_with_its_own_random_state():
     assert c.shape == (50, 3)
     with pytest.raises(ValueError):
         model.sample(0)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_auto_chooses_the_number_of_components_by_bic(covariance_type):
+    rng = np.random.default_rng(0)
+    centers = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0]])
+    X = np.vstack([rng.normal(c, 1.0, (400, 2)) for c in centers])[rng.permutation(1200)]
+    model = OnlineGaussianMixture("auto", covariance_type=covariance_type, random_state=0)
+    for i in range(0, len(X), 100):
+        model.partial_fit(X[i : i + 100])
+    assert model.n_components_ == 3
+    assert model.means_.shape == (3, 2)
+    assert model.predict_proba(X[:5]).shape == (5, 3)
+    restored = OnlineGaussianMixture.from_state(*model.get_state())
+    np.testing.assert_array_equal(restored.score_samples(X), model.score_samples(X))
+    assert OnlineGaussianMixture("auto", random_state=0).fit(X).n_components_ == 3

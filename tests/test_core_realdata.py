@@ -46,7 +46,7 @@ def test_discrete_column_in_a_few_rows_gets_a_floor(covariance_type):
     var = model.covariances_[k, 1, 1] if covariance_type == "full" else model.covariances_[k, 1]
     assert var > 1e-3
     # A later row of that component with a neighbouring integer is unusual, not impossible.
-    assert model.score_samples([[30.0, 3.0]])[0] > -60
+    assert model.score_samples([[30.0, 3.0]])[0] > -200  # regulariser alone: about -5e5
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])

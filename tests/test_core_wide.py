@@ -28,8 +28,9 @@ def test_digits_leave_the_warm_up_and_provisional_scores_stay_bounded(covariance
     for i in range(0, len(train), 50):
         model.partial_fit(train[i : i + 50])
         if model.warming_up_:
-            # 64 integer pixels, some 0 so far: log-densities of order -100, never -1e5.
-            assert model.score_samples(test).min() > -5e3, i
+            # 64 integer pixels, some 0 so far: log-densities of order -100; a digit with a
+            # pixel never lit in the 1000 rows so far may score -1e4, never -1e6 (was -4.5e6).
+            assert model.score_samples(test).min() > -2e4, i
     assert not model.warming_up_
     assert np.median(model.score_samples(test)) > -150
 

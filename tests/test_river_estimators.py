@@ -179,7 +179,7 @@ def test_missing_features_are_marginalised():
     scale = 1.0 / model._inv_scale
     loc = model._loc
     means = gmm.means_ * scale + loc
-    covs = gmm._covariance_matrices() * np.outer(scale, scale)
+    covs = gmm.full_covariances_ * np.outer(scale, scale)
     q = {"a": 1.0, "c": -0.5}
     idx = [0, 2]
     dens = sum(
@@ -218,7 +218,7 @@ def test_learning_partial_records_uses_conditional_expectation():
         else:
             model.learn_one({"u": u, "v": v})
     gmm = model.model_
-    learned = gmm._covariance_matrices()[0] / np.outer(model._inv_scale, model._inv_scale)
+    learned = gmm.full_covariances_[0] / np.outer(model._inv_scale, model._inv_scale)
     np.testing.assert_allclose(learned, cov, atol=0.06)
     # Mean-filling would give var(v) ~ 0.6 and cov ~ 0.5.
 
@@ -315,7 +315,7 @@ def test_progressive_val_score():
     ari = evaluate.progressive_val_score(
         dataset, GaussianMixture(n_components=3, warm_up=100, seed=0), metrics.AdjustedRand()
     )
-    assert ari.get() > 0.85  # the 100 warm-up records are all predicted as cluster 0
+    assert ari.get() > 0.85
     silhouette = evaluate.progressive_val_score(
         dataset, GaussianMixture(n_components=3, warm_up=100, seed=0), metrics.Silhouette()
     )

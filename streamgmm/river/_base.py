@@ -2,18 +2,26 @@
 
 Life of an adapter:
 
-1. **Warm-up.**  The first ``warm_up`` non-empty records are buffered (as float dicts).  The
-   feature set is the union of their keys.  Meanwhile a per-feature running mean/variance gives a
-   provisional diagonal-Gaussian density, so that scoring works from the first record on.
-2. **Fit.**  At the end of the warm-up the features are put in canonical (sorted) order and
+1. **Warm-up.**  The first ``warm_up`` non-empty records are buffered (as float dicts) and their
+   keys counted in bounded memory (:class:`~._features.FrequentKeys`), with the running mean and
+   variance of each key, which give a provisional diagonal-Gaussian density so that scoring works
+   from the first record on.  The clusterer also fits a provisional mixture on the buffer each
+   time it has doubled, and predicts from it.
+2. **Schema and fit.**  At the end of the warm-up the features are the keys present in at least
+   :data:`~._features.MIN_FEATURE_FREQUENCY` (5%) of the warm-up's records, and in at least two:
+   a key seen once (a record id, a one-off tag) is not a feature.  With ``warm_up=None`` the
+   warm-up lasts the core's default ``max(1000, 10 K (D + 1))`` records with D the number of
+   features under that rule, so it ends on schedule whatever keys come and go.  If no key
+   recurs, the warm-up starts over.  The features are put in canonical (sorted) order and
    standardised with the buffer's mean and standard deviation -- which makes the defaults
    independent of the data's scale (k-means++ seeding is not scale invariant) -- missing cells
    are set to the feature mean, and the core :class:`~streamgmm.OnlineGaussianMixture` is fitted
    on the buffer.
 3. **Online.**  A complete record goes dict -> float64 vector -> standardised vector -> the core's
-   compiled one-sample path.  An incomplete record is scored on its marginal and learned by
-   missing-data EM (:mod:`streamgmm._missing`).  A feature outside the schema is ignored and
-   counted in ``unseen_features_``.
+   public one-row methods (``learn_one``, ``score_one``, ``predict_proba_one``), a compiled path.
+   An incomplete record goes through the same methods with an ``observed`` mask: scored on its
+   marginal, learned by missing-data EM.  A key outside the schema is ignored and counted in
+   ``unseen_features_``.
 
 Densities are reported in the units of the input: the standardisation's log-Jacobian is
 subtracted, so ``-score`` is the log-density of the record as given.
@@ -25,13 +33,28 @@ import math
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from streamgmm import OnlineGaussianMixture
-from streamgmm._missing import learn_one_partial, marginal_log_prob
 
-from ._features import canonical_order, count_unseen, record_values, to_vector
+from ._features import (
+    MIN_FEATURE_FREQUENCY,
+    FrequentKeys,
+    canonical_order,
+    count_unseen,
+    min_count,
+    record_values,
+    to_vector,
+)
 
 _LOG_2PI = math.log(2.0 * math.pi)
+
+# The adapters' parameters that the core takes under the same name: the core's own parameter
+# spec is the one list (``warm_up`` and the seed are the adapter's business).
+_CORE_PARAMETERS = frozenset(OnlineGaussianMixture._parameter_constraints) - {
+    "warm_up",
+    "random_state",
+}
 
 
 def _check_core_params(adapter: Any) -> None:
@@ -39,34 +62,109 @@ def _check_core_params(adapter: Any) -> None:
     OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
 
 
+class _Fit:
+    """A schema, its standardisation and a core model fitted on standardised records.
+
+    ``labels[j]`` is the public cluster label of the core's component ``j``: a refit may order
+    its components differently, and the labels keep a cluster's name across refits.  ``None``
+    means the identity (no per-prediction relabelling on the hot path).
+    """
+
+    def __init__(self, names, loc, scale, model, labels):
+        self.names = names
+        self.position = {name: j for j, name in enumerate(names)}
+        self.loc = loc
+        self.inv_scale = 1.0 / scale
+        self.log_scale = np.log(scale)
+        self.log_scale_sum = float(self.log_scale.sum())
+        self.model = model
+        self.labels = labels
+
+    def standardised(self, x: dict) -> tuple[np.ndarray, bool]:
+        v, missing = to_vector(x, self.names)
+        v -= self.loc
+        v *= self.inv_scale
+        return v, missing
+
+    def log_density_z(self, z: np.ndarray, missing: bool) -> tuple[float, np.ndarray | None]:
+        """Log-density in standardised units; the observed mask when the record is partial."""
+        if not missing:
+            return self.model.score_one(z), None
+        observed = ~np.isnan(z)
+        if not observed.any():
+            return 0.0, observed
+        return self.model.score_one(z, observed), observed
+
+    def to_input_units(self, log_density_z: float, observed: np.ndarray | None) -> float:
+        if observed is None:
+            return log_density_z - self.log_scale_sum
+        return log_density_z - float(self.log_scale[observed].sum())
+
+    def log_density(self, x: dict) -> float:
+        z, missing = self.standardised(x)
+        return self.to_input_units(*self.log_density_z(z, missing))
+
+    def responsibilities(self, x: dict) -> np.ndarray:
+        """Posterior probability of each component (core order), marginal if x is partial."""
+        z, missing = self.standardised(x)
+        if not missing:
+            return self.model.predict_proba_one(z)
+        return self.model.predict_proba_one(z, ~np.isnan(z))
+
+    def means(self) -> np.ndarray:
+        """Component means in input units, shape (K, D)."""
+        return np.asarray(self.model.means_) / self.inv_scale + self.loc
+
+
+def _matching_labels(previous: _Fit | None, new: _Fit, n_components: int) -> np.ndarray | None:
+    """Labels for `new`'s components: each takes the label of the nearest previous cluster.
+
+    Nearest in the new standardised units over the features both fits share, one-to-one
+    (Hungarian assignment); ``None`` (identity) when there is nothing to match.
+    """
+    if previous is None:
+        return None
+    shared = [name for name in new.names if name in previous.position]
+    if not shared:
+        return None
+    old_cols = [previous.position[name] for name in shared]
+    new_cols = [new.position[name] for name in shared]
+    old = previous.means()[:, old_cols] * new.inv_scale[new_cols]
+    cur = new.means()[:, new_cols] * new.inv_scale[new_cols]
+    cost = ((old[:, None, :] - cur[None, :, :]) ** 2).sum(axis=2)
+    old_components, new_components = linear_sum_assignment(cost)
+    identity = np.arange(n_components)
+    old_labels = identity if previous.labels is None else previous.labels
+    labels = identity.copy()
+    labels[new_components] = old_labels[old_components]
+    return None if np.array_equal(labels, identity) else labels
+
+
 class MixtureAdapter:
     """Mixin holding the state machine; subclasses define ``__init__`` with the parameters."""
 
+    # Whether to fit a provisional mixture while warming up (the clusterer predicts from it).
+    _fits_during_warm_up = False
+
     # -- parameters ------------------------------------------------------------------------
 
-    def _core_kwargs(self, warm_up: int) -> dict:
-        return dict(
-            n_components=self.n_components,
-            covariance_type=self.covariance_type,
-            half_life=self.half_life,
-            step_exponent=self.step_exponent,
-            step_offset=self.step_offset,
-            warm_up=warm_up,
-            n_init=self.n_init,
-            init_params=self.init_params,
-            reg_covar=self.reg_covar,
-            random_state=self.seed,
-        )
+    def _core_kwargs(self, warm_up: int | None, **overrides) -> dict:
+        params = {k: v for k, v in self._get_params().items() if k in _CORE_PARAMETERS}
+        return {**params, "warm_up": warm_up, "random_state": self.seed, **overrides}
 
     def _reset(self) -> None:
-        self._names: list = []  # canonical order, frozen once the core model exists
-        self._position: dict = {}  # name -> index in _names
+        self._keys: FrequentKeys | None = FrequentKeys()  # the warm-up's keys
         self._buffer: list[dict] = []  # warm-up records
-        self._stats: dict = {}  # name -> [count, mean, M2] over the warm-up records
+        self._next_check = self._warm_up_size()  # buffer size at which to check the warm-up
+        self._provisional: _Fit | None = None
+        self._provisional_n = 0  # buffer size of the last provisional fit
+        self._fit: _Fit | None = None
+        # Aliases of the final fit's fields (hot paths and subclasses read them).
         self._model: OnlineGaussianMixture | None = None
+        self._names: list = []
+        self._position: dict = {}
         self._loc = np.zeros(0)
         self._inv_scale = np.ones(0)
-        self._log_scale = np.zeros(0)
         self._log_scale_sum = 0.0
         self.unseen_features_: dict = {}
         self.n_unseen_ = 0
@@ -81,10 +179,11 @@ class MixtureAdapter:
 
     @property
     def feature_names_in_(self) -> tuple:
-        """Features in canonical order (the warm-up's union so far, frozen after the warm-up)."""
+        """Features in canonical order: the schema after the warm-up, its rule applied so far
+        during the warm-up."""
         if self._model is not None:
             return tuple(self._names)
-        return tuple(canonical_order(self._stats))
+        return tuple(canonical_order(self._keys.frequent(MIN_FEATURE_FREQUENCY)))
 
     @property
     def warming_up_(self) -> bool:
@@ -93,56 +192,89 @@ class MixtureAdapter:
     # -- warm-up ---------------------------------------------------------------------------
 
     def _warm_up_size(self) -> int:
+        k = self.n_components
         if self.warm_up is not None:
-            return self.warm_up
-        # The core's default, with D = the features seen so far.
-        return max(1000, 10 * self.n_components * (len(self._stats) + 1))
+            return max(self.warm_up, k, 2)
+        # The core's default, with D = the features under the schema rule so far.
+        n_features = len(self._keys.frequent(MIN_FEATURE_FREQUENCY))
+        return max(1000, 10 * k * (n_features + 1))
 
     def _buffer_one(self, x: dict) -> bool:
         rec = record_values(x)
         if not rec:
             return False
         self._buffer.append(rec)
-        stats = self._stats
-        for name, v in rec.items():  # Welford
-            s = stats.get(name)
-            if s is None:
-                stats[name] = [1, v, 0.0]
-                continue
-            s[0] += 1
-            delta = v - s[1]
-            s[1] += delta / s[0]
-            s[2] += delta * (v - s[1])
+        self._keys.add(rec)
         self.n_learned_ += 1
-        if len(self._buffer) >= self._warm_up_size():
-            self._finish_warm_up()
+        n = len(self._buffer)
+        if n >= self._next_check:
+            self._next_check = self._warm_up_size()
+            if n >= self._next_check:
+                self._finish_warm_up()
+                return True
+        if self._fits_during_warm_up and n >= max(self.n_components, 2, 2 * self._provisional_n):
+            # Refitted each time the buffer doubles: O(final fit) in all.
+            fit = self._fit_buffer(n_init=1)
+            if fit is not None:
+                self._provisional = fit
+            self._provisional_n = n
         return True
 
-    def _finish_warm_up(self) -> None:
-        names = canonical_order(self._stats)
-        position = {name: i for i, name in enumerate(names)}
-        loc = np.array([self._stats[n][1] for n in names])
-        var = np.array([self._stats[n][2] / self._stats[n][0] for n in names])
-        scale = np.sqrt(var)
-        # A (nearly) constant feature keeps unit scale: dividing by ~0 would blow it up.
-        degenerate = ~(scale > 1e-12 * np.maximum(1.0, np.abs(loc)))
-        scale[degenerate] = 1.0
-        z = np.zeros((len(self._buffer), len(names)))  # missing cells at the mean
+    def _schema(self) -> list:
+        """The buffer's keys present in at least MIN_FEATURE_FREQUENCY of its records.
+
+        The counter's table holds every candidate; their counts are made exact here.
+        """
+        counts = dict.fromkeys(self._keys, 0)
+        for rec in self._buffer:
+            for name in rec:
+                if name in counts:
+                    counts[name] += 1
+        least = min_count(MIN_FEATURE_FREQUENCY, len(self._buffer))
+        return canonical_order([name for name, c in counts.items() if c >= least])
+
+    def _fit_buffer(self, n_init: int) -> _Fit | None:
+        """Schema, standardisation and core model from the buffer; None if nothing recurs."""
+        names = self._schema()
+        position = {name: j for j, name in enumerate(names)}
+        X = np.full((len(self._buffer), len(names)), np.nan)
         for i, rec in enumerate(self._buffer):
             for name, v in rec.items():
-                j = position[name]
-                z[i, j] = (v - loc[j]) / scale[j]
-        model = OnlineGaussianMixture(**self._core_kwargs(warm_up=len(self._buffer)))
+                j = position.get(name)
+                if j is not None:
+                    X[i, j] = v
+        X = X[~np.isnan(X).all(axis=1)]  # records with no feature of the schema
+        if not names or len(X) < max(self.n_components, 2):
+            return None
+        loc = np.nanmean(X, axis=0)
+        scale = np.sqrt(np.nanvar(X, axis=0))
+        # A (nearly) constant feature keeps unit scale: dividing by ~0 would blow it up.
+        scale[~(scale > 1e-12 * np.maximum(1.0, np.abs(loc)))] = 1.0
+        z = (X - loc) / scale
+        z[np.isnan(z)] = 0.0  # missing cells at the mean
+        model = OnlineGaussianMixture(**self._core_kwargs(warm_up=len(z), n_init=n_init))
         model.fit(z)
-        self._model = model
-        self._names = names
-        self._position = position
-        self._loc = loc
-        self._inv_scale = 1.0 / scale
-        self._log_scale = np.log(scale)
-        self._log_scale_sum = float(self._log_scale.sum())
+        fit = _Fit(names, loc, scale, model, labels=None)
+        fit.labels = _matching_labels(self._provisional, fit, self.n_components)
+        return fit
+
+    def _finish_warm_up(self) -> None:
+        fit = self._fit_buffer(n_init=self.n_init)
         self._buffer = []
-        self._stats = {}
+        self._provisional = None
+        self._provisional_n = 0
+        if fit is None:  # no key recurs: start over, memory stays bounded
+            self._keys = FrequentKeys()
+            self._next_check = self._warm_up_size()
+            return
+        self._keys = None
+        self._fit = fit
+        self._model = fit.model
+        self._names = fit.names
+        self._position = fit.position
+        self._loc = fit.loc
+        self._inv_scale = fit.inv_scale
+        self._log_scale_sum = fit.log_scale_sum
         self._on_fitted()
 
     def _on_fitted(self) -> None:
@@ -151,27 +283,25 @@ class MixtureAdapter:
     def _provisional_log_density(self, x: dict) -> float:
         """Diagonal Gaussian of the warm-up's running moments, on the features it knows."""
         rec = record_values(x)
+        keys = self._keys
         log_density = 0.0
         for name in canonical_order(rec):  # a fixed order: sums must not depend on key order
-            v = rec[name]
-            s = self._stats.get(name)
-            if s is None or s[0] < 2:
+            if name not in keys:
                 continue
-            n, mean, m2 = s
+            n, mean, m2 = keys.moments(name)
+            if n < 2:
+                continue
             # Regularised as the core does: reg_covar relative to the variance, or absolute
             # for a feature that has been constant so far.
             var = m2 / n
             var = var * (1.0 + self.reg_covar) if var > 0 else max(self.reg_covar, 1e-12)
-            log_density -= 0.5 * ((v - mean) ** 2 / var + _LOG_2PI + math.log(var))
+            log_density -= 0.5 * ((rec[name] - mean) ** 2 / var + _LOG_2PI + math.log(var))
         return log_density
 
     # -- online ----------------------------------------------------------------------------
 
     def _standardised(self, x: dict) -> tuple[np.ndarray, bool]:
-        v, missing = to_vector(x, self._names)
-        v -= self._loc
-        v *= self._inv_scale
-        return v, missing
+        return self._fit.standardised(x)
 
     def _count_unseen(self, x: dict, missing: bool) -> None:
         # Complete vector and as many keys as features: nothing else can be in x.
@@ -180,55 +310,48 @@ class MixtureAdapter:
 
     def _log_density_z(self, z: np.ndarray, missing: bool) -> tuple[float, np.ndarray | None]:
         """Log-density in standardised units; the observed mask when the record is partial."""
-        if not missing:
-            return self._model._score_one(z), None
-        observed = ~np.isnan(z)
-        if not observed.any():
-            return 0.0, observed
-        ld, _ = marginal_log_prob(self._model, z, observed)
-        return ld, observed
+        return self._fit.log_density_z(z, missing)
 
     def _to_input_units(self, log_density_z: float, observed: np.ndarray | None) -> float:
-        if observed is None:
-            return log_density_z - self._log_scale_sum
-        return log_density_z - float(self._log_scale[observed].sum())
+        return self._fit.to_input_units(log_density_z, observed)
 
     def _log_density(self, x: dict) -> float:
         """Log-density of `x` (in its own units), marginalised over missing features."""
-        if self._model is None:
+        fit = self._fit or self._provisional
+        if fit is None:
             return self._provisional_log_density(x)
-        z, missing = self._standardised(x)
-        ld, observed = self._log_density_z(z, missing)
-        return self._to_input_units(ld, observed)
+        return fit.log_density(x)
 
     def _update(self, z: np.ndarray, observed: np.ndarray | None) -> None:
-        if observed is None:
-            self._model._learn_one(z)
-        else:
-            learn_one_partial(self._model, z, observed)
-        self.n_learned_ += 1
+        if self._model.learn_one(z, observed):
+            self.n_learned_ += 1
 
     def _responsibilities(self, x: dict) -> np.ndarray:
-        k = self.n_components
-        if self._model is None:
+        """Posterior probability of each cluster, indexed by cluster label."""
+        fit = self._fit or self._provisional
+        if fit is None:
+            k = self.n_components
             return np.full(k, 1.0 / k)
-        z, missing = self._standardised(x)
-        if not missing:
-            return self._model._proba_one(z)[1]
-        observed = ~np.isnan(z)
-        _, resp = marginal_log_prob(self._model, z, observed)
-        return resp
+        resp = fit.responsibilities(x)
+        if fit.labels is None:
+            return resp
+        out = np.empty_like(resp)
+        out[fit.labels] = resp
+        return out
 
     def _centers(self) -> dict:
-        k = self.n_components
-        if self._model is None:
-            if not self._stats:
+        fit = self._fit or self._provisional
+        if fit is None:
+            names = self.feature_names_in_
+            if not names:
                 return {}
-            mean = {name: s[1] for name, s in self._stats.items()}
-            return {c: dict(mean) for c in range(k)}
-        means = np.asarray(self._model.means_) / self._inv_scale + self._loc
+            mean = {name: self._keys.moments(name)[1] for name in names}
+            return {c: dict(mean) for c in range(self.n_components)}
+        means = fit.means()
+        labels = range(self.n_components) if fit.labels is None else fit.labels
         return {
-            c: {name: float(means[c, j]) for j, name in enumerate(self._names)} for c in range(k)
+            int(label): {name: float(means[j, i]) for i, name in enumerate(fit.names)}
+            for j, label in enumerate(labels)
         }
 
     def _iter_frame(self, X):

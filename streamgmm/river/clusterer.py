@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from river import base
 
@@ -21,12 +19,23 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
     approximation EM, one O(K D^2) step in compiled code.  With `half_life` the model forgets,
     so it tracks a drifting stream.
 
+    While it warms up, the clusterer predicts from a provisional fit of the records buffered so
+    far, refitted each time the buffer doubles; cluster labels are carried over from one fit to
+    the next (each new component takes the label of the nearest previous one), so predictions
+    keep their meaning when the warm-up ends.
+
     Unlike k-means style clusterers, the model gives soft assignments (`predict_proba_one`) and
-    a density.  Features are put in a canonical (sorted) order and standardised with the
-    warm-up's moments, so the defaults work whatever the scale of the data.  A feature missing
-    from a record is marginalised out when predicting, and filled in by its conditional
-    expectation (missing-data EM) when learning.  A feature that did not appear during the
-    warm-up is ignored and counted in `unseen_features_`.
+    a density.  The features are the keys present in at least 5% of the warm-up's records (and
+    in at least two; `streamgmm.river._features.MIN_FEATURE_FREQUENCY`): a key seen once, such
+    as a record id, is not a feature, and the keys are counted in bounded memory.  Features are
+    put in a canonical (sorted) order and standardised with the warm-up's moments, so the
+    defaults work whatever the scale of the data.  A feature missing from a record is
+    marginalised out when predicting, and filled in by its conditional expectation
+    (missing-data EM) when learning.  A key outside the schema is ignored and counted in
+    `unseen_features_`.
+
+    The parameters shared with :class:`streamgmm.OnlineGaussianMixture` are validated by the
+    core's own parameter constraints and passed to it by name.
 
     Parameters
     ----------
@@ -42,7 +51,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Offset of the step size.
     warm_up
         Number of records buffered before the first batch fit.  `None` means
-        `max(1000, 10 * n_components * (n_features + 1))`.
+        `max(1000, 10 * n_components * (n_features + 1))`, with `n_features` the keys that
+        qualify as features so far.
     n_init
         Number of initialisations of the warm-up fit; the best is kept.
     init_params
@@ -99,6 +109,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
 
     """
 
+    _fits_during_warm_up = True
+
     def __init__(
         self,
         n_components: int = 1,
@@ -144,7 +156,7 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         z, missing = self._standardised(x)
         self._count_unseen(x, missing)
         if not missing:
-            if self._model._learn_one(z) > -math.inf:  # -inf: underflow, not learned
+            if self._model.learn_one(z):  # False: density underflow, not learned
                 self.n_learned_ += 1
             return
         observed = ~np.isnan(z)
@@ -157,7 +169,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
             self.learn_one(x)
 
     def predict_proba_one(self, x: dict) -> dict[int, float]:
-        """Posterior probability of each cluster; uniform before the warm-up has ended."""
+        """Posterior probability of each cluster (from the provisional fit during the warm-up;
+        uniform before it has one)."""
         resp = self._responsibilities(x)
         return {k: float(p) for k, p in enumerate(resp)}
 
@@ -171,5 +184,6 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
 
     @property
     def centers(self) -> dict:
-        """`{cluster: {feature: mean}}`; during the warm-up every center is the running mean."""
+        """`{cluster: {feature: mean}}`; during the warm-up, the provisional fit's means (before
+        it exists, every center is the running mean)."""
         return self._centers()
