@@ -149,8 +149,8 @@ def main():
             for i in range(0, len(stream), 1000):
                 model.partial_fit(stream[i : i + 1000])
             print(
-                f"  {model.n_samples_seen_:9,d} rows learned: state {state_bytes(model):6,d} bytes,"
-                f" process RSS {resident_mib():7.1f} MiB"
+                f"  {(chunk + 1) * 100_000:9,d} records streamed: state {state_bytes(model):6,d}"
+                f" bytes, process RSS {resident_mib():7.1f} MiB"
             )
 
 

@@ -410,3 +410,13 @@ def row_inside(x, lo, hi):
         if x[i] < lo[i] or x[i] > hi[i]:
             return False
     return True
+
+
+@njit(cache=True)
+def block_inside(X, lo, hi):
+    """True if ``lo <= X[i] <= hi`` for every row: one pass, no temporaries."""
+    for i in range(X.shape[0]):
+        for j in range(X.shape[1]):
+            if X[i, j] < lo[j] or X[i, j] > hi[j]:
+                return False
+    return True

@@ -972,8 +972,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._learn_batch(X[i:j])
 
     def _learn_batch(self, X, resp=None, diff=None):
-        inside = ((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)
-        if not inside.all():
+        if not _kernels.block_inside(X, self._gross_lo, self._gross_hi):
+            inside = ((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)
             skip = np.zeros(X.shape[0], dtype=bool)
             for i in np.flatnonzero(~inside):
                 skip[i] = self._skip_gross(1)
