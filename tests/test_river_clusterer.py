@@ -56,7 +56,7 @@ def test_one_off_keys_do_not_enter_the_schema(cls, warm_up):
         model.learn_one(x)
     assert not model.warming_up_
     assert model.feature_names_in_ == ("a", "b")
-    # The default warm-up counts only the schema's features: max(1000, 10 K (D + 1)) = 1000.
+    # The default warm-up counts only the schema's features: max(1000, 2 K (D + 1)) = 1000.
     end = 500 if warm_up == 500 else 1000
     n_tagged_after = sum(1 for i in range(end, 3000) if i % 5 == 0)
     assert model.n_unseen_ == n_tagged_after
@@ -104,6 +104,12 @@ def test_a_feature_must_recur_in_a_fraction_of_the_warm_up(cls):
     assert model.unseen_features_["rare"] == sum(
         1 for i in range(warm_up, 2 * warm_up) if i % rare_every == 0
     )
+
+
+def test_n_components_auto_is_refused_clearly():
+    for cls in ADAPTERS:
+        with pytest.raises(ValueError, match="n_components must be an integer"):
+            cls(n_components="auto")
 
 
 def test_frequent_keys_counts_in_bounded_memory_and_keeps_what_recurs():

@@ -10,7 +10,7 @@ Life of an adapter:
 2. **Schema and fit.**  At the end of the warm-up the features are the keys present in at least
    :data:`~._features.MIN_FEATURE_FREQUENCY` (5%) of the warm-up's records, and in at least two:
    a key seen once (a record id, a one-off tag) is not a feature.  With ``warm_up=None`` the
-   warm-up lasts the core's default ``max(1000, 10 K (D + 1))`` records with D the number of
+   warm-up lasts the core's default ``max(1000, 2 K (D + 1))`` records with D the number of
    features under that rule, so it ends on schedule whatever keys come and go.  If no key
    recurs, the warm-up starts over.  The features are put in canonical (sorted) order and
    standardised with the buffer's mean and standard deviation -- which makes the defaults
@@ -60,6 +60,13 @@ _CORE_PARAMETERS = frozenset(OnlineGaussianMixture._parameter_constraints) - {
 def _check_core_params(adapter: Any) -> None:
     """Validate the core's parameters where the adapter is built (River checks at init)."""
     OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
+    if not isinstance(adapter.n_components, int):
+        # The core's "auto" changes K at each warm-up fit; cluster labels, uniform
+        # probabilities before any fit and the warm-up size here need a fixed K.
+        raise ValueError(
+            f"n_components must be an integer for the River estimators, "
+            f"got {adapter.n_components!r}"
+        )
 
 
 class _Fit:
@@ -195,9 +202,10 @@ class MixtureAdapter:
         k = self.n_components
         if self.warm_up is not None:
             return max(self.warm_up, k, 2)
-        # The core's default, with D = the features under the schema rule so far.
+        # The core's default (OnlineGaussianMixture's warm_up=None), with D = the features
+        # under the schema rule so far.
         n_features = len(self._keys.frequent(MIN_FEATURE_FREQUENCY))
-        return max(1000, 10 * k * (n_features + 1))
+        return max(1000, 2 * k * (n_features + 1))
 
     def _buffer_one(self, x: dict) -> bool:
         rec = record_values(x)

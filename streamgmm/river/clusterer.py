@@ -51,7 +51,7 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Offset of the step size.
     warm_up
         Number of records buffered before the first batch fit.  `None` means
-        `max(1000, 10 * n_components * (n_features + 1))`, with `n_features` the keys that
+        `max(1000, 2 * n_components * (n_features + 1))`, with `n_features` the keys that
         qualify as features so far.
     n_init
         Number of initialisations of the warm-up fit; the best is kept.
