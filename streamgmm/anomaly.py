@@ -224,6 +224,7 @@ class AnomalyGate(BaseEstimator):
         self.n_rate_warnings_ = 0
         self.n_drifts_ = 0
         self._adapt_left = 0
+        self._next_check = 0  # n_observed_ at which prepare() has work again (not saved)
         self._detector = self._new_detector()
         self._block: list = []  # surprises of the current block (change detector)
 
@@ -315,34 +316,36 @@ class AnomalyGate(BaseEstimator):
 
     def prepare(self, model) -> None:
         """Bring the reference up to date for ``model`` and set its step (before judging)."""
+        if self.n_observed_ < self._next_check:
+            return  # nothing due: the per-record path of the River detector stays cheap
         self._model_warming = bool(getattr(model, "warming_up_", True))
         if not model.has_model_:
             return
         if self._model_warming:
             # A provisional fit changes each time the buffer doubles: follow it.
-            due = self._calibrated_seen < 0 or model.n_samples_seen_ >= 2 * self._calibrated_seen
-        else:
-            if self._adapt_left:
-                # Wide data: a calibration costs O(n_calibration K D^2); not every few rows.
-                every = max(ADAPT_REFRESH, model.n_features_in_ // 2)
-            elif self._n_settled < N_EARLY:
-                every = min(self.refresh_every, EARLY_REFRESH)
-            else:
-                every = self.refresh_every
-            due = self._calibrated_at < 0 or self.n_observed_ - self._calibrated_at >= every
-        if due:
+            if self._calibrated_seen < 0 or model.n_samples_seen_ >= 2 * self._calibrated_seen:
+                self.calibrate(model)
+            return
+        if self._calibrated_at < 0 or self.n_observed_ - self._calibrated_at >= self._every(model):
             self.calibrate(model)
-        if not self._model_warming:
-            floor = _base_step_floor(model)
-            if self._adapt_left:
-                # Never fewer effective records than a covariance of the model needs.
-                hl = max(
-                    self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1)
-                )
-                floor = max(floor, -math.expm1(-math.log(2.0) / hl))
-            # The core has no public setter for its step floor (the half-life's); the gate
-            # raises it while re-adapting and puts it back after.
-            model._rho_floor = floor
+        self._next_check = self._calibrated_at + self._every(model)
+        floor = _base_step_floor(model)
+        if self._adapt_left:
+            # Never fewer effective records than a covariance of the model needs.
+            hl = max(self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1))
+            floor = max(floor, -math.expm1(-math.log(2.0) / hl))
+        # The core has no public setter for its step floor (the half-life's); the gate
+        # raises it while re-adapting and puts it back after.
+        model._rho_floor = floor
+
+    def _every(self, model) -> int:
+        """Records between refreshes now."""
+        if self._adapt_left:
+            # Wide data: a calibration costs O(n_calibration K D^2); not every few rows.
+            return max(ADAPT_REFRESH, model.n_features_in_ // 2)
+        if self._n_settled < N_EARLY:
+            return min(self.refresh_every, EARLY_REFRESH)
+        return self.refresh_every
 
     def threshold_for(self, model) -> float:
         """The score threshold for ``model`` now (the reference refreshed first if due)."""
@@ -467,6 +470,7 @@ class AnomalyGate(BaseEstimator):
             self._detector = self._new_detector()
             self._block = []
             self._calibrated_at = -1  # a fresh reference for the settled model
+            self._next_check = 0
 
     def _account_many(self, scores, tails, flags, learned) -> None:
         """:meth:`account_one` for a segment that ends at or before a window boundary."""
@@ -495,6 +499,7 @@ class AnomalyGate(BaseEstimator):
     def _start_adaptation(self) -> None:
         self.n_drifts_ += 1
         self._adapt_left = self.adapt_records
+        self._next_check = 0
         self._recent[:] = np.nan  # the old regime's scores say nothing about the new one
         self._calibrated_at = -1
         self._n_settled = 0

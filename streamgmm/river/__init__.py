@@ -2,8 +2,9 @@
 
 - :class:`GaussianMixture`: a `river.base.Clusterer` (`predict_one`, `predict_proba_one`,
   `centers`).
-- :class:`GaussianMixtureDetector`: a `river.base.AnomalyDetector` (`score_one` = negative
-  log-density) with a calibrated threshold and gated learning.
+- :class:`GaussianMixtureDetector`: a `river.base.AnomalyDetector` (`score_one` = 1 - tail
+  probability in [0, 1], or the negative log-density) with calibrated decisions and gated
+  learning.
 
 Both take plain dicts, in any key order, with features that may be missing.
 """
