@@ -135,6 +135,7 @@ def test_kafka_config_without_a_broker_is_one_clear_message(tmp_path):
     [msg] = [s for s in r.stderr.splitlines() if "streamgmm:" in s or '"error"' in s]
     assert msg.startswith("streamgmm: cannot reach Kafka at 127.0.0.1:"), msg
     assert "Is a broker running there?" in msg
+    assert "connecting to Kafka at 127.0.0.1:" in r.stderr.splitlines()[0]  # said at once
 
 
 # -- demo ---------------------------------------------------------------------------------------

@@ -356,6 +356,15 @@ def _run(ns) -> int:
         print(f"streamgmm: {e}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level, cfg.log_format)
+    if cfg.mode == "kafka":
+        # Said up front: reaching a broker that is not there takes kafka-python ~30 s to report.
+        k = cfg.kafka
+        log.info(
+            "connecting to Kafka at %s: group %s, topics %s",
+            k.bootstrap_servers,
+            k.group_id,
+            k.topics,
+        )
     from .processor import Processor
 
     try:
