@@ -237,12 +237,14 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         """Per known feature ``(t statistic, degrees of freedom, log-density)`` under the
         Student-t predictive of the warm-up records so far (None if no feature is known)."""
         rec = record_values(x)
+        keys = self._keys  # the warm-up's bounded key counts, with running moments
         out = []
         for name in canonical_order(rec):  # a fixed order: sums must not depend on key order
-            s = self._stats.get(name)
-            if s is None or s[0] < 2:
+            if keys is None or name not in keys:
                 continue
-            n, mean, m2 = s
+            n, mean, m2 = keys.moments(name)
+            if n < 2:
+                continue
             nu = n - 1.0
             # Predictive scale^2 = s^2 (1 + 1/n); a constant feature so far keeps a floor.
             var = max(m2 / nu, self.reg_covar, 1e-12) * (1.0 + 1.0 / n)
@@ -300,9 +302,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         _, _, observed, score = self._score_z(x)
         if score != score:
             return 0.0
-        return score + (
-            self._log_scale_sum if observed is None else float(self._log_scale[observed].sum())
-        )
+        return -self._to_input_units(-score, observed)
 
     def score_one(self, x: dict) -> float:
         """`1 - tail probability` (default) or `-log p(x)`, see `score`; no state change."""
