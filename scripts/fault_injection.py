@@ -508,13 +508,18 @@ def damaged_checkpoint(
     log_path = workdir / f"damaged-{damage}.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=log, env=_env(None, static, session_ms))
-        deadline = time.monotonic() + 60
-        while _done(ck) < records - records % every and time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        while (
+            _done(ck) < records - records % every
+            and time.monotonic() < deadline
+            and proc.poll() is None
+        ):
             time.sleep(0.2)
         time.sleep(1.0)  # the records after the last checkpoint are processed meanwhile
         proc.send_signal(signal.SIGKILL)
         first = proc.wait()
     paths = checkpoint_paths(ck)
+    first_log = log_path.read_text(errors="replace")
     DAMAGES[damage](paths)
     t0 = time.monotonic()
     second = run_once(cmd, log_path, None, static, session_ms, timeout=90)
@@ -525,13 +530,15 @@ def damaged_checkpoint(
         "returncodes": [first, second],
         "checkpoints_before": [p.name for p in paths],
         "restart_seconds": seconds,
+        "first_log": first_log,
         "restart_log": tail,
     }
 
 
 def java_produce(bootstrap: str, topic: str, lines: list[bytes], compression: str) -> int:
-    """Produce ``lines`` with Kafka's own Java producer (``compression.type=compression``),
-    from the provisioned broker jars; returns the number of records it sent."""
+    """Produce ``lines`` with Kafka's own Java producer, from the provisioned broker jars:
+    ``compression`` is a ``compression.type`` or a comma-separated list (line i is sent with
+    the i-th modulo their number). Returns the number of records sent."""
     libs = _broker_module().provision()
     source = HERE / "kafka" / "LineProducer.java"
     r = subprocess.run(
@@ -548,16 +555,17 @@ def java_produce(bootstrap: str, topic: str, lines: list[bytes], compression: st
 def compressed_topic(
     bootstrap: str, workdir: Path, codec: str, records: int = 2000, seed: int = 0
 ) -> dict:
-    """Records compressed by the Java producer with ``codec``, consumed by ``streamgmm run``."""
+    """Records compressed by the Java producer with ``codec`` (or a comma-separated list of
+    codecs, interleaved in one topic), consumed by ``streamgmm run``."""
     workdir.mkdir(parents=True, exist_ok=True)
-    topics = make_topics(bootstrap, 1, stem=f"codec-{codec}")
+    topics = make_topics(bootstrap, 1, stem="codec-" + codec.replace(",", "-"))
     rng = np.random.default_rng(seed)
     X = CENTRES[rng.integers(0, len(CENTRES), records)] + rng.standard_normal((records, 3))
     lines = [b'{"a": %r, "b": %r, "c": %r}' % tuple(x) for x in X.tolist()]
     sent = java_produce(bootstrap, topics[0], lines, codec)
     ck = workdir / f"ck-{codec}"
     cmd = run_cmd(bootstrap, *topics, f"codec-{topics[0]}", ck, 4000)
-    rc = run_once(cmd, workdir / f"codec-{codec}.log", None, True, None, timeout=90)
+    rc = run_once(cmd, workdir / "codecs.log", None, True, None, timeout=90)
     return {**_outcome(bootstrap, topics, ck, records), "sent": sent, "returncode": rc}
 
 

@@ -153,6 +153,15 @@ def test_truncated_newest_checkpoint_falls_back_to_previous(interrupted, referen
     _resume_and_check(tmp_path, reference, caplog, expect_seq=int(paths[-2].stem[5:]))
 
 
+@pytest.mark.parametrize("content", [b"", b"\x00garbage\xff" * 500], ids=["empty", "garbage"])
+def test_zero_length_or_garbage_newest_checkpoint_falls_back(
+    interrupted, reference, caplog, content
+):
+    tmp_path, paths = interrupted
+    paths[-1].write_bytes(content)
+    _resume_and_check(tmp_path, reference, caplog, expect_seq=int(paths[-2].stem[5:]))
+
+
 @pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
 def test_bit_flipped_newest_checkpoint_is_detected(interrupted, reference, caplog, where):
     tmp_path, paths = interrupted

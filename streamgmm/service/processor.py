@@ -141,6 +141,7 @@ class Processor:
         # checkpoint): another instance may have processed them further, so a re-assignment
         # resumes from the later of our offset and the group's committed one.
         self._released: set[tuple[str, int]] = set()
+        self._assigned_at = 0.0  # monotonic time of the last non-empty assignment
         features = cfg.features
         # Features found in the input (not configured): a checkpoint made so is refused when
         # this input's fields differ (checked on the first valid record, before any scoring).
@@ -318,6 +319,8 @@ class Processor:
                 self.source.drop_plan(f"{tp[0]}[{tp[1]}] moved on elsewhere")
             seeks[tp] = ours
             self._released.discard(tp)
+        if tps:
+            self._assigned_at = time.monotonic()  # idle time counts from here (see _loop)
         log.info("partitions assigned: %s; seeking %s", tps, seeks)
         return seeks
 
@@ -598,6 +601,14 @@ class Processor:
         bar = self._progress()
         kafka = isinstance(self.source, KafkaSource)
         live = not kafka and self.source.blocking
+
+        def idle_limit() -> float:
+            # Until its first assignment a Kafka consumer is joining the group (which may wait
+            # for a killed member's session to expire): that is not idle input.
+            if kafka and self._assigned_at == 0.0:
+                return cfg.idle_timeout + cfg.kafka.session_timeout_ms / 1000
+            return cfg.idle_timeout
+
         batches = self.source.batches()
         try:
             for batch in batches:
@@ -623,7 +634,8 @@ class Processor:
                     # waiting for its partitions (bounded by the source's stall timeout).
                     pass
                 elif (
-                    cfg.idle_timeout is not None and time.monotonic() - last_data > cfg.idle_timeout
+                    cfg.idle_timeout is not None
+                    and time.monotonic() - max(last_data, self._assigned_at) > idle_limit()
                 ):
                     log.info("no input for %.1f s: stopping", cfg.idle_timeout)
                     break
