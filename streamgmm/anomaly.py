@@ -16,7 +16,7 @@ import numpy as np
 from river import drift
 from sklearn.base import BaseEstimator
 
-from streamgmm._gate_spec import GATE_DEFAULTS, GATE_PARAMETERS, validate_gate_params
+from streamgmm._gate_spec import GATE_DEFAULTS, gate_constraints, validate_gate_params
 from streamgmm.online import MAX_ABS_VALUE
 
 __all__ = ["AnomalyGate", "GateResult"]
@@ -155,9 +155,7 @@ class AnomalyGate(BaseEstimator):
     (True, False, True)
     """
 
-    _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
-        name: spec[1] for name, spec in GATE_PARAMETERS.items()
-    }
+    _parameter_constraints: dict = gate_constraints()
 
     def __init__(
         self,

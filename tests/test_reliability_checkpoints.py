@@ -15,10 +15,12 @@ import json
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -162,12 +164,27 @@ def test_zero_length_or_garbage_newest_checkpoint_falls_back(
     _resume_and_check(tmp_path, reference, caplog, expect_seq=int(paths[-2].stem[5:]))
 
 
+def _member_data_offsets(path: Path) -> list[int]:
+    """File offsets of every byte of the zip members' stored data (not the zip's own headers,
+    where a flipped timestamp or attribute is harmless and rightly goes unnoticed)."""
+    raw = path.read_bytes()
+    offsets = []
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            h = info.header_offset  # local header: 30 bytes, then name and extra field
+            name_len, extra_len = struct.unpack("<HH", raw[h + 26 : h + 30])
+            start = h + 30 + name_len + extra_len
+            offsets.extend(range(start, start + info.compress_size))
+    return offsets
+
+
 @pytest.mark.parametrize("where", [0.1, 0.5, 0.9])
 def test_bit_flipped_newest_checkpoint_is_detected(interrupted, reference, caplog, where):
     tmp_path, paths = interrupted
     newest = paths[-1]
     data = bytearray(newest.read_bytes())
-    data[int(len(data) * where)] ^= 0x10
+    offsets = _member_data_offsets(newest)
+    data[offsets[int(len(offsets) * where)]] ^= 0x10
     newest.write_bytes(bytes(data))
     with pytest.raises(CheckpointError):
         read_checkpoint(newest)

@@ -368,10 +368,12 @@ def _run(ns) -> int:
     from .processor import Processor
 
     try:
-        proc = Processor(cfg)
+        proc = Processor(cfg)  # restores checkpoints and, in Kafka mode, connects
     except CheckpointError as e:
         print(f"streamgmm: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        return _run_failed(e, cfg)
     try:
         return proc.run()
     except CheckpointRefused as e:  # the input's fields differ from the checkpoint's features
@@ -379,29 +381,30 @@ def _run(ns) -> int:
         return 2
     except BrokenPipeError:
         raise  # stdout's reader went away: main() ends quietly
-    except OSError as e:
-        if e.errno not in _PATH_ERRORS or e.filename is None:
-            log.exception("stream processor failed: %s", _describe(e))
-            print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
-            return 1
+    except Exception as e:
+        return _run_failed(e, cfg)
+
+
+def _run_failed(e: Exception, cfg) -> int:
+    """One message and the exit code for a run that could not start or go on."""
+    if isinstance(e, OSError) and e.errno in _PATH_ERRORS and e.filename is not None:
         # A path of the configuration that cannot be used as given: the user's to fix.
         print(f"streamgmm: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
-    except Exception as e:
-        if _is_kafka_error(e):
-            # Connectivity and broker errors are the user's to fix, not bugs: no traceback
-            # (it is logged at DEBUG).
-            log.debug("Kafka error", exc_info=True)
-            servers = cfg.kafka.bootstrap_servers
-            print(
-                f"streamgmm: cannot reach Kafka at {servers}: {_describe(e)}. Is a broker "
-                "running there? (kafka.bootstrap_servers, --bootstrap-servers)",
-                file=sys.stderr,
-            )
-            return 1
-        log.exception("stream processor failed: %s", _describe(e))
-        print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
+    if _is_kafka_error(e):
+        # Connectivity and broker errors are the user's to fix, not bugs: no traceback
+        # (it is logged at DEBUG).
+        log.debug("Kafka error", exc_info=True)
+        servers = cfg.kafka.bootstrap_servers
+        print(
+            f"streamgmm: cannot reach Kafka at {servers}: {_describe(e)}. Is a broker "
+            "running there? (kafka.bootstrap_servers, --bootstrap-servers)",
+            file=sys.stderr,
+        )
         return 1
+    log.exception("stream processor failed: %s", _describe(e))
+    print(f"streamgmm: failed: {_describe(e)}", file=sys.stderr)
+    return 1
 
 
 # errno values that mean "this path cannot be used as given" (wrong path, a folder, no access)
