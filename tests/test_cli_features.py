@@ -121,6 +121,7 @@ def test_shuttle_exported_with_id_and_label_scores_like_its_features(tmp_path):
     assert "not used as features: id (" in log and "label (" in log
     _, explicit, _ = run("explicit", "--features", ",".join(features))
     assert auto == explicit
-    _, _, auc_leaky = run("leaky", "--features", ",".join(["id", *features, "label"]))
-    # Measured: 0.71 without them, 0.64 with them (whole stream: 0.78 and 0.62).
-    assert auc > auc_leaky + 0.03, (auc, auc_leaky)
+    # With the defaults (one component, the calibrated gate) the inferred features score
+    # Shuttle's first 15,000 records at ROC-AUC 0.979 (0.977 with id and label leaked in: the
+    # gate now copes with them too, so the exclusion is checked by the outputs above).
+    assert auc > 0.97, auc
