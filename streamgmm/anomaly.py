@@ -517,7 +517,8 @@ class AnomalyGate(BaseEstimator):
                 self.n_rate_warnings_ += 1
                 log.warning(
                     "anomaly flag rate %.3f stays far above the target %.3f (%d windows of %d "
-                    "records): the data may not fit the model, or the stream is changing",
+                    "records): either the stream holds that many anomalies, or the data do not fit "
+                    "the model (check the features) or the stream is changing",
                     rate,
                     self.false_alarm_rate,
                     self._excess_windows,

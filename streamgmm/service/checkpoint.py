@@ -179,7 +179,11 @@ def scan_checkpoints(directory: str | os.PathLike) -> tuple[list[Checkpoint], li
 def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
     """The newest checkpoint in ``directory`` that verifies (read-only; see
     :meth:`CheckpointStore.load_latest`)."""
-    good, errors = scan_checkpoints(directory)
+    return _newest(*scan_checkpoints(directory), directory)
+
+
+def _newest(good: list[Checkpoint], errors: list[str], directory) -> Checkpoint | None:
+    """The newest verified checkpoint; unusable ones are logged. Raises if all are unusable."""
     for e in errors:
         log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
     if good:
@@ -381,18 +385,7 @@ class CheckpointStore:
             Checkpoint files exist but none of them verifies (starting over silently would
             learn every record a second time).
         """
-        good, errors = self._scan()
-        for e in errors:
-            log.error("skipping unusable checkpoint, falling back to the previous one: %s", e)
-        if good:
-            return good[-1]
-        if errors:
-            raise CheckpointError(
-                f"no usable checkpoint in {self.dir}: "
-                + "; ".join(errors)
-                + " (start over with --fresh)"
-            )
-        return None
+        return _newest(*self._scan(), self.dir)
 
 
 class BatchJournal:

@@ -260,7 +260,7 @@ def _parser() -> argparse.ArgumentParser:
         g,
         "--warm-up",
         "rows fitted in batch before learning online",
-        default="max(1000, 10 K (D+1))",
+        default="max(1000, 2 K (D+1))",
         metavar="N",
     )
     opt(g, "--n-init", "k-means++ starts of the warm-up fit", metavar="N")
