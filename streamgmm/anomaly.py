@@ -332,9 +332,8 @@ class AnomalyGate(BaseEstimator):
             # Never fewer effective records than a covariance of the model needs.
             hl = max(self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1))
             floor = max(floor, -math.expm1(-math.log(2.0) / hl))
-        # The core has no public setter for its step floor (the half-life's); the gate
-        # raises it while re-adapting and puts it back after.
-        model._rho_floor = floor
+        # Raised while re-adapting, put back to the half-life's floor after.
+        model.step_floor = floor
 
     def _every(self, model) -> int:
         """Records between refreshes now."""

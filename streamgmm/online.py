@@ -459,6 +459,22 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         return self._covariance_matrices()
 
     @property
+    def step_floor(self) -> float:
+        """Least step ``rho`` of an update: ``1 - 2**(-1/half_life)``, 0 when stationary.
+
+        It can be raised for a while and put back: the anomaly gate raises it after a detected
+        change so that the model re-adapts within a few dozen records.
+        """
+        return self._rho_floor
+
+    @step_floor.setter
+    def step_floor(self, rho: float) -> None:
+        rho = float(rho)
+        if not 0.0 <= rho < 1.0:
+            raise ValueError(f"step_floor must be in [0, 1), got {rho}")
+        self._rho_floor = rho
+
+    @property
     def has_model_(self):
         """Whether a model (provisional during the warm-up, or final) exists to score with."""
         return self._has_model()

@@ -199,7 +199,7 @@ def _plot(path, X, truth, flags, scores, thr, clusters, model, warm_end, jump) -
         edgecolors="r",
         label="missed anomaly",
     )
-    covs = model._covariance_matrices()
+    covs = model.full_covariances_
     for k, (mu, cov) in enumerate(zip(model.means_, covs, strict=True)):
         vals, vecs = np.linalg.eigh(cov[:2, :2])
         angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
