@@ -269,8 +269,8 @@ def _parser() -> argparse.ArgumentParser:
     opt(
         g,
         "--no-gate",
-        "learn from flagged records too",
-        default="flagged records are not learned",
+        "learn every record, even those far beyond the flag threshold",
+        default="records far beyond the flag threshold are not learned",
         dest="gate",
         action="store_const",
         const=False,
