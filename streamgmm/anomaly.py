@@ -17,7 +17,7 @@ from river import drift
 from sklearn.base import BaseEstimator
 
 from streamgmm._gate_spec import GATE_DEFAULTS, gate_constraints, validate_gate_params
-from streamgmm.online import MAX_ABS_VALUE
+from streamgmm.online import MAX_ABS_VALUE, half_life_step
 
 __all__ = ["AnomalyGate", "GateResult"]
 
@@ -69,11 +69,6 @@ class GateResult(NamedTuple):
     anomaly: np.ndarray
     learned: np.ndarray
     threshold: np.ndarray
-
-
-def _base_step_floor(model) -> float:
-    hl = model.half_life
-    return 0.0 if hl is None else -math.expm1(-math.log(2.0) / hl)
 
 
 class AnomalyGate(BaseEstimator):
@@ -327,11 +322,11 @@ class AnomalyGate(BaseEstimator):
         if self._calibrated_at < 0 or self.n_observed_ - self._calibrated_at >= self._every(model):
             self.calibrate(model)
         self._next_check = self._calibrated_at + self._every(model)
-        floor = _base_step_floor(model)
+        floor = half_life_step(model.half_life)
         if self._adapt_left:
             # Never fewer effective records than a covariance of the model needs.
             hl = max(self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1))
-            floor = max(floor, -math.expm1(-math.log(2.0) / hl))
+            floor = max(floor, half_life_step(hl))
         # Raised while re-adapting, put back to the half-life's floor after.
         model.step_floor = floor
 

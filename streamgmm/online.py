@@ -47,6 +47,19 @@ MIN_REG = 1e-10
 RELATIVE_REG = 1e-12
 # Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
 AUTO_COMPONENTS = range(1, 9)
+
+
+def default_warm_up(n_components: int, n_features: int) -> int:
+    """Rows fitted in batch before going online when ``warm_up=None``: ``max(1000, 2 K (D+1))``."""
+    return max(1000, 2 * n_components * (n_features + 1))
+
+
+def half_life_step(half_life) -> float:
+    """Constant step ``1 - 2**(-1/H)`` under which a sample's weight halves every ``H`` samples
+    (0 for ``None``: stationary, no floor)."""
+    return 0.0 if half_life is None else float(-np.expm1(-np.log(2.0) / half_life))
+
+
 # Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
 # rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
 GROSS_HALF_LIFE = 1000
@@ -827,7 +840,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._k = k
         if warm_up_size is None:
             warm_up_size = (
-                self.warm_up if self.warm_up is not None else max(1000, 2 * k * (n_features + 1))
+                self.warm_up if self.warm_up is not None else default_warm_up(k, n_features)
             )
             warm_up_size = max(int(warm_up_size), k, 2)
             if n_rows is not None:  # fit(): no larger buffer than the data
@@ -843,7 +856,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._n_buffered = 0
         self._provisional_n = 0
         self._since_refresh = 0
-        self._rho_floor = 0.0 if self.half_life is None else -np.expm1(-np.log(2) / self.half_life)
+        self._rho_floor = half_life_step(self.half_life)
         self._tied = self.covariance_type == "tied"
         self._spherical = self.covariance_type == "spherical"
         self._q_max = _kernels.influence_limit(n_features)

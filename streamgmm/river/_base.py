@@ -36,6 +36,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from streamgmm import OnlineGaussianMixture
+from streamgmm.online import default_warm_up
 
 from ._features import (
     MIN_FEATURE_FREQUENCY,
@@ -205,7 +206,7 @@ class MixtureAdapter:
         # The core's default (OnlineGaussianMixture's warm_up=None), with D = the features
         # under the schema rule so far.
         n_features = len(self._keys.frequent(MIN_FEATURE_FREQUENCY))
-        return max(1000, 2 * k * (n_features + 1))
+        return default_warm_up(k, n_features)
 
     def _buffer_one(self, x: dict) -> bool:
         rec = record_values(x)

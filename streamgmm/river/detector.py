@@ -74,7 +74,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         Offset of the step size.
     warm_up
         Records buffered before the first batch fit; `None` means
-        `max(1000, 10 * n_components * (n_features + 1))`.
+        `max(1000, 2 * n_components * (n_features + 1))`.
     n_init
         Initialisations of the warm-up fit.
     init_params
