@@ -17,14 +17,25 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["check_plot_path", "make_stream", "run_demo", "write_stream"]
+__all__ = ["FALSE_ALARM_RATE", "check_plot_path", "make_stream", "run_demo", "write_stream"]
 
 FEATURES = ["temperature", "pressure", "vibration"]
 WARM_UP = 1000  # rows the model fits in batch before learning online (its default here)
 JUMP_AT = 0.6  # share of the stream after which pressure jumps
+# The demo's target false-alarm rate.  Precision is TP / (TP + FP): with 1% of the records
+# anomalous and a recall of r, precision 0.9 allows at most 0.01 r / 9 ~ 0.0011 of the normal
+# records to be flagged, all causes together.  A calibrated gate flags its target rate on
+# normal records, and the abrupt pressure jump costs about 10 more false alarms (0.0005 of the
+# stream) while the change detector collects evidence.  The service's default 0.01, or the
+# 0.002 used here before, would make precision 0.9 arithmetically impossible (0.002 x 19,000
+# normal records = 38 expected false alarms against ~200 anomalies); at 0.0002 about 4 are
+# expected, and the injected anomalies (7 to 12 spreads off their regime) are still far beyond
+# the threshold (recall 0.99).
+FALSE_ALARM_RATE = 0.0002
 
 
 def make_stream(n: int = 20000, seed: int = 7, anomaly_rate: float = 0.01):
@@ -89,16 +100,38 @@ def check_plot_path(path: str) -> str | None:
     return None
 
 
-def run_demo(
-    n: int = 20000, seed: int = 7, plot: str | None = None, workdir: str | None = None
-) -> int:
+class DemoRun(NamedTuple):
+    """What one demo run measured (detection is judged after the warm-up)."""
+
+    n_records: int
+    n_anomalies: int
+    n_dead: int
+    dead_reasons: list
+    n_learned: int
+    n_flagged: int
+    precision: float
+    recall: float
+    tp: int
+    fp: int
+    fn: int
+    calm: tuple  # (precision, recall, tp, fp, fn) without the 1,500 records after the jump
+    warm_end: int
+    jump: int
+    n_drifts: int
+
+
+def _precision_recall(flags, truth, mask) -> tuple:
+    tp = int((flags & truth & mask).sum())
+    fp = int((flags & ~truth & mask).sum())
+    fn = int((~flags & truth & mask).sum())
+    return (tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0, tp, fp, fn)
+
+
+def detect(n: int = 20000, seed: int = 7, workdir=None) -> tuple[DemoRun, dict]:
+    """Run the demo stream through the file path in ``workdir``; ``(figures, arrays for plots)``."""
     from .config import load_config
     from .processor import Processor
 
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="streamgmm-demo-")
-        workdir = tmp.name
     wd = Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     src = wd / "sensors.jsonl"
@@ -116,7 +149,7 @@ def run_demo(
                 "warm_up": WARM_UP,
                 "random_state": seed,
             },
-            "gate": {"false_alarm_rate": 0.002, "random_state": seed},
+            "gate": {"false_alarm_rate": FALSE_ALARM_RATE, "random_state": seed},
             "batch_size": 250,
             "fresh": True,
             "progress": False,
@@ -128,48 +161,83 @@ def run_demo(
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     dead = [json.loads(line) for line in (wd / "dead.jsonl").read_text().splitlines()]
     flags = np.array([r["anomaly"] for r in recs])
-    scores = np.array([np.nan if r["score"] is None else r["score"] for r in recs])
-    thr = np.array([np.nan if r["threshold"] is None else r["threshold"] for r in recs])
-    clusters = np.array([r["cluster"] for r in recs])
     assert len(recs) == n, (len(recs), n)
     # Judge the detector once it is past its warm-up.
     versions = np.array([r["model_version"] for r in recs])
     warm_end = int(np.argmax(versions >= WARM_UP)) if (versions >= WARM_UP).any() else n
     ev = np.arange(n) >= warm_end
-    tp = int((flags & truth & ev).sum())
-    fp = int((flags & ~truth & ev).sum())
-    fn = int((~flags & truth & ev).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    print(
-        f"streamgmm demo: {n} sensor records (3 features, 3 regimes, drift, "
-        f"{int(truth.sum())} injected anomalies) + {len(dead)} malformed lines"
-    )
-    print(
-        f"  outputs {len(recs)}, dead letters {len(dead)} "
-        f"({'; '.join(sorted({d['error'] for d in dead}))})"
-    )
-    print(f"  rows learned {proc.model.n_samples_seen_}, anomalies flagged {int(flags.sum())}")
-    print(
-        f"  detection after warm-up: precision {precision:.3f}  recall {recall:.3f}  "
-        f"(tp {tp}, fp {fp}, fn {fn})"
-    )
-    # Right after the abrupt pressure jump every reading looks anomalous until the gate sees
-    # sustained flagging (drift), learns from everything again and the model re-adapts.
+    # Right after the abrupt pressure jump readings look anomalous until the change detector
+    # has seen enough of them; the figures without that stretch show the steady state.
     jump = int(JUMP_AT * n)
     calm = ev & ~((np.arange(n) >= jump) & (np.arange(n) < jump + 1500))
-    tp2 = int((flags & truth & calm).sum())
-    fp2 = int((flags & ~truth & calm).sum())
-    fn2 = int((~flags & truth & calm).sum())
+    precision, recall, tp, fp, fn = _precision_recall(flags, truth, ev)
+    figures = DemoRun(
+        n_records=len(recs),
+        n_anomalies=int(truth.sum()),
+        n_dead=len(dead),
+        dead_reasons=sorted({d["error"] for d in dead}),
+        n_learned=int(proc.model.n_samples_seen_),
+        n_flagged=int(flags.sum()),
+        precision=precision,
+        recall=recall,
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        calm=_precision_recall(flags, truth, calm),
+        warm_end=warm_end,
+        jump=jump,
+        n_drifts=int(proc.gate.n_drifts_),
+    )
+    arrays = {
+        "X": X,
+        "truth": truth,
+        "flags": flags,
+        "scores": np.array([np.nan if r["score"] is None else r["score"] for r in recs]),
+        "thr": np.array([np.nan if r["threshold"] is None else r["threshold"] for r in recs]),
+        "clusters": np.array([r["cluster"] for r in recs]),
+        "model": proc.model,
+    }
+    return figures, arrays
+
+
+def run_demo(
+    n: int = 20000, seed: int = 7, plot: str | None = None, workdir: str | None = None
+) -> int:
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="streamgmm-demo-")
+        workdir = tmp.name
+    d, a = detect(n, seed, workdir)
     print(
-        f"  excluding the 1500 records after the abrupt jump: precision "
-        f"{tp2 / max(tp2 + fp2, 1):.3f}  recall {tp2 / max(tp2 + fn2, 1):.3f}  "
-        f"(tp {tp2}, fp {fp2}, fn {fn2})"
+        f"streamgmm demo: {n} sensor records (3 features, 3 regimes, drift, "
+        f"{d.n_anomalies} injected anomalies) + {d.n_dead} malformed lines"
+    )
+    print(f"  outputs {d.n_records}, dead letters {d.n_dead} ({'; '.join(d.dead_reasons)})")
+    print(f"  rows learned {d.n_learned}, anomalies flagged {d.n_flagged}")
+    print(
+        f"  detection after warm-up (false_alarm_rate {FALSE_ALARM_RATE}): precision "
+        f"{d.precision:.3f}  recall {d.recall:.3f}  (tp {d.tp}, fp {d.fp}, fn {d.fn})"
+    )
+    p2, r2, tp2, fp2, fn2 = d.calm
+    print(
+        f"  excluding the 1500 records after the abrupt jump: precision {p2:.3f}  recall "
+        f"{r2:.3f}  (tp {tp2}, fp {fp2}, fn {fn2}); changes detected {d.n_drifts}"
     )
     if plot:
-        _plot(plot, X, truth, flags, scores, thr, clusters, proc.model, warm_end, jump)
+        _plot(
+            plot,
+            a["X"],
+            a["truth"],
+            a["flags"],
+            a["scores"],
+            a["thr"],
+            a["clusters"],
+            a["model"],
+            d.warm_end,
+            d.jump,
+        )
         print(f"  plot written to {plot}")
-    print(f"  files: {wd}" if tmp is None else "  (run with --workdir DIR to keep the files)")
+    print(f"  files: {workdir}" if tmp is None else "  (run with --workdir DIR to keep the files)")
     if tmp is not None:
         tmp.cleanup()
     return 0
