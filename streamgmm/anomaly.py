@@ -191,9 +191,9 @@ class AnomalyGate(BaseEstimator):
         self.calibration_source_: str | None = None
         self._ref = np.zeros(0)  # sorted reference scores up to the exponential tail
         self._ref_n = 0  # number of reference scores (including the tail's)
-        self._ref_list: list = []
+        self._ref_list: list | None = None  # the reference as lists, for the scalar path
         self._log_p: np.ndarray = np.zeros(0)
-        self._log_p_list: list = []
+        self._log_p_list: list | None = None
         self._tail_u = math.inf  # start of the exponential tail
         self._tail_log_pu = 0.0
         self._tail_beta = 1.0
@@ -248,11 +248,12 @@ class AnomalyGate(BaseEstimator):
 
     # ------------------------------------------------------------------ reference / tails
 
-    def _set_reference(self, scores: np.ndarray, source: str) -> None:
+    def _set_reference(self, scores: np.ndarray, source: str) -> bool:
+        """Make ``scores`` the reference; False (nothing changed) if too few are finite."""
         ref = np.sort(scores[np.isfinite(scores)])
         n = ref.size
         if n < TAIL_FIT + 2:
-            return
+            return False
         # Survival at the i-th smallest reference score: (n - i) / (n + 1).
         log_p = np.log((n - np.arange(n)) / (n + 1.0))
         m = max(TAIL_FIT, n // 200)
@@ -262,15 +263,20 @@ class AnomalyGate(BaseEstimator):
         spread = float(ref[n - m] - ref[n // 2])
         beta = max(beta, 1e-3 * max(spread, 1.0), 1e-9)
         self._ref, self._log_p, self._ref_n = ref[: n - m + 1], log_p[: n - m + 1], n
-        self._ref_list, self._log_p_list = self._ref.tolist(), self._log_p.tolist()
+        self._ref_list = self._log_p_list = None  # built at the first scalar lookup
         self._tail_u, self._tail_log_pu, self._tail_beta = u, float(log_p[n - m]), beta
         self.calibration_source_ = source
+        self._set_thresholds()
+        return True
+
+    def _set_thresholds(self) -> None:
+        """The flag and exclusion thresholds from the reference and ``tail_power_``."""
         self.threshold_ = self.score_at(self.false_alarm_rate)
         self.exclusion_threshold_ = self.score_at(self.false_alarm_rate * self.exclusion_ratio)
 
     def score_at(self, tail_probability: float) -> float:
         """The score whose tail probability is ``tail_probability`` (inverse of the tail)."""
-        if not self._ref_list:
+        if not self._ref.size:
             return math.inf
         log_a = math.log(tail_probability) / self.tail_power_
         if log_a <= self._tail_log_pu:
@@ -281,7 +287,7 @@ class AnomalyGate(BaseEstimator):
     def tail_probability(self, scores) -> np.ndarray:
         """Tail probability of each score (NaN for NaN or before any calibration)."""
         s = np.asarray(scores, dtype=np.float64)
-        if not self._ref_list:
+        if not self._ref.size:
             return np.full(s.shape, np.nan)
         with np.errstate(invalid="ignore", over="ignore"):
             bulk = np.interp(s, self._ref, self._log_p, left=self._log_p[0])
@@ -291,12 +297,15 @@ class AnomalyGate(BaseEstimator):
 
     def tail_probability_one(self, score: float) -> float:
         """Tail probability of one score (fast scalar path of :meth:`tail_probability`)."""
-        ref = self._ref_list
-        if not ref or score != score:
+        if not self._ref.size or score != score:
             return math.nan
         g = self.tail_power_
         if score >= self._tail_u:
             return math.exp(g * (self._tail_log_pu - (score - self._tail_u) / self._tail_beta))
+        ref = self._ref_list
+        if ref is None:  # lists bisect faster than arrays for one value
+            ref = self._ref_list = self._ref.tolist()
+            self._log_p_list = self._log_p.tolist()
         i = bisect.bisect_right(ref, score)
         lp = self._log_p_list
         if i == 0:
@@ -355,7 +364,7 @@ class AnomalyGate(BaseEstimator):
             self._n_settled += 1
         scores = -model.score_samples(model.sample(self.n_calibration, random_state=rng)[0])
         self.tail_power_ = 1.0
-        self._set_reference(scores, "model")
+        referenced = self._set_reference(scores, "model")
         model_exclusion = self.exclusion_threshold_
         recent = self._recent[np.isfinite(self._recent)]
         if self._adapt_left:
@@ -366,7 +375,8 @@ class AnomalyGate(BaseEstimator):
                     median = float(np.median(-np.log(self.tail_probability(recent))))
                 if median > math.log(2.0):
                     self.tail_power_ = max(math.log(2.0) / median, ADAPT_MIN_POWER)
-                    self._set_reference(scores, "model")
+                    if referenced:  # the same reference, a new power
+                        self._set_thresholds()
             return self.threshold_
         enough = recent.size >= min(self.n_recent, EARLY_REFRESH)
         if self._model_warming or not enough:
@@ -385,7 +395,8 @@ class AnomalyGate(BaseEstimator):
             noise = 1.0 / (math.log(2.0) * math.sqrt(recent.size))
             excess = max(abs(power - 1.0) - noise, 0.0)
             self.tail_power_ = min(max(1.0 + math.copysign(excess, power - 1.0), 0.5), 2.0)
-            self._set_reference(scores, "model")
+            if referenced:  # the same reference, a new power
+                self._set_thresholds()
         above = float(np.mean(recent > self.threshold_))
         bulk_above = float(np.mean(recent > self.score_at(BULK_LEVEL)))
         if (
@@ -455,6 +466,31 @@ class AnomalyGate(BaseEstimator):
             self._start_adaptation()
             return True
         return False
+
+    def _watch_many(self, tails: np.ndarray) -> int | None:
+        """:meth:`_watch` for a segment's tails at once; the row where a change fires, or None.
+
+        Surprises and block medians are computed in numpy; River's detector sees one median per
+        block, exactly as row by row.
+        """
+        rows = np.flatnonzero(~np.isnan(tails))
+        if not rows.size:
+            return None
+        with np.errstate(divide="ignore"):
+            surprise = np.minimum(-np.log(tails[rows]), SURPRISE_CAP)
+        pending = len(self._block)
+        values = np.concatenate([np.asarray(self._block, dtype=np.float64), surprise])
+        n_blocks = values.size // DRIFT_BLOCK
+        blocks = np.sort(values[: n_blocks * DRIFT_BLOCK].reshape(n_blocks, DRIFT_BLOCK), axis=1)
+        det = self._detector
+        for b, median in enumerate(blocks[:, DRIFT_BLOCK // 2].tolist()):
+            det.update(median)
+            if det.drift_detected:
+                self._block = []
+                self._start_adaptation()
+                return int(rows[(b + 1) * DRIFT_BLOCK - 1 - pending])
+        self._block = values[n_blocks * DRIFT_BLOCK :].tolist()
+        return None
 
     def _count_down(self, n: int) -> None:
         self._adapt_left -= n
@@ -548,24 +584,39 @@ class AnomalyGate(BaseEstimator):
             j = min(n, i + self._segment_length(model))
             was_adapting = bool(self._adapt_left)
             watch = self._watching() and model.has_model_
-            if watch:
-                # The detector sees the rows' tails before anything is learned: the segment
-                # stops right after the row where it fires.
-                pre = self.tail_probability(-model.score_samples(X[i:j]))
-                for k, t in enumerate(pre.tolist()):
-                    if self._watch(t):
-                        j = i + k + 1
-                        break
-            exclude = self.exclusion_threshold_ if self.gating_ else None
-            r = model.score_and_learn(X[i:j], threshold=exclude)
-            score = -r.log_density
-            tail = self.tail_probability(score)
+            seg = {}
+
+            def select(log_density, watch=watch, seg=seg):
+                # One E-step serves the tails, the change detector and learning: the detector
+                # sees the rows' tails before anything is learned, and the segment ends right
+                # after the row where it fires (the rest is judged again by the next segment).
+                score = -log_density
+                tail = self.tail_probability(score)
+                cut = score.size
+                if watch:
+                    fired = self._watch_many(tail)
+                    if fired is not None:
+                        cut = fired + 1
+                learn = np.zeros(score.size, dtype=bool)
+                learn[:cut] = True
+                if self.gating_:  # after the detector: a change just detected opens the gate
+                    with np.errstate(invalid="ignore"):
+                        learn &= ~(score > self.exclusion_threshold_)
+                seg["tail"], seg["cut"] = tail, cut
+                return learn
+
+            r = model.score_and_learn(X[i:j], select=select)
+            cut = seg["cut"]
+            j = i + cut
+            score = -r.log_density[:cut]
+            tail = seg["tail"][:cut]
+            learned_seg = r.learned[:cut]
             with np.errstate(invalid="ignore"):
                 flag = tail < self.false_alarm_rate
-            log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = -score, tail, flag, r.learned
+            log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = -score, tail, flag, learned_seg
             thresholds[i:j] = self.threshold_
-            probas.append(r.proba)
-            self._account_many(score, tail, flag, r.learned)
+            probas.append(r.proba[:cut])
+            self._account_many(score, tail, flag, learned_seg)
             if was_adapting:
                 self._count_down(j - i)
             i = j
@@ -656,7 +707,7 @@ class AnomalyGate(BaseEstimator):
             gate._ref, gate._ref_n = ref.copy(), int(n)
             # The survival values exactly as _set_reference made them.
             gate._log_p = np.log((n - np.arange(ref.size)) / (n + 1.0))
-            gate._ref_list, gate._log_p_list = gate._ref.tolist(), gate._log_p.tolist()
+            gate._ref_list = gate._log_p_list = None
             gate._tail_u = math.inf if u is None else float(u)
             gate._tail_log_pu, gate._tail_beta = float(log_pu), float(beta)
             gate.calibration_source_ = meta["calibration_source"]

@@ -312,13 +312,17 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._learn_rows(X)
         return self
 
-    def score_and_learn(self, X, threshold=None) -> ScoreResult:
+    def score_and_learn(self, X, threshold=None, select=None) -> ScoreResult:
         """Score a batch with the model as it is, then learn from it (prequential).
 
         Every row is scored before any row of the batch is learned (one E-step serves both).
         Rows whose anomaly score ``-log_density`` exceeds ``threshold`` are not learned, and
         neither are rows whose density underflows to zero.  Rows seen before any model exists
         get a NaN log-density and uniform probabilities.
+
+        ``select``, if given, is called with the rows' log-densities before anything is learned
+        and returns a boolean mask of the rows that may be learned: a caller that decides from
+        the scores (the anomaly gate) needs no second E-step.
         """
         X = self._check_rows(X)
         n = X.shape[0]
@@ -336,6 +340,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             diff = None
         if threshold is not None:
             learned &= ~(-log_density > threshold)
+        if select is not None:
+            learned &= np.asarray(select(log_density), dtype=bool)
         if learned.all():
             self._learn_rows(X, proba if diff is not None else None, diff)
         elif learned.any():
