@@ -81,3 +81,48 @@ def test_demo_meets_its_precision_and_recall_target(tmp_path):
     assert d.n_drifts >= 1
     jump_fp = d.fp - d.calm[3]
     assert jump_fp <= 15, d
+
+
+def _metric(proc, name: str) -> float:
+    for line in proc.metrics.exposition().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not exposed")
+
+
+def _scattered_outliers(n: int, share: float, seed: int):
+    """2-D N(0, I) with ``share`` of the rows after 1,000 far out in random directions."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 2))
+    out = np.zeros(n, dtype=bool)
+    out[1000:] = rng.random(n - 1000) < share
+    direction = rng.normal(size=(out.sum(), 2))
+    X[out] = 12.0 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    return X
+
+
+def test_sustained_excess_flag_rate_is_in_metrics_summary_and_log(tmp_path, caplog):
+    # 5% of the records are real anomalies against a 1% target: the flag rate stays far above
+    # the target for good, and the run must say so everywhere an operator looks.
+    X = _scattered_outliers(8000, 0.05, seed=3)
+    with caplog.at_level("WARNING", logger="streamgmm"):
+        proc, recs = _run(tmp_path, X)
+    s = proc.summary()
+    assert s["flag_rate_alarm"] is True and s["recent_flag_rate"] > 0.04, s
+    assert _metric(proc, "streamgmm_flag_rate_alarm") == 1.0
+    assert _metric(proc, "streamgmm_recent_flag_rate") == s["recent_flag_rate"]
+    assert _metric(proc, "streamgmm_target_flag_rate") == 0.01
+    assert _metric(proc, "streamgmm_flag_rate_warnings_total") >= 1.0
+    summary_lines = [r.getMessage() for r in caplog.records if "flag-rate alarm" in r.message]
+    assert len(summary_lines) == 1 and "target of 1.00%" in summary_lines[0], summary_lines
+
+
+def test_no_flag_rate_alarm_on_a_clean_stream(tmp_path, caplog):
+    X = _scattered_outliers(8000, 0.0, seed=4)
+    with caplog.at_level("WARNING", logger="streamgmm"):
+        proc, _ = _run(tmp_path, X)
+    s = proc.summary()
+    assert s["flag_rate_alarm"] is False and s["recent_flag_rate"] < 0.03, s
+    assert _metric(proc, "streamgmm_flag_rate_alarm") == 0.0
+    assert _metric(proc, "streamgmm_flag_rate_warnings_total") == 0.0
+    assert not [r for r in caplog.records if "flag-rate alarm" in r.getMessage()]

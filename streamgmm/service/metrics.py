@@ -47,6 +47,34 @@ class Metrics:
         self.threshold = Gauge(
             "streamgmm_anomaly_threshold", "Current anomaly threshold", registry=r
         )
+        self.target_flag_rate = Gauge(
+            "streamgmm_target_flag_rate",
+            "Configured false-alarm rate: the flag rate expected on normal records",
+            registry=r,
+        )
+        self.recent_flag_rate = Gauge(
+            "streamgmm_recent_flag_rate",
+            "Share of records flagged over the gate's last complete window (refresh_every)",
+            registry=r,
+        )
+        self.flag_rate_alarm = Gauge(
+            "streamgmm_flag_rate_alarm",
+            "1 while the flag rate has stayed far above the target (stream_factor times it) "
+            "for several windows: many real anomalies, features the model does not fit, or a "
+            "changing stream",
+            registry=r,
+        )
+        self.flag_rate_warnings = Counter(
+            "streamgmm_flag_rate_warnings",
+            "Times the flag-rate alarm was raised (and logged)",
+            registry=r,
+        )
+        self.changes_detected = Counter(
+            "streamgmm_changes_detected",
+            "Changes detected in the score stream (the model then re-adapts fast)",
+            registry=r,
+        )
+        self._gate_counts: tuple | None = None  # the gate's counters when last observed
         self.batch_latency = Histogram(
             "streamgmm_batch_latency_seconds",
             "Time to decode, score, learn and encode one mini-batch",
@@ -74,6 +102,20 @@ class Metrics:
             return float(bool(self.broker_check())) if self.broker_check else float("nan")
         except Exception:
             return 0.0
+
+    def observe_gate(self, gate) -> None:
+        """Copy the anomaly gate's threshold, flag rates, alarm and change count into the
+        metrics (after each batch; counters advance by what the gate counted since)."""
+        if gate.threshold_ < float("inf"):
+            self.threshold.set(gate.threshold_)
+        self.target_flag_rate.set(gate.false_alarm_rate)
+        self.recent_flag_rate.set(gate.recent_flag_rate_)  # NaN until a window is complete
+        self.flag_rate_alarm.set(1.0 if gate.flag_rate_alarm_ else 0.0)
+        counts = (gate.n_rate_warnings_, gate.n_drifts_)
+        if self._gate_counts is not None:  # a restored gate's earlier counts are not this run's
+            self.flag_rate_warnings.inc(max(counts[0] - self._gate_counts[0], 0))
+            self.changes_detected.inc(max(counts[1] - self._gate_counts[1], 0))
+        self._gate_counts = counts
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

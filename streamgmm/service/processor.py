@@ -449,8 +449,7 @@ class Processor:
         self.counts["anomalies"] += n_anom
         self.metrics.anomalies.inc(n_anom)
         self.metrics.samples_seen.set(self._n_seen())
-        if math.isfinite(gate.threshold_):
-            self.metrics.threshold.set(gate.threshold_)
+        self.metrics.observe_gate(gate)
         return encode_outputs(
             batch,
             dec,
@@ -532,6 +531,7 @@ class Processor:
         (scores null or provisional), and the most frequent dead-letter reasons."""
         run = {k: self.counts[k] - self._counts_at_start.get(k, 0) for k in self.counts}
         thr = float(self.gate.threshold_for(self.model)) if self._n_seen() else math.inf
+        recent = float(self.gate.recent_flag_rate_)  # over the gate's last complete window
         return {
             "records_in": run["in"],
             "outputs": run["out"],
@@ -542,6 +542,8 @@ class Processor:
             "threshold_calibrated": math.isfinite(thr),
             "warming_up": bool(getattr(self.model, "warming_up_", True)),
             "rows_learned": self._n_seen(),
+            "recent_flag_rate": recent if math.isfinite(recent) else None,
+            "flag_rate_alarm": bool(self.gate.flag_rate_alarm_),
             "dead_reasons": self._dead_reasons.most_common(3),
             "totals": dict(self.counts),
         }
@@ -571,6 +573,15 @@ class Processor:
                 )
             else:
                 log.info("anomaly threshold not calibrated yet: nothing could be flagged")
+        if s["flag_rate_alarm"]:
+            log.warning(
+                "flag-rate alarm: %.2f%% of the last records were flagged against a target of "
+                "%.2f%%, for several windows in a row: either the stream holds that many "
+                "anomalies, or the data do not fit the model (check the features) or the stream "
+                "is changing",
+                100 * s["recent_flag_rate"],
+                100 * s["target_flag_rate"],
+            )
         if s["warming_up"] and s["outputs"]:
             log.warning(
                 "the run ended inside the model's warm-up: scores were null (no model yet) or "
