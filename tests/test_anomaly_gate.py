@@ -268,3 +268,51 @@ def test_an_abrupt_change_is_followed_within_a_hundred_records():
     assert result[6000:7000].sum() <= 100, result[6000:7000].sum()
     assert result[7000:].mean() <= 0.02
     assert result[1000:6000].mean() <= 0.02
+
+
+def test_change_detector_sees_the_same_block_medians_in_a_batch_as_row_by_row():
+    """The batch step's numpy block medians feed River's PageHinkley exactly like the scalar
+    path: the same row fires, and the detectors end in the same state."""
+    from streamgmm.anomaly import AnomalyGate
+
+    rng = np.random.default_rng(11)
+    calm = rng.uniform(size=3000)
+    calm[rng.random(3000) < 0.02] = np.nan  # rows without a tail are skipped
+    calm[rng.random(3000) < 0.01] = 0.0  # a tail of 0 counts as the capped surprise
+    changed = rng.uniform(size=200) * 1e-4  # then every row is very surprising
+    tails = np.concatenate([calm, changed])
+
+    one, many = AnomalyGate(random_state=0), AnomalyGate(random_state=0)
+    fired_one = next(i for i, t in enumerate(tails.tolist()) if one._watch(t))
+    i, fired_many = 0, None
+    while fired_many is None:
+        j = i + int(rng.integers(1, 60))  # segments of every length, across block boundaries
+        k = many._watch_many(tails[i:j])
+        fired_many = None if k is None else i + k
+        i = j
+    assert fired_many == fired_one and 3000 <= fired_one < 3030
+    assert one.n_drifts_ == many.n_drifts_ == 1
+    a, b = one._detector, many._detector
+    assert (a._x_mean.n, a._x_mean._mean, a._sum_increase, a._min_increase) == (
+        b._x_mean.n,
+        b._x_mean._mean,
+        b._sum_increase,
+        b._min_increase,
+    )
+
+
+def test_batch_gate_step_scores_each_row_once():
+    """Tails, change detector and learning share one E-step: besides the calibration draws, the
+    gate never asks the model for scores again."""
+    from streamgmm.anomaly import AnomalyGate
+
+    model = OnlineGaussianMixture(n_components=2, warm_up=500, random_state=0)
+    gate = AnomalyGate(random_state=0)
+    X = np.random.default_rng(2).normal(size=(20000, 3))
+    gate.score_and_learn(model, X[:2000])
+    scored = []
+    real = model.score_samples
+    model.score_samples = lambda rows: scored.append(len(rows)) or real(rows)
+    n_calibrations = gate._n_calibrations
+    gate.score_and_learn(model, X[2000:])
+    assert sum(scored) == gate.n_calibration * (gate._n_calibrations - n_calibrations)

@@ -106,7 +106,7 @@ def test_sustained_excess_flag_rate_is_in_metrics_summary_and_log(tmp_path, capl
     # the target for good, and the run must say so everywhere an operator looks.
     X = _scattered_outliers(8000, 0.05, seed=3)
     with caplog.at_level("WARNING", logger="streamgmm"):
-        proc, recs = _run(tmp_path, X)
+        proc, _ = _run(tmp_path, X)
     s = proc.summary()
     assert s["flag_rate_alarm"] is True and s["recent_flag_rate"] > 0.04, s
     assert _metric(proc, "streamgmm_flag_rate_alarm") == 1.0
