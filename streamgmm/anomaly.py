@@ -482,13 +482,11 @@ class AnomalyGate(BaseEstimator):
         values = np.concatenate([np.asarray(self._block, dtype=np.float64), surprise])
         n_blocks = values.size // DRIFT_BLOCK
         blocks = np.sort(values[: n_blocks * DRIFT_BLOCK].reshape(n_blocks, DRIFT_BLOCK), axis=1)
-        det = self._detector
-        for b, median in enumerate(blocks[:, DRIFT_BLOCK // 2].tolist()):
-            det.update(median)
-            if det.drift_detected:
-                self._block = []
-                self._start_adaptation()
-                return int(rows[(b + 1) * DRIFT_BLOCK - 1 - pending])
+        b = _page_hinkley_up(self._detector, blocks[:, DRIFT_BLOCK // 2].tolist())
+        if b is not None:
+            self._block = []
+            self._start_adaptation()
+            return int(rows[(b + 1) * DRIFT_BLOCK - 1 - pending])
         self._block = values[n_blocks * DRIFT_BLOCK :].tolist()
         return None
 
@@ -747,6 +745,48 @@ class AnomalyGate(BaseEstimator):
             det._max_decrease = float(det_state["max_decrease"])
             det._drift_detected = bool(det_state["drift_detected"])
         return gate
+
+
+def _page_hinkley_up(det, values: list) -> int | None:
+    """``det.update(v)`` for each of ``values`` until a change is detected; its index or None.
+
+    ``det`` is River's :class:`~river.drift.PageHinkley` in mode ``"up"``; its
+    ``update`` is unrolled here over a list, with the very same floating-point operations in the
+    same order (River's running mean, then the cumulative sums), and the state is written back
+    to the detector, so that the result is River's to the last bit (tested against
+    ``PageHinkley.update``) at a fifth of the cost of one method call per value.
+    """
+    if det.mode != "up" or det.drift_detected:  # not the gate's configuration: River's own loop
+        for i, v in enumerate(values):
+            det.update(v)
+            if det.drift_detected:
+                return i
+        return None
+    stat = det._x_mean
+    n, mean = stat.n, stat._mean
+    s_inc, s_dec = det._sum_increase, det._sum_decrease
+    lowest, highest = det._min_increase, det._max_decrease
+    alpha, delta, threshold, min_n = det.alpha, det.delta, det.threshold, det.min_instances
+    fired = None
+    for i, x in enumerate(values):
+        n += 1.0
+        mean += (1.0 / n) * (x - mean)
+        dev = x - mean
+        s_inc = alpha * s_inc + dev - delta
+        s_dec = alpha * s_dec + dev + delta
+        if s_inc < lowest:
+            lowest = s_inc
+        if s_dec > highest:
+            highest = s_dec
+        if n >= min_n and s_inc - lowest > threshold:
+            fired = i
+            break
+    stat.n, stat._mean = n, mean
+    det._sum_increase, det._sum_decrease = s_inc, s_dec
+    det._min_increase, det._max_decrease = lowest, highest
+    if fired is not None:
+        det._drift_detected = True
+    return fired
 
 
 def _finite_or_none(v):
