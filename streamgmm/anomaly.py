@@ -194,6 +194,8 @@ class AnomalyGate(BaseEstimator):
         self._ref_list: list | None = None  # the reference as lists, for the scalar path
         self._log_p: np.ndarray = np.zeros(0)
         self._log_p_list: list | None = None
+        self._ref_version = 0  # counts reference changes (for the scalar path's memo)
+        self._memo: tuple = (math.nan, math.nan, -1, math.nan)
         self._tail_u = math.inf  # start of the exponential tail
         self._tail_log_pu = 0.0
         self._tail_beta = 1.0
@@ -264,6 +266,7 @@ class AnomalyGate(BaseEstimator):
         beta = max(beta, 1e-3 * max(spread, 1.0), 1e-9)
         self._ref, self._log_p, self._ref_n = ref[: n - m + 1], log_p[: n - m + 1], n
         self._ref_list = self._log_p_list = None  # built at the first scalar lookup
+        self._ref_version += 1
         self._tail_u, self._tail_log_pu, self._tail_beta = u, float(log_p[n - m]), beta
         self.calibration_source_ = source
         self._set_thresholds()
@@ -300,6 +303,16 @@ class AnomalyGate(BaseEstimator):
         if not self._ref.size or score != score:
             return math.nan
         g = self.tail_power_
+        # The River detector asks twice per record (score_one, then learn_one): remember the
+        # last answer for this reference and power.
+        memo = self._memo
+        if memo[0] == score and memo[1] == g and memo[2] == self._ref_version:
+            return memo[3]
+        tail = self._tail_one(score, g)
+        self._memo = (score, g, self._ref_version, tail)
+        return tail
+
+    def _tail_one(self, score: float, g: float) -> float:
         if score >= self._tail_u:
             return math.exp(g * (self._tail_log_pu - (score - self._tail_u) / self._tail_beta))
         ref = self._ref_list
@@ -460,9 +473,7 @@ class AnomalyGate(BaseEstimator):
         block.sort()
         median = block[DRIFT_BLOCK // 2]
         block.clear()
-        det = self._detector
-        det.update(median)
-        if det.drift_detected:
+        if _page_hinkley_up(self._detector, [median]) is not None:
             self._start_adaptation()
             return True
         return False
@@ -706,6 +717,7 @@ class AnomalyGate(BaseEstimator):
             # The survival values exactly as _set_reference made them.
             gate._log_p = np.log((n - np.arange(ref.size)) / (n + 1.0))
             gate._ref_list = gate._log_p_list = None
+            gate._ref_version += 1
             gate._tail_u = math.inf if u is None else float(u)
             gate._tail_log_pu, gate._tail_beta = float(log_pu), float(beta)
             gate.calibration_source_ = meta["calibration_source"]

@@ -271,9 +271,12 @@ def test_an_abrupt_change_is_followed_within_a_hundred_records():
 
 
 def test_change_detector_sees_the_same_block_medians_in_a_batch_as_row_by_row():
-    """The batch step's numpy block medians feed River's PageHinkley exactly like the scalar
-    path: the same row fires, and the detectors end in the same state."""
-    from streamgmm.anomaly import AnomalyGate
+    """The batch step's numpy block medians, and the scalar path's, feed the change detector
+    exactly as River's own ``PageHinkley.update`` fed block by block: the same row fires, and
+    the detectors end in the same state, to the last bit."""
+    import math
+
+    from streamgmm.anomaly import DRIFT_BLOCK, SURPRISE_CAP, AnomalyGate
 
     rng = np.random.default_rng(11)
     calm = rng.uniform(size=3000)
@@ -281,6 +284,20 @@ def test_change_detector_sees_the_same_block_medians_in_a_batch_as_row_by_row():
     calm[rng.random(3000) < 0.01] = 0.0  # a tail of 0 counts as the capped surprise
     changed = rng.uniform(size=200) * 1e-4  # then every row is very surprising
     tails = np.concatenate([calm, changed])
+
+    # River's detector, fed by hand.
+    river_ph = AnomalyGate(random_state=0)._new_detector()
+    block, fired_river = [], None
+    for i, t in enumerate(tails.tolist()):
+        if t != t:
+            continue
+        block.append(min(-math.log(t) if t > 0 else SURPRISE_CAP, SURPRISE_CAP))
+        if len(block) == DRIFT_BLOCK:
+            river_ph.update(sorted(block)[DRIFT_BLOCK // 2])
+            block = []
+            if river_ph.drift_detected:
+                fired_river = i
+                break
 
     one, many = AnomalyGate(random_state=0), AnomalyGate(random_state=0)
     fired_one = next(i for i, t in enumerate(tails.tolist()) if one._watch(t))
@@ -290,15 +307,14 @@ def test_change_detector_sees_the_same_block_medians_in_a_batch_as_row_by_row():
         k = many._watch_many(tails[i:j])
         fired_many = None if k is None else i + k
         i = j
-    assert fired_many == fired_one and 3000 <= fired_one < 3030
+    assert fired_many == fired_one == fired_river and 3000 <= fired_river < 3030
     assert one.n_drifts_ == many.n_drifts_ == 1
-    # River's own PageHinkley.update (row by row) and the batch's unrolled copy of it agree to
-    # the last bit.
-    a, b = one._detector, many._detector
     fields = ("_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease")
-    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
-    assert (a._x_mean.n, a._x_mean._mean) == (b._x_mean.n, b._x_mean._mean)
-    assert a.drift_detected and b.drift_detected
+    for gate in (one, many):
+        det = gate._detector
+        assert [getattr(det, f) for f in fields] == [getattr(river_ph, f) for f in fields]
+        assert (det._x_mean.n, det._x_mean._mean) == (river_ph._x_mean.n, river_ph._x_mean._mean)
+        assert det.drift_detected
 
 
 def test_batch_gate_step_scores_each_row_once():
