@@ -234,6 +234,14 @@ class AnomalyGate(BaseEstimator):
             mode="up",
         )
 
+    def __getstate__(self):
+        # Caches are not state: a pickle must not change when the gate is only asked (the River
+        # detector's inference is pure), and they are rebuilt on the next scalar lookup.
+        state = dict(super().__getstate__())
+        state["_memo"] = (math.nan, math.nan, -1, math.nan)
+        state["_ref_list"] = state["_log_p_list"] = None
+        return state
+
     @property
     def adapting_(self) -> bool:
         return self._adapt_left > 0
