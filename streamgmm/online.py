@@ -693,28 +693,55 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._gross_at = self.n_samples_seen_
         return self._gross_rate < RECURRING_SHARE
 
-    def _learn_one_expected(self, x_hat, extra_cov, resp):
-        """Learn one sample from expected sufficient statistics (missing-data EM).
+    def learn_expected_one(self, x_hat, extra_cov, resp) -> None:
+        """Learn one sample from its expected sufficient statistics (missing-data EM).
 
-        ``x_hat`` (K, D): each component's conditional expectation of the sample;
-        ``extra_cov`` (K, D, D): each component's conditional covariance of the unobserved
-        coordinates (zero where observed); ``resp`` (K,): responsibilities.  The second moment
-        each component sees is ``x_hat x_hat^T + extra_cov``, so
+        The M-step half of learning a partially observed row (Ghahramani & Jordan, 1994):
+        :meth:`learn_one` with an ``observed`` mask computes these expectations with
+        :func:`streamgmm._missing.conditional_moments` and hands them here.  Each component
+        sees the second moment ``x_hat x_hat^T + extra_cov``, so its centered update is
         ``C' = (1 - w) (C + w e e^T) + w extra_cov``.
+
+        Parameters
+        ----------
+        x_hat
+            (K, D): each component's conditional expectation of the sample.
+        extra_cov
+            (K, D, D): each component's conditional covariance of the unobserved coordinates
+            (zero where observed).
+        resp
+            (K,): the sample's responsibilities (non-negative, summing to 1).
+
+        Raises NotFittedError during the warm-up, ValueError for arrays of the wrong shape,
+        non-finite values or responsibilities that are not a distribution.
         """
+        self._check_fitted()
+        k, d = self._k, self.n_features_in_
+        x_hat = np.asarray(x_hat, dtype=np.float64)
+        extra = np.asarray(extra_cov, dtype=np.float64)
+        resp = np.asarray(resp, dtype=np.float64)
+        for name, value, shape in (
+            ("x_hat", x_hat, (k, d)),
+            ("extra_cov", extra, (k, d, d)),
+            ("resp", resp, (k,)),
+        ):
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} contains NaN or infinity")
+        if (resp < 0).any() or abs(resp.sum() - 1.0) > 1e-6:
+            raise ValueError("resp must be non-negative and sum to 1")
         if self.warming_up_:
             raise NotFittedError("learning from partial rows needs a model past its warm-up")
         rho = self._steps(1)[0]
-        resp = np.asarray(resp, dtype=np.float64)
         s0 = (1.0 - rho) * self._s0 + rho * resp
         w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
-        e = np.asarray(x_hat, dtype=np.float64) - self._means
+        e = x_hat - self._means
         q = cov_ops.mahalanobis(e[:, None, :], self._prec, self.covariance_type)[0]
         with np.errstate(divide="ignore", invalid="ignore"):  # bounded influence, as online
             e = e * np.where(q > self._q_max, np.sqrt(self._q_max / q), 1.0)[:, None]
         means = self._means + w[:, None] * e
         outer = e[:, :, None] * e[:, None, :]
-        extra = np.asarray(extra_cov, dtype=np.float64)
         ct = self.covariance_type
         if ct == "full":
             cov = (1 - w)[:, None, None] * (self._cov + w[:, None, None] * outer)

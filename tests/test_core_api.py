@@ -141,3 +141,46 @@ def test_auto_chooses_the_number_of_components_by_bic(covariance_type):
     restored = OnlineGaussianMixture.from_state(*model.get_state())
     np.testing.assert_array_equal(restored.score_samples(X), model.score_samples(X))
     assert OnlineGaussianMixture("auto", random_state=0).fit(X).n_components_ == 3
+
+
+def test_learn_expected_one_is_the_complete_update_when_nothing_is_missing():
+    # With nothing missing (x_hat = x for every component, no extra covariance) the public
+    # missing-data M-step is the ordinary online update of one row.
+    a, b = _fitted(seed=1), _fitted(seed=1)
+    x = np.array([0.4, -1.0, 0.2])
+    resp = a.predict_proba_one(x)
+    a.learn_one(x)
+    b.learn_expected_one(np.tile(x, (2, 1)), np.zeros((2, 3, 3)), resp)
+    assert b.n_samples_seen_ == a.n_samples_seen_
+    np.testing.assert_allclose(b.means_, a.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.full_covariances_, a.full_covariances_, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("x_hat", "extra", "resp", "message"),
+    [
+        (np.zeros((2, 2)), np.zeros((2, 3, 3)), [0.5, 0.5], "x_hat must have shape"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), [0.5, 0.5], "extra_cov must have shape"),
+        (np.full((2, 3), np.nan), np.zeros((2, 3, 3)), [0.5, 0.5], "NaN or infinity"),
+        (np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.7, 0.7], "sum to 1"),
+        (np.zeros((2, 3)), np.zeros((2, 3, 3)), [1.5, -0.5], "non-negative"),
+    ],
+)
+def test_learn_expected_one_refuses_malformed_statistics(x_hat, extra, resp, message):
+    model = _fitted()
+    before = model.get_state()
+    with pytest.raises(ValueError, match=message):
+        model.learn_expected_one(x_hat, extra, resp)
+    after = model.get_state()
+    assert before[1] == after[1]
+    for name in before[0]:
+        np.testing.assert_array_equal(before[0][name], after[0][name])
+
+
+def test_learn_expected_one_needs_a_model_past_the_warm_up():
+    model = OnlineGaussianMixture(2, random_state=0)
+    with pytest.raises(NotFittedError):
+        model.learn_expected_one(np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.5, 0.5])
+    model.partial_fit(np.random.default_rng(0).normal(size=(10, 3)))  # provisional model
+    with pytest.raises(NotFittedError, match="warm-up"):
+        model.learn_expected_one(np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.5, 0.5])
