@@ -38,8 +38,11 @@ W_CAP = 0.5
 MAX_BATCH = 1000
 # Batches smaller than this are learned row by row (compiled) rather than as numpy batches.
 SMALL_BATCH = 32
-# |x| beyond this would overflow the second moments.
-MAX_ABS_VALUE = 1e150
+# |x| beyond this would overflow the second moments (the compiled kernels refuse it too).
+MAX_ABS_VALUE = _kernels.MAX_ABS_VALUE
+# The one-row fast path takes C-contiguous float64 rows: the kernels check their values.
+_FLOAT64 = np.dtype(np.float64)
+_ROW_STRIDES = (_FLOAT64.itemsize,)
 # The regulariser never goes below this (standardised units): with reg_covar=0 a component
 # resting on equal rows would otherwise have a zero variance and no density at all.
 MIN_REG = 1e-10
@@ -191,6 +194,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     .. [2] Chan, T., Golub, G. and LeVeque, R. (1979). Updating formulae and a pairwise
        algorithm for computing sample variances.
     """
+
+    # Set when the model is set up (_start) and when a model exists (_fit_buffer): the
+    # one-row fast path reads them without a hasattr.
+    _row_shape = None
+    _s0 = None
 
     _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
         "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -513,6 +521,15 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         density under the model underflows to zero, or it is partial while no model past the
         warm-up exists.  A non-finite or out-of-range value raises ValueError, state untouched.
         """
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and not self.warming_up_
+        ):  # the hot path: the compiled kernel checks the values (see _learn_one_status)
+            return self._learn_one_status(x)[1]
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
             return self._learn_one_status(x)[1]
@@ -532,6 +549,17 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def score_one(self, x, observed=None) -> float:
         """Log-density of one row (marginal over the observed coordinates if ``observed``)."""
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and self._s0 is not None
+        ):  # the hot path: the compiled kernel checks the values
+            log_density = self._one(x, np.empty(self._k))
+            if log_density == log_density:  # NaN: an invalid value, the checks below say which
+                return float(log_density)
         x, observed = self._check_one(x, observed)
         self._check_fitted()
         if observed is None:
@@ -545,6 +573,20 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def predict_proba_one(self, x, observed=None) -> np.ndarray:
         """Responsibilities of one row, shape (K,) (marginal over unobserved coordinates)."""
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and self._s0 is not None
+        ):  # the hot path: the compiled kernel checks the values
+            resp = np.empty(self._k)
+            ld = self._one(x, resp)
+            if ld == -np.inf:
+                resp = np.full(self._k, 1.0 / self._k)
+            if ld == ld:  # NaN: an invalid value, the checks below say which
+                return resp
         x, observed = self._check_one(x, observed)
         self._check_fitted()
         if observed is None:
@@ -646,8 +688,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
             return before, True
-        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi) and self._skip_gross(1):
-            return self._score_one(x), False
+        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi):
+            if not _kernels.row_within(x, MAX_ABS_VALUE):  # before any accounting
+                self._refuse(x)
+            if self._skip_gross(1):
+                return self._score_one(x), False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
@@ -672,11 +717,18 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             )  # fmt: skip
         if status == _kernels.REJECTED:
             return lse, False
+        if status == _kernels.INVALID:
+            self._refuse(x)
         self.n_samples_seen_ += 1
         self._since_refresh += 1
         if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
             self._refresh()
         return lse, True
+
+    def _refuse(self, x):
+        """Raise the full checks' ValueError for a row the compiled path found invalid."""
+        self._check_one(np.array(x, dtype=np.float64))
+        raise ValueError("Input X contains NaN, infinity or values beyond ±1e150.")
 
     def _skip_gross(self, n_gross):
         """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
@@ -875,6 +927,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if seed is None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.n_features_in_ = n_features
+        self._row_shape = (n_features,)
         self.n_samples_seen_ = 0
         self.warming_up_ = True
         self._seed = seed
@@ -1242,6 +1295,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 _LEARNED_ATTRIBUTES = (
     "_k",
     "n_features_in_",
+    "_row_shape",
     "feature_names_in_",
     "n_samples_seen_",
     "warming_up_",

@@ -60,6 +60,43 @@ def test_bad_rows_raise_and_leave_the_state_untouched(bad):
     _state_equal(model, reference)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([0.0, np.nan, 0.0], "NaN or infinity"),
+        ([np.inf, 0.0, 0.0], "NaN or infinity"),
+        ([0.0, 0.0, -np.inf], "NaN or infinity"),
+        ([1e200, 0.0, 0.0], "beyond"),
+        ([0.0, 0.0, -2e150], "beyond"),
+    ],
+)
+def test_bad_float64_rows_on_the_fast_path_raise_and_leave_the_state_untouched(
+    covariance_type, bad, message
+):
+    # A C-contiguous float64 row of the right length skips the Python-level checks: the
+    # compiled kernel refuses its values, and the full checks then explain why.
+    model, reference = _fitted(covariance_type), _fitted(covariance_type)
+    row = np.array(bad)
+    for method in (model.learn_one, model.score_one, model.predict_proba_one):
+        with pytest.raises(ValueError, match=message):
+            method(row)
+    _state_equal(model, reference)
+
+
+def test_fast_and_full_paths_agree():
+    model = _fitted()
+    rows = np.random.default_rng(2).normal(size=(6, 6))
+    for wide in rows:
+        strided = wide[::2]  # not contiguous: the full path
+        plain = np.ascontiguousarray(strided)
+        assert model.score_one(strided) == model.score_one(plain)
+        np.testing.assert_array_equal(
+            model.predict_proba_one(strided), model.predict_proba_one(plain)
+        )
+        assert model.score_one(list(plain)) == model.score_one(plain)
+
+
 def test_row_with_zero_density_is_not_learned():
     X = 1e-5 * np.random.default_rng(0).normal(size=(400, 3))
     model, reference = (
