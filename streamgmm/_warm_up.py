@@ -252,7 +252,7 @@ def fit_batch(
     ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
     ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` (a scalar, or
     one per feature) is in standardised units; ``shrink``: shrink full and tied covariances
-    toward their diagonal (``_covariance.shrink_to_diagonal``).  ``init``: ``(weights, means,
+    toward their diagonal (``_covariance.shrink_by_likelihood``).  ``init``: ``(weights, means,
     precisions)`` in the caller's units, any of them None, replacing the seeding's
     (scikit-learn's ``*_init``).  No row is left out: outliers in the stream are the gate's
     business, and trimming the worst-scoring rows deletes rare but normal values.
