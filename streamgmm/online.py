@@ -97,8 +97,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     best kept; every row counts) before the model goes online.  While it warms up, predictions
     come from a provisional fit of the buffer, refitted each time it doubles.  Covariances that
     rest on few rows are regularised in each feature's own scale: full and tied covariances are
-    shrunk toward their diagonal (by the multiple of the Schäfer–Strimmer intensity, 0
-    included, that best predicts left-out rows), and a discrete feature's variance is pulled
+    shrunk toward their diagonal (by the multiple of the Schäfer–Strimmer intensity, from
+    1/64 to 4, that best predicts left-out rows), and a discrete feature's variance is pulled
     toward the variance of rounding to its resolution by a prior worth one row (both fade as
     rows accumulate, in the warm-up and online alike).
 
