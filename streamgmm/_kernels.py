@@ -28,8 +28,12 @@ BIG_STEP = 0.25
 # ...and after an update this large along its own direction (w e^T P e): the precision then
 # loses most of its digits in that direction to cancellation.
 BIG_UPDATE = 1.0
-# What a learn kernel did with its sample.
-LEARNED, LEARNED_REFRESH, REJECTED = 0, 1, -1
+# What a learn kernel did with its sample (INVALID: a value non-finite or beyond
+# MAX_ABS_VALUE; nothing computed, the caller's full checks say which).
+LEARNED, LEARNED_REFRESH, REJECTED, INVALID = 0, 1, -1, -2
+# |x| beyond this would overflow the second moments: the kernels refuse such rows (and NaN
+# or infinite ones) themselves, so the one-row API needs no separate validating pass.
+MAX_ABS_VALUE = 1e150
 
 
 @njit(cache=True, inline="always")
@@ -99,6 +103,9 @@ def _e_step_dense(x, s0, means, prec, logdet, tied, log_prob, q, e, u):
 
 @njit(cache=True)
 def score_dense(x, s0, means, prec, logdet, tied, resp):
+    """Log-density of one row (responsibilities into ``resp``); NaN if the row is invalid."""
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -143,6 +150,8 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap, q_ma
     A deviation longer than ``q_max`` (squared Mahalanobis) is shortened to that length
     before it enters the update (bounded influence, see ``influence_limit``).
     """
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan, INVALID
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -195,6 +204,8 @@ def learn_full(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap, q_ma
 @njit(cache=True)
 def learn_tied(x, s0, means, cov, prec, logdet, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, one covariance shared by all components."""
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan, INVALID
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -293,6 +304,9 @@ def _e_step_spherical(x, s0, means, prec, logdet, log_prob, q):
 
 @njit(cache=True)
 def score_diag(x, s0, means, prec, logdet, spherical, resp):
+    """Log-density of one row (responsibilities into ``resp``); NaN if the row is invalid."""
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan
     k_count = means.shape[0]
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -315,6 +329,8 @@ def _bounded(x, means):
 @njit(cache=True)
 def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, diagonal covariances (exact: no factorisation to carry)."""
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan, INVALID
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)
@@ -348,6 +364,8 @@ def learn_diag(x, s0, means, cov, prec, logdet, reg, t, t0, kappa, floor, w_cap,
 @njit(cache=True)
 def learn_spherical(x, s0, means, cov, prec, logdet, reg_mean, t, t0, kappa, floor, w_cap, q_max):
     """One sample of online EM, one variance per component."""
+    if not row_within(x, MAX_ABS_VALUE):
+        return np.nan, INVALID
     k_count, d = means.shape
     log_prob = np.empty(k_count)
     q = np.empty(k_count)

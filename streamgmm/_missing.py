@@ -33,9 +33,7 @@ _FLUSH = 1e-30
 def _blocks(model, x, observed):
     obs = np.flatnonzero(observed)
     means = np.asarray(model.means_, dtype=np.float64)
-    covs = getattr(model, "full_covariances_", None)
-    if covs is None:  # stand-ins written for the former private name (River's tests)
-        covs = model._covariance_matrices()
+    covs = np.asarray(model.full_covariances_, dtype=np.float64)
     with np.errstate(divide="ignore"):
         log_w = np.log(np.asarray(model.weights_, dtype=np.float64))
     return obs, means, covs, log_w
@@ -146,9 +144,9 @@ def learn_one_partial(model, x, observed):
     """Update `model` from one partially observed sample by missing-data EM.
 
     Computes the expected sufficient statistics with :func:`conditional_moments` and hands them
-    to the core's ``model._learn_one_expected(x_hat, extra_cov, resp)``.  Returns the marginal
+    to the core's public ``model.learn_expected_one(x_hat, extra_cov, resp)``.  Returns the marginal
     log-density of the observed part under the model as it was before the update.
     """
     log_density, resp, x_hat, extra = conditional_moments(model, x, observed)
-    model._learn_one_expected(x_hat, extra, resp)
+    model.learn_expected_one(x_hat, extra, resp)
     return log_density

@@ -77,7 +77,7 @@ def _start(X, resp, covariance_type, reg, prior, shrink, init):
     scikit-learn's ``weights_init``, ``means_init``, ``precisions_init``).
     """
     k = resp.shape[1]
-    weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
+    weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink, reg)
     w_init, m_init, p_init = init
     if w_init is not None:
         weights = w_init
@@ -129,7 +129,7 @@ def _em(X, start, covariance_type, reg, prior, shrink, max_iter, tol):
         log_norm, log_resp = cov_ops.log_responsibilities(log_prob + log_w)
         with np.errstate(under="ignore"):
             resp = np.exp(log_resp)
-        weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink)
+        weights, means, cov = cov_ops.batch_m_step(X, resp, covariance_type, prior, shrink, reg)
         cov, prec, logdet = _safe_precision(cov, reg, covariance_type, k)
         params = _Params(weights, means, cov, prec, logdet)
         new_lower = float(log_norm.mean())
@@ -252,7 +252,7 @@ def fit_batch(
     ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
     ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` (a scalar, or
     one per feature) is in standardised units; ``shrink``: shrink full and tied covariances
-    toward their diagonal (``_covariance.shrink_to_diagonal``).  ``init``: ``(weights, means,
+    toward their diagonal (``_covariance.shrink_by_likelihood``).  ``init``: ``(weights, means,
     precisions)`` in the caller's units, any of them None, replacing the seeding's
     (scikit-learn's ``*_init``).  No row is left out: outliers in the stream are the gate's
     business, and trimming the worst-scoring rows deletes rare but normal values.

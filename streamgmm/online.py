@@ -38,8 +38,11 @@ W_CAP = 0.5
 MAX_BATCH = 1000
 # Batches smaller than this are learned row by row (compiled) rather than as numpy batches.
 SMALL_BATCH = 32
-# |x| beyond this would overflow the second moments.
-MAX_ABS_VALUE = 1e150
+# |x| beyond this would overflow the second moments (the compiled kernels refuse it too).
+MAX_ABS_VALUE = _kernels.MAX_ABS_VALUE
+# The one-row fast path takes C-contiguous float64 rows: the kernels check their values.
+_FLOAT64 = np.dtype(np.float64)
+_ROW_STRIDES = (_FLOAT64.itemsize,)
 # The regulariser never goes below this (standardised units): with reg_covar=0 a component
 # resting on equal rows would otherwise have a zero variance and no density at all.
 MIN_REG = 1e-10
@@ -94,7 +97,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     best kept; every row counts) before the model goes online.  While it warms up, predictions
     come from a provisional fit of the buffer, refitted each time it doubles.  Covariances that
     rest on few rows are regularised in each feature's own scale: full and tied covariances are
-    shrunk toward their diagonal (Schäfer–Strimmer), and a discrete feature's variance is pulled
+    shrunk toward their diagonal (by the multiple of the Schäfer–Strimmer intensity, from
+    1/64 to 4, that best predicts left-out rows), and a discrete feature's variance is pulled
     toward the variance of rounding to its resolution by a prior worth one row (both fade as
     rows accumulate, in the warm-up and online alike).
 
@@ -191,6 +195,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     .. [2] Chan, T., Golub, G. and LeVeque, R. (1979). Updating formulae and a pairwise
        algorithm for computing sample variances.
     """
+
+    # Set when the model is set up (_start) and when a model exists (_fit_buffer): the
+    # one-row fast path reads them without a hasattr.
+    _row_shape = None
+    _s0 = None
 
     _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
         "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -519,6 +528,15 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         density under the model underflows to zero, or it is partial while no model past the
         warm-up exists.  A non-finite or out-of-range value raises ValueError, state untouched.
         """
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and not self.warming_up_
+        ):  # the hot path: the compiled kernel checks the values (see _learn_one_status)
+            return self._learn_one_status(x)[1]
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
             return self._learn_one_status(x)[1]
@@ -538,6 +556,17 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def score_one(self, x, observed=None) -> float:
         """Log-density of one row (marginal over the observed coordinates if ``observed``)."""
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and self._s0 is not None
+        ):  # the hot path: the compiled kernel checks the values
+            log_density = self._one(x, np.empty(self._k))
+            if log_density == log_density:  # NaN: an invalid value, the checks below say which
+                return float(log_density)
         x, observed = self._check_one(x, observed)
         self._check_fitted()
         if observed is None:
@@ -551,6 +580,20 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def predict_proba_one(self, x, observed=None) -> np.ndarray:
         """Responsibilities of one row, shape (K,) (marginal over unobserved coordinates)."""
+        if (
+            observed is None
+            and type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and self._s0 is not None
+        ):  # the hot path: the compiled kernel checks the values
+            resp = np.empty(self._k)
+            ld = self._one(x, resp)
+            if ld == -np.inf:
+                resp = np.full(self._k, 1.0 / self._k)
+            if ld == ld:  # NaN: an invalid value, the checks below say which
+                return resp
         x, observed = self._check_one(x, observed)
         self._check_fitted()
         if observed is None:
@@ -652,8 +695,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
             return before, True
-        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi) and self._skip_gross(1):
-            return self._score_one(x), False
+        if not _kernels.row_inside(x, self._gross_lo, self._gross_hi):
+            if not _kernels.row_within(x, MAX_ABS_VALUE):  # before any accounting
+                self._refuse(x)
+            if self._skip_gross(1):
+                return self._score_one(x), False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
@@ -678,11 +724,18 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             )  # fmt: skip
         if status == _kernels.REJECTED:
             return lse, False
+        if status == _kernels.INVALID:
+            self._refuse(x)
         self.n_samples_seen_ += 1
         self._since_refresh += 1
         if status == _kernels.LEARNED_REFRESH or self._since_refresh >= REFRESH_EVERY:
             self._refresh()
         return lse, True
+
+    def _refuse(self, x):
+        """Raise the full checks' ValueError for a row the compiled path found invalid."""
+        self._check_one(np.array(x, dtype=np.float64))
+        raise ValueError("Input X contains NaN, infinity or values beyond ±1e150.")
 
     def _skip_gross(self, n_gross):
         """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
@@ -699,28 +752,55 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._gross_at = self.n_samples_seen_
         return self._gross_rate < RECURRING_SHARE
 
-    def _learn_one_expected(self, x_hat, extra_cov, resp):
-        """Learn one sample from expected sufficient statistics (missing-data EM).
+    def learn_expected_one(self, x_hat, extra_cov, resp) -> None:
+        """Learn one sample from its expected sufficient statistics (missing-data EM).
 
-        ``x_hat`` (K, D): each component's conditional expectation of the sample;
-        ``extra_cov`` (K, D, D): each component's conditional covariance of the unobserved
-        coordinates (zero where observed); ``resp`` (K,): responsibilities.  The second moment
-        each component sees is ``x_hat x_hat^T + extra_cov``, so
+        The M-step half of learning a partially observed row (Ghahramani & Jordan, 1994):
+        :meth:`learn_one` with an ``observed`` mask computes these expectations with
+        :func:`streamgmm._missing.conditional_moments` and hands them here.  Each component
+        sees the second moment ``x_hat x_hat^T + extra_cov``, so its centered update is
         ``C' = (1 - w) (C + w e e^T) + w extra_cov``.
+
+        Parameters
+        ----------
+        x_hat
+            (K, D): each component's conditional expectation of the sample.
+        extra_cov
+            (K, D, D): each component's conditional covariance of the unobserved coordinates
+            (zero where observed).
+        resp
+            (K,): the sample's responsibilities (non-negative, summing to 1).
+
+        Raises NotFittedError during the warm-up, ValueError for arrays of the wrong shape,
+        non-finite values or responsibilities that are not a distribution.
         """
+        self._check_fitted()
+        k, d = self._k, self.n_features_in_
+        x_hat = np.asarray(x_hat, dtype=np.float64)
+        extra = np.asarray(extra_cov, dtype=np.float64)
+        resp = np.asarray(resp, dtype=np.float64)
+        for name, value, shape in (
+            ("x_hat", x_hat, (k, d)),
+            ("extra_cov", extra, (k, d, d)),
+            ("resp", resp, (k,)),
+        ):
+            if value.shape != shape:
+                raise ValueError(f"{name} must have shape {shape}, got {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{name} contains NaN or infinity")
+        if (resp < 0).any() or abs(resp.sum() - 1.0) > 1e-6:
+            raise ValueError("resp must be non-negative and sum to 1")
         if self.warming_up_:
             raise NotFittedError("learning from partial rows needs a model past its warm-up")
         rho = self._steps(1)[0]
-        resp = np.asarray(resp, dtype=np.float64)
         s0 = (1.0 - rho) * self._s0 + rho * resp
         w = np.minimum(np.where(resp > 0, rho * resp / s0, 0.0), W_CAP)
-        e = np.asarray(x_hat, dtype=np.float64) - self._means
+        e = x_hat - self._means
         q = cov_ops.mahalanobis(e[:, None, :], self._prec, self.covariance_type)[0]
         with np.errstate(divide="ignore", invalid="ignore"):  # bounded influence, as online
             e = e * np.where(q > self._q_max, np.sqrt(self._q_max / q), 1.0)[:, None]
         means = self._means + w[:, None] * e
         outer = e[:, :, None] * e[:, None, :]
-        extra = np.asarray(extra_cov, dtype=np.float64)
         ct = self.covariance_type
         if ct == "full":
             cov = (1 - w)[:, None, None] * (self._cov + w[:, None, None] * outer)
@@ -854,6 +934,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if seed is None:
             seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         self.n_features_in_ = n_features
+        self._row_shape = (n_features,)
         self.n_samples_seen_ = 0
         self.warming_up_ = True
         self._seed = seed
@@ -1221,6 +1302,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 _LEARNED_ATTRIBUTES = (
     "_k",
     "n_features_in_",
+    "_row_shape",
     "feature_names_in_",
     "n_samples_seen_",
     "warming_up_",

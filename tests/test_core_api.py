@@ -60,6 +60,43 @@ def test_bad_rows_raise_and_leave_the_state_untouched(bad):
     _state_equal(model, reference)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag", "spherical", "tied"])
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ([0.0, np.nan, 0.0], "NaN or infinity"),
+        ([np.inf, 0.0, 0.0], "NaN or infinity"),
+        ([0.0, 0.0, -np.inf], "NaN or infinity"),
+        ([1e200, 0.0, 0.0], "beyond"),
+        ([0.0, 0.0, -2e150], "beyond"),
+    ],
+)
+def test_bad_float64_rows_on_the_fast_path_raise_and_leave_the_state_untouched(
+    covariance_type, bad, message
+):
+    # A C-contiguous float64 row of the right length skips the Python-level checks: the
+    # compiled kernel refuses its values, and the full checks then explain why.
+    model, reference = _fitted(covariance_type), _fitted(covariance_type)
+    row = np.array(bad)
+    for method in (model.learn_one, model.score_one, model.predict_proba_one):
+        with pytest.raises(ValueError, match=message):
+            method(row)
+    _state_equal(model, reference)
+
+
+def test_fast_and_full_paths_agree():
+    model = _fitted()
+    rows = np.random.default_rng(2).normal(size=(6, 6))
+    for wide in rows:
+        strided = wide[::2]  # not contiguous: the full path
+        plain = np.ascontiguousarray(strided)
+        assert model.score_one(strided) == model.score_one(plain)
+        np.testing.assert_array_equal(
+            model.predict_proba_one(strided), model.predict_proba_one(plain)
+        )
+        assert model.score_one(list(plain)) == model.score_one(plain)
+
+
 def test_row_with_zero_density_is_not_learned():
     X = 1e-5 * np.random.default_rng(0).normal(size=(400, 3))
     model, reference = (
@@ -141,3 +178,46 @@ def test_auto_chooses_the_number_of_components_by_bic(covariance_type):
     restored = OnlineGaussianMixture.from_state(*model.get_state())
     np.testing.assert_array_equal(restored.score_samples(X), model.score_samples(X))
     assert OnlineGaussianMixture("auto", random_state=0).fit(X).n_components_ == 3
+
+
+def test_learn_expected_one_is_the_complete_update_when_nothing_is_missing():
+    # With nothing missing (x_hat = x for every component, no extra covariance) the public
+    # missing-data M-step is the ordinary online update of one row.
+    a, b = _fitted(seed=1), _fitted(seed=1)
+    x = np.array([0.4, -1.0, 0.2])
+    resp = a.predict_proba_one(x)
+    a.learn_one(x)
+    b.learn_expected_one(np.tile(x, (2, 1)), np.zeros((2, 3, 3)), resp)
+    assert b.n_samples_seen_ == a.n_samples_seen_
+    np.testing.assert_allclose(b.means_, a.means_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(b.full_covariances_, a.full_covariances_, rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("x_hat", "extra", "resp", "message"),
+    [
+        (np.zeros((2, 2)), np.zeros((2, 3, 3)), [0.5, 0.5], "x_hat must have shape"),
+        (np.zeros((2, 3)), np.zeros((2, 3)), [0.5, 0.5], "extra_cov must have shape"),
+        (np.full((2, 3), np.nan), np.zeros((2, 3, 3)), [0.5, 0.5], "NaN or infinity"),
+        (np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.7, 0.7], "sum to 1"),
+        (np.zeros((2, 3)), np.zeros((2, 3, 3)), [1.5, -0.5], "non-negative"),
+    ],
+)
+def test_learn_expected_one_refuses_malformed_statistics(x_hat, extra, resp, message):
+    model = _fitted()
+    before = model.get_state()
+    with pytest.raises(ValueError, match=message):
+        model.learn_expected_one(x_hat, extra, resp)
+    after = model.get_state()
+    assert before[1] == after[1]
+    for name in before[0]:
+        np.testing.assert_array_equal(before[0][name], after[0][name])
+
+
+def test_learn_expected_one_needs_a_model_past_the_warm_up():
+    model = OnlineGaussianMixture(2, random_state=0)
+    with pytest.raises(NotFittedError):
+        model.learn_expected_one(np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.5, 0.5])
+    model.partial_fit(np.random.default_rng(0).normal(size=(10, 3)))  # provisional model
+    with pytest.raises(NotFittedError, match="warm-up"):
+        model.learn_expected_one(np.zeros((2, 3)), np.zeros((2, 3, 3)), [0.5, 0.5])

@@ -6,6 +6,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from streamgmm import OnlineGaussianMixture
+from streamgmm.online import default_warm_up
 
 
 def _correlated(n, d, rho, seed):
@@ -15,8 +16,13 @@ def _correlated(n, d, rho, seed):
 
 
 def test_default_warm_up_of_wide_data_is_a_few_thousand_rows_at_most():
-    model = OnlineGaussianMixture(3, random_state=0).partial_fit(np.zeros((2, 200)))
-    assert model._warm_up_size <= 1500
+    n = default_warm_up(3, 200)
+    assert n <= 1500
+    model = OnlineGaussianMixture(3, covariance_type="diag", random_state=0)
+    model.partial_fit(np.random.default_rng(0).normal(size=(n - 1, 200)))
+    assert model.warming_up_
+    model.partial_fit(np.random.default_rng(1).normal(size=(1, 200)))
+    assert not model.warming_up_
 
 
 @pytest.mark.parametrize("covariance_type", ["full", "diag", "tied"])

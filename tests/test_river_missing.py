@@ -14,10 +14,7 @@ class Fixed:
     """A mixture given by its parameters (the interface _missing reads)."""
 
     def __init__(self, weights, means, covs):
-        self.weights_, self.means_, self._covs = weights, means, covs
-
-    def _covariance_matrices(self):
-        return self._covs
+        self.weights_, self.means_, self.full_covariances_ = weights, means, covs
 
 
 def random_mixture(rng, k=3, d=5):
@@ -39,7 +36,7 @@ def test_marginal_and_conditional_match_brute_force(seed):
     ld, resp, x_hat, extra = conditional_moments(model, x_in, observed)
     parts = [
         w * multivariate_normal(mu[o], c[np.ix_(o, o)]).pdf(x[o])
-        for w, mu, c in zip(model.weights_, model.means_, model._covs, strict=True)
+        for w, mu, c in zip(model.weights_, model.means_, model.full_covariances_, strict=True)
     ]
     assert np.isclose(ld, np.log(sum(parts)), rtol=1e-10)
     np.testing.assert_allclose(resp, np.array(parts) / sum(parts), rtol=1e-9)
@@ -47,7 +44,7 @@ def test_marginal_and_conditional_match_brute_force(seed):
     assert ld2 == pytest.approx(ld, rel=1e-12)
     np.testing.assert_allclose(resp2, resp, rtol=1e-12)
     for k in range(3):
-        mu, c = model.means_[k], model._covs[k]
+        mu, c = model.means_[k], model.full_covariances_[k]
         gain = c[np.ix_(m, o)] @ np.linalg.inv(c[np.ix_(o, o)])
         np.testing.assert_allclose(x_hat[k, o], x[o])
         np.testing.assert_allclose(x_hat[k, m], mu[m] + gain @ (x[o] - mu[o]), rtol=1e-9)
