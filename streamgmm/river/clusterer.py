@@ -171,12 +171,16 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
     def predict_proba_one(self, x: dict) -> dict[int, float]:
         """Posterior probability of each cluster (from the provisional fit during the warm-up;
         uniform before it has one)."""
-        resp = self._responsibilities(x)
-        return {k: float(p) for k, p in enumerate(resp)}
+        labels, resp = self._responsibilities(x)
+        if labels is None:
+            return {k: float(p) for k, p in enumerate(resp)}
+        return {int(k): float(p) for k, p in zip(labels, resp, strict=True)}
 
     def predict_one(self, x: dict) -> int:
         """Most probable cluster (the argmax of `predict_proba_one`)."""
-        return int(np.argmax(self._responsibilities(x)))
+        labels, resp = self._responsibilities(x)
+        j = int(np.argmax(resp))
+        return j if labels is None else int(labels[j])
 
     def score_one(self, x: dict) -> float:
         """Log-density of `x` in the input's units (marginal over missing features)."""

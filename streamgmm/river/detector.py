@@ -346,6 +346,9 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
             else:
                 self._update(z, observed)
                 learned = True
+        elif observed is None:
+            # Kept out of the model, but evidence for a new component (n_components="auto").
+            model.observe_one(z)
         if flagged:
             self.n_flagged_ += 1
         gate.account_one(score, tail, flagged, learned)

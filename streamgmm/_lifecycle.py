@@ -1,0 +1,480 @@
+"""Components that come and go: online birth, merge and death (``n_components="auto"``).
+
+With ``n_components="auto"`` the warm-up chooses K by the Bayesian information criterion, and
+online the number of components follows the stream.  This module holds the rules; the core
+(:class:`streamgmm.OnlineGaussianMixture`) calls them from small hooks in its learning paths.
+With an integer ``n_components`` none of this runs: K stays fixed, as in scikit-learn, and a
+starving component is re-seeded by splitting the heaviest.
+
+Idea
+----
+A mixture fitted at the warm-up explains the stream it saw.  Later, three things happen:
+
+* **A new regime appears** (a machine in a new operating mode, a new customer segment): a
+  persistent, coherent group of records that no component explains.  It deserves a component.
+  Scattered anomalies, even in a burst, do not: they are what an anomaly detector must keep
+  flagging, and a broad component grown around them would swallow later anomalies.
+* **Two components come to explain the same data** (a birth next to a component that then
+  widened, two components drifting together): one of them is redundant.
+* **A regime ends**: its component's weight decays under forgetting and starves.
+
+Rules
+-----
+*Poorly explained record.*  A record whose squared Mahalanobis distance to every component
+exceeds the chi-square quantile ``chi2_D(1 - POOR_TAIL)``: no component would draw it more than
+once in a thousand.  Every record the model scores is checked -- also those an anomaly gate keeps
+out of learning (:meth:`OnlineGaussianMixture.score_and_learn` sees them all, and
+:meth:`~streamgmm.OnlineGaussianMixture.observe_one` is the one-row door for them).  A cheap
+bound on the log-density (a record that is poor for every component has a log-density below
+``logsumexp_k(log pi_k - (D log 2 pi + log|Sigma_k|) / 2) - q_poor / 2``) means the distances are
+computed only for the few records below it.  The most recent poorly explained records are kept,
+with their arrival time, in a bounded buffer (``2 n_birth`` rows of D values).
+
+*Birth* needs, all at once:
+
+1. **Persistence**: at least ``n_birth = max(40, 2 (D + 1))`` poorly explained records among the
+   last ``n_birth / min_weight`` records -- a group holding at least ``min_weight`` of the
+   stream.  Rarer groups stay anomalies (on River's Shuttle the anomaly classes form coherent
+   groups of a few percent: they must not become "normal").
+2. **Coherence, tested on later records**: a Gaussian fitted (shrunk toward its diagonal) to the
+   older half of the buffered records must explain the newer half better than the mixture by at
+   least ``BIRTH_GAIN`` nats per record.
+3. **Compactness**: the candidate's volume (log-determinant) must not exceed the widest
+   existing component's by more than ``D log COMPACT_RATIO`` (a variance ratio of 4 per axis):
+   scattered anomalies over a wide region fit only a broad Gaussian.
+4. **A new place**: the candidate's mean must itself be poorly explained (beyond
+   ``chi2_D(0.99)`` of every component): tail records of an existing component surround it and
+   their mean sits inside it.
+5. K below ``max_components``.
+
+The newborn gets the moment estimate of all buffered records (shrunk toward the diagonal) and a
+weight equal to the group's share of the recent stream (at least ``min_weight``, at most 1/2); the
+others are scaled down to make room.  It gets a new, never reused component id
+(``component_ids_``), so labels stay stable.
+
+*Merge.*  Every ``merge_every`` records each pair of components is compared with the single
+Gaussian that matches their first two moments: the Kullback-Leibler divergence of the pair from
+it (per unit of their weight) is estimated by the unscented transform, 2D sigma points per
+component (Goldberger & Aronowitz 2005), after a cheap screen by Runnalls' (2007) upper bound.
+Below ``MERGE_KL`` nats the pair explains the data no better than one Gaussian: they are merged
+by moment matching.  The merged component keeps the older id.
+
+*Death.*  A component whose weight falls below ``max(rho / 2, DEATH_SHARE * min_weight)`` is
+removed (K decreases) instead of being re-seeded; the last component never dies.
+
+Everything is deterministic (no random draws) and lives in the model's state as plain arrays
+and JSON numbers, so a restored model continues exactly like one that never stopped.  A change
+whose factorisation fails or turns non-finite is rolled back.
+
+References
+----------
+.. [1] Runnalls, A. R. (2007). Kullback-Leibler approach to Gaussian mixture reduction.
+   IEEE Transactions on Aerospace and Electronic Systems 43(3), 989-999.
+.. [2] Goldberger, J. and Aronowitz, H. (2005). A distance measure between GMMs based on the
+   unscented transform and its application to speaker recognition. Interspeech.
+.. [3] Ueda, N., Nakano, R., Ghahramani, Z. and Hinton, G. (2000). SMEM algorithm for mixture
+   models. Neural Computation 12(9), 2109-2128.
+.. [4] Engel, P. M. and Heinen, M. R. (2010). Incremental learning of multivariate Gaussian
+   mixture models. SBIA (novelty-driven creation of components).
+.. [5] Kristan, M., Leonardis, A. and Skočaj, D. (2011). Multivariate online kernel density
+   estimation with Gaussian kernels. Pattern Recognition 44 (merging by moment matching).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.special import chdtri, logsumexp
+
+from streamgmm import _covariance as cov_ops
+
+# A record is poorly explained beyond this tail of every component's chi-square distribution.
+POOR_TAIL = 1e-3
+# ... and a candidate's mean is in a new place beyond this tail of every component.
+CENTER_TAIL = 1e-2
+# Fewest poorly explained records for a birth (and at least 2 (D + 1)).
+BIRTH_MIN_ROWS = 40
+# A candidate must explain later poorly explained records this much better (nats per record).
+BIRTH_GAIN = 2.0
+# ... and be no wider than the widest component by more than this variance ratio per axis.
+COMPACT_RATIO = 4.0
+# Pairs whose moment-matched merge loses less than this (nats per unit weight) are merged.
+MERGE_KL = 0.05
+# Pairs are screened by Runnalls' bound (an upper bound on the loss) below this first.
+MERGE_SCREEN = 2.0
+# Records between merge checks (at least; wide data: 5 D).
+MERGE_EVERY = 500
+# A component dies below this share of min_weight (or below half a sample's step).
+DEATH_SHARE = 0.1
+# The log-density bound that screens records is refreshed after this many records.
+BOUND_EVERY = 64
+
+
+def _log_gauss(X, mean, cov):
+    """Log-density of rows X under N(mean, cov); None if cov does not factorise."""
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        return None
+    z = np.linalg.solve(chol, (X - mean).T)
+    logdet = 2.0 * np.log(np.diagonal(chol)).sum()
+    return -0.5 * (X.shape[1] * cov_ops.LOG_2PI + logdet + (z * z).sum(axis=0))
+
+
+def _shrunk_moments(rows):
+    """Mean and covariance (shrunk toward the diagonal) of the rows."""
+    mean = rows.mean(axis=0)
+    dev = rows - mean
+    cov = dev.T @ dev / rows.shape[0]
+    return mean, cov_ops.shrink_to_diagonal(cov, np.array(rows.shape[0]))
+
+
+class Lifecycle:
+    """Birth, merge and death of the components of one model (see the module docstring).
+
+    Holds the component ids, the buffer of poorly explained records and a few counters; acts on
+    the model's arrays through :meth:`observe`, :meth:`step` and :meth:`remove_starving`.
+    """
+
+    def __init__(self, n_components, n_features, min_weight, max_components):
+        d = n_features
+        self.min_weight = float(min_weight)
+        self.max_components = int(max_components)
+        self.n_birth = max(BIRTH_MIN_ROWS, 2 * (d + 1))
+        self.window = math.ceil(self.n_birth / self.min_weight)
+        self.merge_every = max(MERGE_EVERY, 5 * d)
+        self.q_poor = float(chdtri(d, POOR_TAIL))
+        self.q_center = float(chdtri(d, CENTER_TAIL))
+        self.ids = np.arange(n_components, dtype=np.int64)
+        self.next_id = int(n_components)
+        cap = 2 * self.n_birth
+        self.rows = np.empty((cap, d))
+        self.times = np.empty(cap)
+        self.n_rows = 0
+        self.n_seen = 0  # records observed
+        self.pending = 0  # poorly explained records since the last birth attempt
+        self.merged_at = 0  # n_seen at the last merge check
+        self.bound = math.inf  # log-density below which a record may be poorly explained
+        self.bound_at = -BOUND_EVERY  # n_seen when the bound was computed
+        self.n_births = self.n_merges = self.n_deaths = 0
+        # Poorly explained rows are held back from learning (learning them would stretch a
+        # component over a new regime before it can be born, and anomalies are not data) ...
+        # ... unless a group with full evidence failed the birth tests: then it is learned
+        # (ordinary drift) until the poorly explained rows are rare again.
+        self.holding = True
+
+    # ------------------------------------------------------------------ evidence
+
+    def _refresh_bound(self, model):
+        with np.errstate(divide="ignore"):
+            log_w = np.log(model._s0 / model._s0.sum())
+        base = log_w - 0.5 * (model.n_features_in_ * cov_ops.LOG_2PI + model._logdet)
+        # One nat of slack: the bound is reused for BOUND_EVERY records while the model moves.
+        self.bound = float(logsumexp(base)) - 0.5 * self.q_poor + 1.0
+        self.bound_at = self.n_seen
+
+    def observe_one(self, model, x, log_density) -> bool:
+        """Account one scored record (log-density before learning it); True: hold it back."""
+        if self.n_seen - self.bound_at >= BOUND_EVERY:
+            self._refresh_bound(model)
+        self.n_seen += 1
+        if log_density < self.bound or log_density != log_density:
+            return bool(self._screen(model, x[None, :], np.array([self.n_seen - 1.0]))[0])
+        return False
+
+    def observe(self, model, X, log_density) -> np.ndarray:
+        """Account scored records (log-densities before learning them), in order; the mask of
+        rows to hold back from learning."""
+        n = X.shape[0]
+        if self.n_seen - self.bound_at >= BOUND_EVERY:
+            self._refresh_bound(model)
+        times = self.n_seen + np.arange(n, dtype=np.float64)
+        self.n_seen += n
+        held = np.zeros(n, dtype=bool)
+        low = ~(log_density >= self.bound)  # NaN (no density) included
+        if low.any():
+            held[low] = self._screen(model, X[low], times[low])
+        return held
+
+    def _screen(self, model, X, times):
+        """Buffer the poorly explained rows; the mask of those to hold back."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            q = cov_ops.mahalanobis(
+                cov_ops.centered_rows(X, model._means), model._prec, model.covariance_type
+            )
+        poor = ~(q.min(axis=1) <= self.q_poor)
+        if not poor.any():
+            return poor
+        held = poor if self.holding else np.zeros_like(poor)
+        X, times = X[poor], times[poor]
+        cap = self.rows.shape[0]
+        if X.shape[0] >= cap:
+            X, times = X[-cap:], times[-cap:]
+        m = X.shape[0]
+        if self.n_rows + m > cap:  # drop the oldest
+            keep = cap - m
+            self.rows[:keep] = self.rows[self.n_rows - keep : self.n_rows]
+            self.times[:keep] = self.times[self.n_rows - keep : self.n_rows]
+            self.n_rows = keep
+        self.rows[self.n_rows : self.n_rows + m] = X
+        self.times[self.n_rows : self.n_rows + m] = times
+        self.n_rows += m
+        self.pending += m
+        return held
+
+    # ------------------------------------------------------------------ decisions
+
+    def step(self, model):
+        """Birth and merge checks that are due (call between learning steps)."""
+        if self.pending >= max(self.n_birth // 4, 5):
+            self.pending = 0
+            self._try_birth(model)
+        elif not self.holding:
+            self.holding = len(self._recent_poor()) < self.n_birth // 2
+        if self.n_seen - self.merged_at >= self.merge_every:
+            self.merged_at = self.n_seen
+            self._try_merge(model)
+
+    def _recent_poor(self):
+        recent = self.times[: self.n_rows] >= self.n_seen - self.window
+        return self.rows[: self.n_rows][recent]
+
+    def birth_evidence(self, model):
+        """``(passed, reasons)``: the birth tests on the buffered records, for diagnostics."""
+        rows = self._recent_poor()
+        n, d = rows.shape
+        reasons = {"rows": n, "needed": self.n_birth}
+        if n < self.n_birth:
+            return False, reasons
+        reg = np.diag(model._reg)
+        half = n // 2
+        mean_a, cov_a = _shrunk_moments(rows[:half])
+        ll_cand = _log_gauss(rows[half:], mean_a, cov_a + reg)
+        if ll_cand is None:
+            return False, reasons
+        ll_model = model._e_step(rows[half:])[0]
+        reasons["gain"] = float(np.mean(ll_cand - ll_model))
+        mean, cov = _shrunk_moments(rows)
+        sign, logdet = np.linalg.slogdet(cov + reg)
+        widest = float(model._logdet.max())
+        reasons["excess_volume"] = float(logdet - widest) / d if sign > 0 else math.inf
+        q_mean = cov_ops.mahalanobis(
+            cov_ops.centered_rows(mean[None, :], model._means), model._prec, model.covariance_type
+        )
+        reasons["center_q"] = float(q_mean.min())
+        passed = (
+            reasons["gain"] >= BIRTH_GAIN
+            and reasons["excess_volume"] <= math.log(COMPACT_RATIO)
+            and reasons["center_q"] > self.q_center
+        )
+        reasons["mean"], reasons["cov"], reasons["share"] = mean, cov, n / self.window
+        return passed, reasons
+
+    def _try_birth(self, model):
+        passed, ev = self.birth_evidence(model)
+        if ev["rows"] >= self.n_birth:
+            # Full evidence: a birth, or (failed tests, or no room) learned as drift.
+            self.holding = passed and model._k < self.max_components
+        if not (passed and self.holding):
+            return False
+        w = min(max(ev["share"], self.min_weight), 0.5)
+        ct = model.covariance_type
+        cov = ev["cov"]
+        if ct == "full":
+            new_cov = np.concatenate([model._cov, cov[None]])
+        elif ct == "diag":
+            new_cov = np.concatenate([model._cov, np.diagonal(cov)[None]])
+        elif ct == "spherical":
+            new_cov = np.append(model._cov, np.diagonal(cov).mean())
+        else:  # tied: the shared covariance stays
+            new_cov = model._cov.copy()
+        total = model._s0.sum()
+        s0 = np.append(model._s0 * (1.0 - w), w * total)
+        means = np.concatenate([model._means, ev["mean"][None]])
+        if not self._adopt(model, s0, means, new_cov):
+            return False
+        self.ids = np.append(self.ids, self.next_id)
+        self.next_id += 1
+        self.n_births += 1
+        self.n_rows = 0  # those records are explained now
+        self.bound_at = -BOUND_EVERY
+        return True
+
+    def _try_merge(self, model):
+        k = model._k
+        if k < 2:
+            return False
+        covs = model._covariance_matrices()
+        w = model._s0 / model._s0.sum()
+        means = model._means
+        logdet = model._logdet
+        best = (MERGE_KL, None)
+        for i in range(k):
+            for j in range(i + 1, k):
+                wi, wj = w[i] / (w[i] + w[j]), w[j] / (w[i] + w[j])
+                d = means[i] - means[j]
+                merged = wi * covs[i] + wj * covs[j] + wi * wj * np.outer(d, d)
+                sign, logdet_m = np.linalg.slogdet(merged)
+                if sign <= 0:
+                    continue
+                runnalls = 0.5 * (logdet_m - wi * logdet[i] - wj * logdet[j])
+                if runnalls >= MERGE_SCREEN:
+                    continue
+                kl = self._pair_kl(
+                    means[[i, j]], covs[[i, j]], logdet[[i, j]], (wi, wj), merged, d, wi
+                )
+                if kl is not None and kl < best[0]:
+                    best = (kl, (i, j))
+        if best[1] is None:
+            return False
+        return self._merge(model, *best[1])
+
+    @staticmethod
+    def _pair_kl(means, covs, logdets, weights, merged, d, wi):
+        """KL(pair || moment-matched Gaussian) by the unscented transform (nats)."""
+        dim = means.shape[1]
+        mean_m = means[1] + wi * d
+        kl = 0.0
+        for c in range(2):
+            try:
+                chol = np.linalg.cholesky(covs[c])
+            except np.linalg.LinAlgError:
+                return None
+            offsets = math.sqrt(dim) * chol.T  # rows: the columns of the factor
+            pts = np.vstack([means[c] + offsets, means[c] - offsets])
+            parts = []
+            for e in range(2):
+                diff = pts - means[e]
+                z = np.linalg.solve(np.linalg.cholesky(covs[e]), diff.T)
+                parts.append(
+                    math.log(weights[e])
+                    - 0.5 * (dim * cov_ops.LOG_2PI + logdets[e] + (z * z).sum(axis=0))
+                )
+            log_pair = np.logaddexp(parts[0], parts[1])
+            log_m = _log_gauss(pts, mean_m, merged)
+            if log_m is None:
+                return None
+            kl += weights[c] * float(np.mean(log_pair - log_m))
+        return kl
+
+    def _merge(self, model, i, j):
+        """Merge components i and j by moment matching; the older id survives."""
+        if self.ids[j] < self.ids[i]:
+            i, j = j, i
+        s0 = model._s0.copy()
+        total_w = s0[i] + s0[j]
+        wi, wj = s0[i] / total_w, s0[j] / total_w
+        d = model._means[i] - model._means[j]
+        means = model._means.copy()
+        means[i] = wi * model._means[i] + wj * model._means[j]
+        ct = model.covariance_type
+        cov = model._cov.copy()
+        if ct == "full":
+            cov[i] = wi * cov[i] + wj * cov[j] + wi * wj * np.outer(d, d)
+        elif ct == "diag":
+            cov[i] = wi * cov[i] + wj * cov[j] + wi * wj * d * d
+        elif ct == "spherical":
+            cov[i] = wi * cov[i] + wj * cov[j] + wi * wj * float(np.mean(d * d))
+        else:  # tied: the pair's spread joins the shared covariance, by their weight
+            cov = cov + (total_w / s0.sum()) * wi * wj * np.outer(d, d)
+        s0[i] = total_w
+        keep = np.arange(model._k) != j
+        cov = cov if ct == "tied" else cov[keep]
+        if not self._adopt(model, s0[keep], means[keep], cov):
+            return False
+        self.ids = self.ids[keep]
+        self.n_merges += 1
+        self.bound_at = -BOUND_EVERY
+        return True
+
+    def remove_starving(self, model, rho):
+        """Remove components whose weight starves (never the last one); True if any died."""
+        weights = model._s0 / model._s0.sum()
+        limit = max(0.5 * rho, DEATH_SHARE * self.min_weight)
+        starving = weights < limit
+        if not starving.any() or model._k < 2:
+            return False
+        if starving.all():
+            starving[int(np.argmax(weights))] = False
+        keep = ~starving
+        cov = model._cov if model.covariance_type == "tied" else model._cov[keep]
+        # Dropping components leaves the others' factorisations valid: slice them.
+        prec = model._prec if model.covariance_type == "tied" else model._prec[keep]
+        model._s0 = model._s0[keep].copy()
+        model._means = model._means[keep].copy()
+        model._cov = cov.copy()
+        model._prec = prec.copy()
+        model._logdet = model._logdet[keep].copy()
+        model._k = int(keep.sum())
+        model._derive()
+        self.ids = self.ids[keep]
+        self.n_deaths += int(starving.sum())
+        self.bound_at = -BOUND_EVERY
+        return True
+
+    @staticmethod
+    def _adopt(model, s0, means, cov):
+        """Install new component arrays if they factorise to finite values; else roll back."""
+        old = (model._k, model._s0, model._means, model._cov, model._prec, model._logdet)
+        model._k = s0.shape[0]
+        try:
+            cov, prec, logdet = model._factorised(np.ascontiguousarray(cov))
+        except np.linalg.LinAlgError:
+            prec = None
+        if prec is None or not all(np.isfinite(a).all() for a in (s0, means, cov, prec, logdet)):
+            model._k = old[0]
+            return False
+        model._s0 = np.ascontiguousarray(s0)
+        model._means = np.ascontiguousarray(means)
+        model._cov, model._prec, model._logdet = cov, prec, logdet
+        model._derive()
+        model._since_refresh = 0
+        return True
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self):
+        """``(arrays, meta)``: float64 arrays and JSON numbers."""
+        arrays = {
+            "component_ids": self.ids.astype(np.float64),
+            "poor_rows": self.rows[: self.n_rows].copy(),
+            "poor_times": self.times[: self.n_rows].copy(),
+        }
+        meta = {
+            "next_id": self.next_id,
+            "n_seen": self.n_seen,
+            "pending": self.pending,
+            "merged_at": self.merged_at,
+            "bound": None if math.isinf(self.bound) else self.bound,
+            "bound_at": self.bound_at,
+            "counts": [self.n_births, self.n_merges, self.n_deaths],
+            "holding": self.holding,
+        }
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays, meta, n_components, n_features, min_weight, max_components):
+        lc = cls(n_components, n_features, min_weight, max_components)
+        ids = np.asarray(arrays["component_ids"], dtype=np.float64)
+        rows = np.asarray(arrays["poor_rows"], dtype=np.float64)
+        times = np.asarray(arrays["poor_times"], dtype=np.float64)
+        if ids.shape != (n_components,) or not np.array_equal(ids, np.round(ids)):
+            raise ValueError("model state: component_ids has the wrong shape or values")
+        if rows.ndim != 2 or rows.shape[1] != n_features or rows.shape[0] > lc.rows.shape[0]:
+            raise ValueError("model state: poor_rows has the wrong shape")
+        if times.shape != (rows.shape[0],) or not np.isfinite(rows).all():
+            raise ValueError("model state: poor_times/poor_rows malformed")
+        lc.ids = ids.astype(np.int64)
+        lc.n_rows = rows.shape[0]
+        lc.rows[: lc.n_rows] = rows
+        lc.times[: lc.n_rows] = times
+        lc.next_id = int(meta["next_id"])
+        lc.n_seen = int(meta["n_seen"])
+        lc.pending = int(meta["pending"])
+        lc.merged_at = int(meta["merged_at"])
+        lc.bound = math.inf if meta["bound"] is None else float(meta["bound"])
+        lc.bound_at = int(meta["bound_at"])
+        lc.n_births, lc.n_merges, lc.n_deaths = (int(v) for v in meta["counts"])
+        lc.holding = bool(meta["holding"])
+        return lc
