@@ -21,6 +21,7 @@ from sklearn.utils.validation import validate_data
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
 from streamgmm._lifecycle import Lifecycle
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm._warm_up import (
     RECURRING_SHARE,
     feature_scales,
@@ -234,24 +235,24 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_components=1,
+        n_components=MIXTURE_DEFAULTS["n_components"],
         *,
-        covariance_type="full",
-        half_life=None,
-        step_exponent=0.8,
-        step_offset=2.0,
-        warm_up=None,
-        n_init=3,
-        init_params="k-means++",
+        covariance_type=MIXTURE_DEFAULTS["covariance_type"],
+        half_life=MIXTURE_DEFAULTS["half_life"],
+        step_exponent=MIXTURE_DEFAULTS["step_exponent"],
+        step_offset=MIXTURE_DEFAULTS["step_offset"],
+        warm_up=MIXTURE_DEFAULTS["warm_up"],
+        n_init=MIXTURE_DEFAULTS["n_init"],
+        init_params=MIXTURE_DEFAULTS["init_params"],
         weights_init=None,
         means_init=None,
         precisions_init=None,
-        reg_covar=1e-6,
+        reg_covar=MIXTURE_DEFAULTS["reg_covar"],
         max_iter=100,
         tol=1e-3,
         random_state=None,
-        max_components=10,
-        min_weight=0.2,
+        max_components=MIXTURE_DEFAULTS["max_components"],
+        min_weight=MIXTURE_DEFAULTS["min_weight"],
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type

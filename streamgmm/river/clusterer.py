@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from river import base
 
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
+
 from ._base import MixtureAdapter, _check_core_params
 
 __all__ = ["GaussianMixture"]
@@ -113,15 +115,17 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
 
     def __init__(
         self,
-        n_components: int = 1,
-        covariance_type: str = "full",
-        half_life: float | None = None,
-        step_exponent: float = 0.8,
-        step_offset: float = 2.0,
-        warm_up: int | None = None,
-        n_init: int = 3,
-        init_params: str = "k-means++",
-        reg_covar: float = 1e-6,
+        n_components: int | str = MIXTURE_DEFAULTS["n_components"],
+        covariance_type: str = MIXTURE_DEFAULTS["covariance_type"],
+        half_life: float | None = MIXTURE_DEFAULTS["half_life"],
+        step_exponent: float = MIXTURE_DEFAULTS["step_exponent"],
+        step_offset: float = MIXTURE_DEFAULTS["step_offset"],
+        warm_up: int | None = MIXTURE_DEFAULTS["warm_up"],
+        n_init: int = MIXTURE_DEFAULTS["n_init"],
+        init_params: str = MIXTURE_DEFAULTS["init_params"],
+        reg_covar: float = MIXTURE_DEFAULTS["reg_covar"],
+        max_components: int = MIXTURE_DEFAULTS["max_components"],
+        min_weight: float = MIXTURE_DEFAULTS["min_weight"],
         seed: int | None = None,
     ):
         self.n_components = n_components
@@ -133,6 +137,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         self.n_init = n_init
         self.init_params = init_params
         self.reg_covar = reg_covar
+        self.max_components = max_components
+        self.min_weight = min_weight
         self.seed = seed
         _check_core_params(self)
         self._reset()

@@ -9,6 +9,7 @@ from river import base
 from scipy import special
 
 from streamgmm._gate_spec import GATE_DEFAULTS, validate_gate_params
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm.anomaly import AnomalyGate
 
 from ._base import MixtureAdapter, _check_core_params
@@ -143,15 +144,17 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     def __init__(
         self,
-        n_components: int = 1,
-        covariance_type: str = "full",
-        half_life: float | None = None,
-        step_exponent: float = 0.8,
-        step_offset: float = 2.0,
-        warm_up: int | None = None,
-        n_init: int = 3,
-        init_params: str = "k-means++",
-        reg_covar: float = 1e-6,
+        n_components: int | str = MIXTURE_DEFAULTS["n_components"],
+        covariance_type: str = MIXTURE_DEFAULTS["covariance_type"],
+        half_life: float | None = MIXTURE_DEFAULTS["half_life"],
+        step_exponent: float = MIXTURE_DEFAULTS["step_exponent"],
+        step_offset: float = MIXTURE_DEFAULTS["step_offset"],
+        warm_up: int | None = MIXTURE_DEFAULTS["warm_up"],
+        n_init: int = MIXTURE_DEFAULTS["n_init"],
+        init_params: str = MIXTURE_DEFAULTS["init_params"],
+        reg_covar: float = MIXTURE_DEFAULTS["reg_covar"],
+        max_components: int = MIXTURE_DEFAULTS["max_components"],
+        min_weight: float = MIXTURE_DEFAULTS["min_weight"],
         false_alarm_rate: float = GATE_DEFAULTS["false_alarm_rate"],
         exclusion_ratio: float = GATE_DEFAULTS["exclusion_ratio"],
         refresh_every: int = GATE_DEFAULTS["refresh_every"],
@@ -175,6 +178,8 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self.n_init = n_init
         self.init_params = init_params
         self.reg_covar = reg_covar
+        self.max_components = max_components
+        self.min_weight = min_weight
         self.false_alarm_rate = false_alarm_rate
         self.exclusion_ratio = exclusion_ratio
         self.refresh_every = refresh_every
