@@ -39,9 +39,11 @@ with their arrival time, in a bounded buffer (``2 n_birth`` rows of D values).
 2. **Coherence, tested on later records**: a Gaussian fitted (shrunk toward its diagonal) to the
    older half of the buffered records must explain the newer half better than the mixture by at
    least ``BIRTH_GAIN`` nats per record.
-3. **Compactness**: the candidate's volume (log-determinant) must not exceed the widest
-   existing component's by more than ``D log COMPACT_RATIO`` (a variance ratio of 4 per axis):
-   scattered anomalies over a wide region fit only a broad Gaussian.
+3. **Compactness**: the candidate's variances must not exceed, by more than a ratio of
+   ``COMPACT_RATIO`` (4) in geometric mean over the features, the larger of the widest
+   component's and the whole mixture's variance in each feature: scattered anomalies over a
+   wide region fit only a broad Gaussian.  (Variances, not determinants: on collinear real data
+   a determinant compares the shrinkage of few rows more than their spread.)
 4. **A new place**: the candidate's mean must itself be poorly explained (beyond
    ``chi2_D(0.99)`` of every component): tail records of an existing component surround it and
    their mean sits inside it.
@@ -93,6 +95,10 @@ from streamgmm import _covariance as cov_ops
 POOR_TAIL = 1e-3
 # ... and a candidate's mean is in a new place beyond this tail of every component.
 CENTER_TAIL = 1e-2
+# A record belongs to a candidate's core within this tail of its chi-square distribution.
+MEMBER_TAIL = 0.025
+# Concentration steps of the core's robust fit (they settle within a few).
+CORE_STEPS = 10
 # Fewest poorly explained records for a birth (and at least 2 (D + 1)).
 BIRTH_MIN_ROWS = 40
 # A candidate must explain later poorly explained records this much better (nats per record).
@@ -107,6 +113,12 @@ MERGE_SCREEN = 2.0
 MERGE_EVERY = 500
 # A component dies below this share of min_weight (or below half a sample's step).
 DEATH_SHARE = 0.1
+# Half-life, in windows, of the poorly explained rows' share of the stream.
+RATE_WINDOWS = 2
+# Consecutive birth attempts (each after n_birth / 4 new poorly explained rows) that must pass.
+BIRTH_CONFIRMATIONS = 2
+# Groups failing the birth tests for this many windows are learned (drift), not held back.
+RELEASE_WINDOWS = 5
 # The log-density bound that screens records is refreshed after this many records.
 BOUND_EVERY = 64
 
@@ -120,6 +132,41 @@ def _log_gauss(X, mean, cov):
     z = np.linalg.solve(chol, (X - mean).T)
     logdet = 2.0 * np.log(np.diagonal(chol)).sum()
     return -0.5 * (X.shape[1] * cov_ops.LOG_2PI + logdet + (z * z).sum(axis=0))
+
+
+def _core(rows, reg, scale, q_member):
+    """Mean, covariance and member mask of the densest coherent part of ``rows``.
+
+    Concentration steps of the minimum covariance determinant (Rousseeuw & Van Driessen 1999):
+    from the half of the rows nearest the coordinate-wise median (in ``scale`` units), refit on
+    the half nearest the fit until it settles; then the rows within ``q_member`` of the fit
+    (its covariance made consistent by the median distance) are the members, and the
+    estimate is refitted on them.  A mixed bag of rare groups yields a core holding only one
+    of them.
+    """
+    n, d = rows.shape
+    h = min(n, max(n // 2, d + 2))
+    z = (rows - np.median(rows, axis=0)) / scale
+    keep = np.sort(np.argsort((z * z).sum(axis=1), kind="stable")[:h])
+    sigma_reg = np.diag(reg)
+    for _ in range(CORE_STEPS):
+        mean, cov = _shrunk_moments(rows[keep])
+        q = _mahalanobis(rows, mean, cov + sigma_reg)
+        new = np.sort(np.argsort(q, kind="stable")[:h])
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    cov = cov * (np.median(q) / chdtri(d, 0.5))
+    members = _mahalanobis(rows, mean, cov + sigma_reg) <= q_member
+    if members.sum() >= d + 2:
+        mean, cov = _shrunk_moments(rows[members])
+    return mean, cov, members
+
+
+def _mahalanobis(X, mean, cov):
+    chol = np.linalg.cholesky(cov)
+    z = np.linalg.solve(chol, (X - mean).T)
+    return (z * z).sum(axis=0)
 
 
 def _shrunk_moments(rows):
@@ -146,6 +193,7 @@ class Lifecycle:
         self.merge_every = max(MERGE_EVERY, 5 * d)
         self.q_poor = float(chdtri(d, POOR_TAIL))
         self.q_center = float(chdtri(d, CENTER_TAIL))
+        self.q_member = float(chdtri(d, MEMBER_TAIL))
         self.ids = np.arange(n_components, dtype=np.int64)
         self.next_id = int(n_components)
         cap = 2 * self.n_birth
@@ -160,9 +208,18 @@ class Lifecycle:
         self.n_births = self.n_merges = self.n_deaths = 0
         # Poorly explained rows are held back from learning (learning them would stretch a
         # component over a new regime before it can be born, and anomalies are not data) ...
-        # ... unless a group with full evidence failed the birth tests: then it is learned
-        # (ordinary drift) until the poorly explained rows are rare again.
+        # ... unless groups with full evidence keep failing the birth tests for RELEASE_WINDOWS
+        # windows (a burst of anomalies is shorter): then they are learned (ordinary drift)
+        # until poorly explained rows are rare again.
         self.holding = True
+        self.failing_since = -1  # n_seen at the first failed attempt of a run, -1: none
+        self.passes = 0  # consecutive attempts that passed the birth tests
+        # Share of poorly explained rows in the stream, averaged with a half-life of
+        # RATE_WINDOWS windows: a group must hold min_weight of the stream for that long,
+        # not in one window by chance (River's Shuttle: an anomaly class at 7% reaches 10% of
+        # some windows).
+        self.rate = 0.0
+        self.decay = 2.0 ** (-1.0 / (RATE_WINDOWS * self.window))
 
     # ------------------------------------------------------------------ evidence
 
@@ -179,6 +236,7 @@ class Lifecycle:
         if self.n_seen - self.bound_at >= BOUND_EVERY:
             self._refresh_bound(model)
         self.n_seen += 1
+        self.rate *= self.decay
         if log_density < self.bound or log_density != log_density:
             return bool(self._screen(model, x[None, :], np.array([self.n_seen - 1.0]))[0])
         return False
@@ -191,6 +249,7 @@ class Lifecycle:
             self._refresh_bound(model)
         times = self.n_seen + np.arange(n, dtype=np.float64)
         self.n_seen += n
+        self.rate *= self.decay**n
         held = np.zeros(n, dtype=bool)
         low = ~(log_density >= self.bound)  # NaN (no density) included
         if low.any():
@@ -207,6 +266,10 @@ class Lifecycle:
         if not poor.any():
             return poor
         held = poor if self.holding else np.zeros_like(poor)
+        # Each poor row's contribution, decayed from its arrival to now.
+        self.rate += (1.0 - self.decay) * float(
+            np.sum(self.decay ** (self.n_seen - 1.0 - times[poor]))
+        )
         X, times = X[poor], times[poor]
         cap = self.rows.shape[0]
         if X.shape[0] >= cap:
@@ -230,8 +293,8 @@ class Lifecycle:
         if self.pending >= max(self.n_birth // 4, 5):
             self.pending = 0
             self._try_birth(model)
-        elif not self.holding:
-            self.holding = len(self._recent_poor()) < self.n_birth // 2
+        elif not self.holding and len(self._recent_poor()) < self.n_birth // 2:
+            self.holding, self.failing_since = True, -1
         if self.n_seen - self.merged_at >= self.merge_every:
             self.merged_at = self.n_seen
             self._try_merge(model)
@@ -244,41 +307,66 @@ class Lifecycle:
         """``(passed, reasons)``: the birth tests on the buffered records, for diagnostics."""
         rows = self._recent_poor()
         n, d = rows.shape
-        reasons = {"rows": n, "needed": self.n_birth}
-        if n < self.n_birth:
+        full = n >= self.n_birth and self.rate >= self.min_weight
+        reasons = {"rows": n, "needed": self.n_birth, "rate": self.rate, "full": full}
+        if not full:
             return False, reasons
-        reg = np.diag(model._reg)
+        reg, scale = model._reg, np.sqrt(self._reference_spread(model))
         half = n // 2
-        mean_a, cov_a = _shrunk_moments(rows[:half])
-        ll_cand = _log_gauss(rows[half:], mean_a, cov_a + reg)
+        # The group's core, found in the older half, must go on in the newer half...
+        mean_a, cov_a, _ = _core(rows[:half], reg, scale, self.q_member)
+        ll_cand = _log_gauss(rows[half:], mean_a, cov_a + np.diag(reg))
         if ll_cand is None:
             return False, reasons
-        ll_model = model._e_step(rows[half:])[0]
-        reasons["gain"] = float(np.mean(ll_cand - ll_model))
-        mean, cov = _shrunk_moments(rows)
-        sign, logdet = np.linalg.slogdet(cov + reg)
-        widest = float(model._logdet.max())
-        reasons["excess_volume"] = float(logdet - widest) / d if sign > 0 else math.inf
+        q_new = -2.0 * ll_cand - d * cov_ops.LOG_2PI - np.linalg.slogdet(cov_a + np.diag(reg))[1]
+        later = q_new <= self.q_member
+        # ... and explain those later records much better than the mixture does.
+        ll_model = model._e_step(rows[half:][later])[0] if later.any() else np.zeros(0)
+        reasons["gain"] = float(np.mean(ll_cand[later] - ll_model)) if later.any() else -math.inf
+        mean, cov, members = _core(rows, reg, scale, self.q_member)
+        # Persistence of the coherent part: its share of the stream, now and later.
+        reasons["share"] = self.rate * float(members.mean())
+        reasons["later_share"] = float(later.mean()) / max(float(members.mean()), 1e-12)
+        spread = np.diagonal(cov) + reg
+        reasons["excess_volume"] = float(np.mean(np.log(spread / scale**2)))
         q_mean = cov_ops.mahalanobis(
             cov_ops.centered_rows(mean[None, :], model._means), model._prec, model.covariance_type
         )
         reasons["center_q"] = float(q_mean.min())
         passed = (
-            reasons["gain"] >= BIRTH_GAIN
+            reasons["share"] >= self.min_weight
+            and reasons["later_share"] >= 0.5
+            and reasons["gain"] >= BIRTH_GAIN
             and reasons["excess_volume"] <= math.log(COMPACT_RATIO)
             and reasons["center_q"] > self.q_center
         )
-        reasons["mean"], reasons["cov"], reasons["share"] = mean, cov, n / self.window
+        reasons["mean"], reasons["cov"] = mean, cov
         return passed, reasons
+
+    @staticmethod
+    def _reference_spread(model):
+        """Per feature, the largest variance of a component or of the whole mixture."""
+        w = model._s0 / model._s0.sum()
+        var = np.diagonal(model._covariance_matrices(), axis1=1, axis2=2)
+        dev = model._means - w @ model._means
+        overall = w @ var + w @ (dev * dev)
+        return np.maximum(var.max(axis=0), overall)
 
     def _try_birth(self, model):
         passed, ev = self.birth_evidence(model)
-        if ev["rows"] >= self.n_birth:
-            # Full evidence: a birth, or (failed tests, or no room) learned as drift.
-            self.holding = passed and model._k < self.max_components
-        if not (passed and self.holding):
+        passed = passed and model._k < self.max_components
+        if not ev["full"] or passed:
+            self.failing_since = -1
+        elif self.failing_since < 0:
+            self.failing_since = self.n_seen
+        elif self.n_seen - self.failing_since >= RELEASE_WINDOWS * self.window:
+            self.holding = False  # a lasting group that cannot be born: drift, learn it
+        # A passing group must pass again on later records: one lucky draw is not evidence.
+        self.passes = self.passes + 1 if passed else 0
+        if self.passes < BIRTH_CONFIRMATIONS:
             return False
-        w = min(max(ev["share"], self.min_weight), 0.5)
+        self.passes = 0
+        w = min(ev["share"], 0.5)
         ct = model.covariance_type
         cov = ev["cov"]
         if ct == "full":
@@ -450,6 +538,9 @@ class Lifecycle:
             "bound_at": self.bound_at,
             "counts": [self.n_births, self.n_merges, self.n_deaths],
             "holding": self.holding,
+            "failing_since": self.failing_since,
+            "passes": self.passes,
+            "rate": self.rate,
         }
         return arrays, meta
 
@@ -477,4 +568,7 @@ class Lifecycle:
         lc.bound_at = int(meta["bound_at"])
         lc.n_births, lc.n_merges, lc.n_deaths = (int(v) for v in meta["counts"])
         lc.holding = bool(meta["holding"])
+        lc.failing_since = int(meta["failing_since"])
+        lc.passes = int(meta["passes"])
+        lc.rate = float(meta["rate"])
         return lc

@@ -23,5 +23,8 @@ MIXTURE_DEFAULTS: dict = {
     "init_params": "k-means++",
     "reg_covar": 1e-6,
     "max_components": 10,
-    "min_weight": 0.2,
+    # A group rarer than a tenth of the stream is anomalous, not a regime (River's Shuttle: its
+    # anomaly classes, 7% in all, are coherent groups; at 0.05 one became a component and the
+    # ROC-AUC fell from 0.996 to 0.904).
+    "min_weight": 0.1,
 }

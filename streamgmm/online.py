@@ -51,9 +51,8 @@ MIN_REG = 1e-10
 RELATIVE_REG = 1e-12
 # Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
 AUTO_COMPONENTS = range(1, 9)
-# The warm-up of n_components="auto" is sized for this many components: with the default
-# min_weight (0.2) at most five components can each hold their share, and online births add
-# components later if the stream needs them.
+# The warm-up of n_components="auto" is sized for this many full covariances (2 (D + 1) rows
+# each); online births add components later if the stream needs them.
 AUTO_WARM_UP_COMPONENTS = 5
 
 

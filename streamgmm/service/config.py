@@ -74,7 +74,6 @@ class ModelConfig(_Strict):
     reg_covar: float = Field(1e-6, ge=0)
     random_state: int | None = 0
 
-
     @field_validator("n_components")
     @classmethod
     def _positive_k(cls, value):
