@@ -28,31 +28,46 @@ out of learning (:meth:`OnlineGaussianMixture.score_and_learn` sees them all, an
 bound on the log-density (a record that is poor for every component has a log-density below
 ``logsumexp_k(log pi_k - (D log 2 pi + log|Sigma_k|) / 2) - q_poor / 2``) means the distances are
 computed only for the few records below it.  The most recent poorly explained records are kept,
-with their arrival time, in a bounded buffer (``2 n_birth`` rows of D values).
+with their arrival time, in a bounded buffer (``2 n_birth`` rows of D values), and their share
+of the stream is averaged with a half-life of two windows (``rate``).
 
-*Birth* needs, all at once:
+*Hold-back.*  Once ``n_hold = max(10, n_birth / 4)`` poorly explained records are in the window,
+a group may be forming and a poorly explained record is not learned: learning it would stretch
+a component over a new regime before the regime can be born (measured: 30 such records
+sufficed), and an anomaly is not data.  Below that they are the normal tail (0.1% of a
+Gaussian stream) and are learned, so that the covariance is not truncated.  If groups with full
+evidence keep failing the birth tests for ``RELEASE_WINDOWS`` windows (a lasting change that is
+not a compact new cluster: drift) they are learned, until poorly explained records are rare
+again.  So a coherent group rarer than
+``min_weight`` stays anomalous and unlearned: it scores very low.
 
-1. **Persistence**: at least ``n_birth = max(40, 2 (D + 1))`` poorly explained records among the
-   last ``n_birth / min_weight`` records -- a group holding at least ``min_weight`` of the
-   stream.  Rarer groups stay anomalies (on River's Shuttle the anomaly classes form coherent
-   groups of a few percent: they must not become "normal").
-2. **Coherence, tested on later records**: a Gaussian fitted (shrunk toward its diagonal) to the
-   older half of the buffered records must explain the newer half better than the mixture by at
-   least ``BIRTH_GAIN`` nats per record.
-3. **Compactness**: the candidate's variances must not exceed, by more than a ratio of
+*Birth* needs, all at once, on the poorly explained records of the last window
+(``n_birth / min_weight`` records, ``n_birth = max(40, 2 (D + 1))``):
+
+1. **Evidence**: at least ``n_birth`` of them, and ``rate >= min_weight``.
+2. **A coherent core**: the densest part of the records, found by the concentration steps of
+   the minimum covariance determinant (Rousseeuw & Van Driessen 1999) and its members (within
+   ``chi2_D(1 - MEMBER_TAIL)`` of it), must hold at least ``min_weight`` of the stream
+   (``rate`` times the members' share).  Rarer groups stay anomalies: on River's Shuttle the
+   anomaly classes, 7% of the stream in all, make up most poorly explained records, and a
+   Gaussian fitted to all of them is compact by chance now and then; their core is one class.
+3. **Persistence, tested on later records**: the core found in the older half of the records
+   must hold at least half as many of the newer half (among its members), and explain those
+   better than the mixture by at least ``BIRTH_GAIN`` nats per record.
+4. **Compactness**: the core's variances must not exceed, by more than a ratio of
    ``COMPACT_RATIO`` (4) in geometric mean over the features, the larger of the widest
    component's and the whole mixture's variance in each feature: scattered anomalies over a
    wide region fit only a broad Gaussian.  (Variances, not determinants: on collinear real data
    a determinant compares the shrinkage of few rows more than their spread.)
-4. **A new place**: the candidate's mean must itself be poorly explained (beyond
-   ``chi2_D(0.99)`` of every component): tail records of an existing component surround it and
-   their mean sits inside it.
-5. K below ``max_components``.
+5. **A new place**: the core's mean must itself be poorly explained (beyond ``chi2_D(0.99)``
+   of every component): tail records of an existing component surround it.
+6. **Confirmation**: the tests pass on ``BIRTH_CONFIRMATIONS`` (2) attempts in a row, an
+   attempt every ``n_birth / 4`` new poorly explained records; and K is below
+   ``max_components``.
 
-The newborn gets the moment estimate of all buffered records (shrunk toward the diagonal) and a
-weight equal to the group's share of the recent stream (at least ``min_weight``, at most 1/2); the
-others are scaled down to make room.  It gets a new, never reused component id
-(``component_ids_``), so labels stay stable.
+The newborn gets the core's mean and covariance (shrunk toward the diagonal, Schäfer-Strimmer)
+and its share of the stream as weight (at most 1/2); the others are scaled down to make room.
+It gets a new, never reused component id (``component_ids_``), so labels stay stable.
 
 *Merge.*  Every ``merge_every`` records each pair of components is compared with the single
 Gaussian that matches their first two moments: the Kullback-Leibler divergence of the pair from
@@ -80,6 +95,8 @@ References
    mixture models. SBIA (novelty-driven creation of components).
 .. [5] Kristan, M., Leonardis, A. and Skočaj, D. (2011). Multivariate online kernel density
    estimation with Gaussian kernels. Pattern Recognition 44 (merging by moment matching).
+.. [6] Rousseeuw, P. J. and Van Driessen, K. (1999). A fast algorithm for the minimum
+   covariance determinant estimator. Technometrics 41(3), 212-223.
 """
 
 from __future__ import annotations
@@ -99,6 +116,8 @@ CENTER_TAIL = 1e-2
 MEMBER_TAIL = 0.025
 # Concentration steps of the core's robust fit (they settle within a few).
 CORE_STEPS = 10
+# Poorly explained rows are held back once this many (and n_birth / 4) are in the window.
+HOLD_MIN_ROWS = 10
 # Fewest poorly explained records for a birth (and at least 2 (D + 1)).
 BIRTH_MIN_ROWS = 40
 # A candidate must explain later poorly explained records this much better (nats per record).
@@ -190,6 +209,7 @@ class Lifecycle:
         self.max_components = int(max_components)
         self.n_birth = max(BIRTH_MIN_ROWS, 2 * (d + 1))
         self.window = math.ceil(self.n_birth / self.min_weight)
+        self.n_hold = max(HOLD_MIN_ROWS, self.n_birth // 4)
         self.merge_every = max(MERGE_EVERY, 5 * d)
         self.q_poor = float(chdtri(d, POOR_TAIL))
         self.q_center = float(chdtri(d, CENTER_TAIL))
@@ -265,7 +285,6 @@ class Lifecycle:
         poor = ~(q.min(axis=1) <= self.q_poor)
         if not poor.any():
             return poor
-        held = poor if self.holding else np.zeros_like(poor)
         # Each poor row's contribution, decayed from its arrival to now.
         self.rate += (1.0 - self.decay) * float(
             np.sum(self.decay ** (self.n_seen - 1.0 - times[poor]))
@@ -284,7 +303,12 @@ class Lifecycle:
         self.times[self.n_rows : self.n_rows + m] = times
         self.n_rows += m
         self.pending += m
-        return held
+        if not self.holding:
+            return np.zeros_like(poor)
+        # Held back only when a group may be forming: in a steady stream the few poorly
+        # explained rows are the normal tail, and must be learned (no truncation).
+        recent = int(np.count_nonzero(self.times[: self.n_rows] >= self.n_seen - self.window))
+        return poor if recent >= self.n_hold else np.zeros_like(poor)
 
     # ------------------------------------------------------------------ decisions
 

@@ -53,7 +53,7 @@ RELATIVE_REG = 1e-12
 AUTO_COMPONENTS = range(1, 9)
 # The warm-up of n_components="auto" is sized for this many full covariances (2 (D + 1) rows
 # each); online births add components later if the stream needs them.
-AUTO_WARM_UP_COMPONENTS = 5
+AUTO_WARM_UP_COMPONENTS = 3
 
 
 def default_warm_up(n_components, n_features: int) -> int:
