@@ -42,7 +42,9 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
     Parameters
     ----------
     n_components
-        Number of mixture components (clusters).
+        Number of mixture components (clusters), or `"auto"` (the default): K chosen at the
+        warm-up, then clusters born, merged and removed online.  A born cluster gets a new
+        label, a merge keeps the older label, so labels stay stable.
     covariance_type
         'full', 'diag', 'spherical' or 'tied', as in scikit-learn.
     half_life
@@ -53,7 +55,7 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Offset of the step size.
     warm_up
         Number of records buffered before the first batch fit.  `None` means
-        `max(1000, 2 * n_components * (n_features + 1))`, with `n_features` the keys that
+        `max(1000, 2 * K * (n_features + 1))` (K = 3 for `"auto"`), with `n_features` the keys that
         qualify as features so far.
     n_init
         Number of initialisations of the warm-up fit; the best is kept.
@@ -61,6 +63,9 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Seeding of the warm-up fit ('k-means++', as in the core model).
     reg_covar
         Added to the covariance diagonals, in standardised units.
+    max_components, min_weight
+        With `"auto"`: the most clusters, and the least share of the stream a cluster stands
+        for (rarer groups stay unexplained: see :class:`streamgmm.OnlineGaussianMixture`).
     seed
         Random seed: with a seed, results are exactly reproducible.
 
