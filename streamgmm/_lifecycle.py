@@ -210,6 +210,7 @@ class Lifecycle:
         self.n_birth = max(BIRTH_MIN_ROWS, 2 * (d + 1))
         self.window = math.ceil(self.n_birth / self.min_weight)
         self.n_hold = max(HOLD_MIN_ROWS, self.n_birth // 4)
+        self.n_attempt = self.n_hold  # new poorly explained rows between birth attempts
         self.merge_every = max(MERGE_EVERY, 5 * d)
         self.q_poor = float(chdtri(d, POOR_TAIL))
         self.q_center = float(chdtri(d, CENTER_TAIL))
@@ -234,6 +235,7 @@ class Lifecycle:
         self.holding = True
         self.failing_since = -1  # n_seen at the first failed attempt of a run, -1: none
         self.passes = 0  # consecutive attempts that passed the birth tests
+        self.checked_at = 0  # n_seen when a released hold was last checked
         # Share of poorly explained rows in the stream, averaged with a half-life of
         # RATE_WINDOWS windows: a group must hold min_weight of the stream for that long,
         # not in one window by chance (River's Shuttle: an anomaly class at 7% reaches 10% of
@@ -257,8 +259,19 @@ class Lifecycle:
             self._refresh_bound(model)
         self.n_seen += 1
         self.rate *= self.decay
-        if log_density < self.bound or log_density != log_density:
-            return bool(self._screen(model, x[None, :], np.array([self.n_seen - 1.0]))[0])
+        if not (log_density < self.bound or log_density != log_density):
+            return False
+        # The compiled one-row kernel gives the responsibilities, hence every component's
+        # squared distance: q_k = 2 (base_k - log p(x) - log r_k).
+        resp = np.empty(model._k)
+        ld = model._one(x, resp)
+        with np.errstate(divide="ignore"):
+            log_w = np.log(model._s0 / model._s0.sum())
+            q = 2.0 * (
+                log_w - 0.5 * (x.shape[0] * cov_ops.LOG_2PI + model._logdet) - ld - np.log(resp)
+            )
+        if ld == -np.inf or not q.min() <= self.q_poor:
+            return bool(self._keep(np.array([True]), x[None, :], np.array([self.n_seen - 1.0]))[0])
         return False
 
     def observe(self, model, X, log_density) -> np.ndarray:
@@ -282,7 +295,10 @@ class Lifecycle:
             q = cov_ops.mahalanobis(
                 cov_ops.centered_rows(X, model._means), model._prec, model.covariance_type
             )
-        poor = ~(q.min(axis=1) <= self.q_poor)
+        return self._keep(~(q.min(axis=1) <= self.q_poor), X, times)
+
+    def _keep(self, poor, X, times):
+        """Buffer the rows marked ``poor``; the mask of those to hold back."""
         if not poor.any():
             return poor
         # Each poor row's contribution, decayed from its arrival to now.
@@ -314,11 +330,17 @@ class Lifecycle:
 
     def step(self, model):
         """Birth and merge checks that are due (call between learning steps)."""
-        if self.pending >= max(self.n_birth // 4, 5):
+        if self.pending >= self.n_attempt:
             self.pending = 0
             self._try_birth(model)
-        elif not self.holding and len(self._recent_poor()) < self.n_birth // 2:
+        elif (
+            not self.holding
+            and self.n_seen - self.checked_at >= BOUND_EVERY
+            and len(self._recent_poor()) < self.n_birth // 2
+        ):
             self.holding, self.failing_since = True, -1
+        if not self.holding:
+            self.checked_at = self.n_seen
         if self.n_seen - self.merged_at >= self.merge_every:
             self.merged_at = self.n_seen
             self._try_merge(model)
@@ -387,6 +409,9 @@ class Lifecycle:
             self.holding = False  # a lasting group that cannot be born: drift, learn it
         # A passing group must pass again on later records: one lucky draw is not evidence.
         self.passes = self.passes + 1 if passed else 0
+        # Failing groups (a lasting mix of anomalies) are retried ever less often.
+        full_fail = ev["full"] and not passed
+        self.n_attempt = min(2 * self.n_attempt, self.n_birth) if full_fail else self.n_hold
         if self.passes < BIRTH_CONFIRMATIONS:
             return False
         self.passes = 0
@@ -564,6 +589,8 @@ class Lifecycle:
             "holding": self.holding,
             "failing_since": self.failing_since,
             "passes": self.passes,
+            "checked_at": self.checked_at,
+            "n_attempt": self.n_attempt,
             "rate": self.rate,
         }
         return arrays, meta
@@ -594,5 +621,7 @@ class Lifecycle:
         lc.holding = bool(meta["holding"])
         lc.failing_since = int(meta["failing_since"])
         lc.passes = int(meta["passes"])
+        lc.checked_at = int(meta["checked_at"])
+        lc.n_attempt = int(meta["n_attempt"])
         lc.rate = float(meta["rate"])
         return lc
