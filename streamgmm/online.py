@@ -152,7 +152,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     random_state
         Seed for initialisation, re-seeding and :meth:`sample`.
     max_components
-        With ``"auto"``: births stop at this many components.
+        With ``"auto"``: the most components (at the warm-up and through births).
     min_weight
         With ``"auto"``: the least share of the stream a component stands for.  A warm-up fit
         with a lighter component is not a candidate, a group of poorly explained records rarer
@@ -1277,7 +1277,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         else:  # the K of least BIC; never more components than half the rows
             n = X.shape[0]
             best_bic = np.inf
-            for k in [k for k in AUTO_COMPONENTS if k <= max(1, n // 2)]:
+            top = min(max(1, n // 2), self.max_components)
+            for k in [k for k in AUTO_COMPONENTS if k <= top]:
                 candidate = fit_k(k, [self._seed, stream, k])
                 bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)
                 if bic < best_bic:
