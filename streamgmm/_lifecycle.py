@@ -104,7 +104,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.special import chdtri, logsumexp
+from scipy.special import chdtri
 
 from streamgmm import _covariance as cov_ops
 
@@ -250,7 +250,8 @@ class Lifecycle:
             log_w = np.log(model._s0 / model._s0.sum())
         base = log_w - 0.5 * (model.n_features_in_ * cov_ops.LOG_2PI + model._logdet)
         # One nat of slack: the bound is reused for BOUND_EVERY records while the model moves.
-        self.bound = float(logsumexp(base)) - 0.5 * self.q_poor + 1.0
+        top = float(base.max())
+        self.bound = top + math.log(float(np.exp(base - top).sum())) - 0.5 * self.q_poor + 1.0
         self.bound_at = self.n_seen
 
     def observe_one(self, model, x, log_density) -> bool:
