@@ -110,10 +110,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     Parameters
     ----------
     n_components
-        Number of mixture components K (fixed, as in scikit-learn), or ``"auto"``: K is chosen
-        at each warm-up fit by the Bayesian information criterion over ``1..8``
-        (:data:`AUTO_COMPONENTS`, never more than half the rows), among the fits whose every
-        component holds at least ``min_weight`` of the rows; online, components are then born
+        Number of mixture components K (fixed, as in scikit-learn), or ``"auto"`` (the
+        default): K is chosen at each warm-up fit by the Bayesian information criterion over
+        ``1..8`` (:data:`AUTO_COMPONENTS`, never more than half the rows nor
+        ``max_components``), and the chosen fit's components lighter than ``min_weight`` are
+        dropped (they modelled rare groups: anomalies); online, components are then born
         (a persistent, coherent group of poorly explained records), merged (two components
         that explain the same data) and removed (weight starving), see
         :mod:`streamgmm._lifecycle`.  ``n_components_`` tells how many there are now and
@@ -154,9 +155,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     max_components
         With ``"auto"``: the most components (at the warm-up and through births).
     min_weight
-        With ``"auto"``: the least share of the stream a component stands for.  A warm-up fit
-        with a lighter component is not a candidate, a group of poorly explained records rarer
-        than this stays anomalous (no birth), and a component below a tenth of it dies.
+        With ``"auto"``: the least share of the stream a component stands for.  Lighter
+        components of the warm-up fit are dropped, a group of poorly explained records rarer
+        than this stays anomalous (no birth, not learned), and a component below a tenth of it
+        dies.
 
     Attributes
     ----------
@@ -343,7 +345,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
         Every row is scored before any row of the batch is learned (one E-step serves both).
         Rows whose anomaly score ``-log_density`` exceeds ``threshold`` are not learned, and
-        neither are rows whose density underflows to zero.  Rows seen before any model exists
+        neither are rows whose density underflows to zero, nor (``n_components="auto"``)
+        poorly explained rows held back while a new component may be forming; every row is
+        evidence for the component life cycle, learned or not.  Rows seen before any model exists
         get a NaN log-density and uniform probabilities.
         """
         X = self._check_rows(X)
