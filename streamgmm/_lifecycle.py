@@ -235,7 +235,7 @@ class Lifecycle:
         self.holding = True
         self.failing_since = -1  # n_seen at the first failed attempt of a run, -1: none
         self.passes = 0  # consecutive attempts that passed the birth tests
-        self.checked_at = 0  # n_seen when a released hold was last checked
+        self.checked_at = 0  # n_seen when a released hold was last checked (every 64 rows)
         # Share of poorly explained rows in the stream, averaged with a half-life of
         # RATE_WINDOWS windows: a group must hold min_weight of the stream for that long,
         # not in one window by chance (River's Shuttle: an anomaly class at 7% reaches 10% of
@@ -334,14 +334,10 @@ class Lifecycle:
         if self.pending >= self.n_attempt:
             self.pending = 0
             self._try_birth(model)
-        elif (
-            not self.holding
-            and self.n_seen - self.checked_at >= BOUND_EVERY
-            and len(self._recent_poor()) < self.n_birth // 2
-        ):
-            self.holding, self.failing_since = True, -1
-        if not self.holding:
+        elif not self.holding and self.n_seen - self.checked_at >= BOUND_EVERY:
             self.checked_at = self.n_seen
+            if len(self._recent_poor()) < self.n_birth // 2:
+                self.holding, self.failing_since = True, -1
         if self.n_seen - self.merged_at >= self.merge_every:
             self.merged_at = self.n_seen
             self._try_merge(model)

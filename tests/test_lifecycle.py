@@ -110,6 +110,21 @@ def test_a_group_rarer_than_min_weight_stays_anomalous():
     assert model.n_components_ == 3
 
 
+def test_a_wide_change_is_followed_not_born():
+    """The stream widens fivefold: no compact group, so no birth; the rows inside the
+    components' bulk are learned, the components widen and merge, and the model follows."""
+    model = OnlineGaussianMixture(random_state=0, half_life=1000)
+    model.partial_fit(blobs(2000, [A, B], seed=26)[0])
+    rng = np.random.default_rng(27)
+    wide = rng.normal(0.0, 5.0, (12000, 2))
+    before = model.score(wide[-2000:])
+    for i in range(0, 10000, 100):
+        model.partial_fit(wide[i : i + 100])
+    assert model.lifecycle_counts_["births"] == 0
+    assert model.score(wide[-2000:]) > before + 1.0
+    np.testing.assert_allclose(np.diag(model.full_covariances_[0]), 25.0, rtol=0.25)
+
+
 # -- merge and death ------------------------------------------------------------------------
 
 
