@@ -406,10 +406,12 @@ class Lifecycle:
             self.holding = False  # a lasting group that cannot be born: drift, learn it
         # A passing group must pass again on later records: one lucky draw is not evidence.
         self.passes = self.passes + 1 if passed else 0
-        # Failing groups (a lasting mix of anomalies) are retried ever less often (an attempt
-        # costs a few robust fits), at least every 4 n_birth poorly explained rows.
+        # Failing groups (a lasting mix of anomalies) are retried less often (an attempt costs
+        # a few robust fits), at least every n_birth poorly explained rows (rarer attempts
+        # made the detector slow to follow the drift a MinMaxScaler makes: Shuttle ROC-AUC
+        # 0.84 instead of 0.93 at 4 n_birth).
         full_fail = ev["full"] and not passed
-        self.n_attempt = min(2 * self.n_attempt, 4 * self.n_birth) if full_fail else self.n_hold
+        self.n_attempt = min(2 * self.n_attempt, self.n_birth) if full_fail else self.n_hold
         if self.passes < BIRTH_CONFIRMATIONS:
             return False
         self.passes = 0
