@@ -355,7 +355,7 @@ class AnomalyGate(BaseEstimator):
         floor = half_life_step(model.half_life)
         if self._adapt_left:
             # Never fewer effective records than a covariance of the model needs.
-            hl = max(self.adapt_half_life, 2.0 * model.n_components * (model.n_features_in_ + 1))
+            hl = max(self.adapt_half_life, 2.0 * model.n_components_ * (model.n_features_in_ + 1))
             floor = max(floor, half_life_step(hl))
         # Raised while re-adapting, put back to the half-life's floor after.
         model.step_floor = floor
@@ -637,7 +637,11 @@ class AnomalyGate(BaseEstimator):
             if was_adapting:
                 self._count_down(j - i)
             i = j
-        proba = np.vstack(probas) if probas else np.zeros((0, model.n_components))
+        # With n_components="auto" K can change between segments (warm-up end, birth, merge,
+        # death): rows keep the probabilities of the components they were scored by.
+        width = max((p.shape[1] for p in probas), default=getattr(model, "n_components_", 1))
+        probas = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in probas]
+        proba = np.vstack(probas) if probas else np.zeros((0, width))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
 
     def _segment_length(self, model) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
 
 import numpy as np
+from scipy.special import logsumexp
 from sklearn.base import BaseEstimator, DensityMixin
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.mixture._gaussian_mixture import _check_means, _check_precisions, _check_weights
@@ -18,6 +20,8 @@ from sklearn.utils.validation import validate_data
 
 from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
+from streamgmm._lifecycle import Lifecycle
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm._warm_up import (
     RECURRING_SHARE,
     feature_scales,
@@ -50,11 +54,16 @@ MIN_REG = 1e-10
 RELATIVE_REG = 1e-12
 # Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
 AUTO_COMPONENTS = range(1, 9)
+# The warm-up of n_components="auto" is sized for this many full covariances (2 (D + 1) rows
+# each); online births add components later if the stream needs them.
+AUTO_WARM_UP_COMPONENTS = 3
 
 
-def default_warm_up(n_components: int, n_features: int) -> int:
-    """Rows fitted in batch before going online when ``warm_up=None``: ``max(1000, 2 K (D+1))``."""
-    return max(1000, 2 * n_components * (n_features + 1))
+def default_warm_up(n_components, n_features: int) -> int:
+    """Rows fitted in batch before going online when ``warm_up=None``: ``max(1000, 2 K (D+1))``
+    (K = :data:`AUTO_WARM_UP_COMPONENTS` for ``"auto"``)."""
+    k = AUTO_WARM_UP_COMPONENTS if n_components == "auto" else n_components
+    return max(1000, 2 * k * (n_features + 1))
 
 
 def half_life_step(half_life) -> float:
@@ -105,9 +114,15 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     Parameters
     ----------
     n_components
-        Number of mixture components K, or ``"auto"``: K is chosen at each warm-up fit by the
-        Bayesian information criterion over ``1..8`` (:data:`AUTO_COMPONENTS`, never more than
-        half the rows) and is fixed when the warm-up ends; ``n_components_`` tells which.
+        Number of mixture components K (fixed, as in scikit-learn), or ``"auto"`` (the
+        default): K is chosen at each warm-up fit by the Bayesian information criterion over
+        ``1..8`` (:data:`AUTO_COMPONENTS`, never more than half the rows nor
+        ``max_components``), and the chosen fit's components lighter than ``min_weight`` are
+        dropped (they modelled rare groups: anomalies); online, components are then born
+        (a persistent, coherent group of poorly explained records), merged (two components
+        that explain the same data) and removed (weight starving), see
+        :mod:`streamgmm._lifecycle`.  ``n_components_`` tells how many there are now and
+        ``component_ids_`` which (stable ids).
     covariance_type
         ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, as in scikit-learn.
     half_life
@@ -141,6 +156,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         Convergence threshold of the warm-up EM (change of mean log-likelihood).
     random_state
         Seed for initialisation, re-seeding and :meth:`sample`.
+    max_components
+        With ``"auto"``: the most components (at the warm-up and through births).
+    min_weight
+        With ``"auto"``: the least share of the stream a component stands for.  Lighter
+        components of the warm-up fit are dropped, a group of poorly explained records rarer
+        than this stays anomalous (no birth, not learned), and a component below a tenth of it
+        dies.
 
     Attributes
     ----------
@@ -217,26 +239,30 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "tol": [Interval(Real, 0.0, None, closed="left")],
         "random_state": ["random_state"],
+        "max_components": [Interval(Integral, 1, None, closed="left")],
+        "min_weight": [Interval(Real, 0.0, 0.5, closed="right")],
     }
 
     def __init__(
         self,
-        n_components=1,
+        n_components=MIXTURE_DEFAULTS["n_components"],
         *,
-        covariance_type="full",
-        half_life=None,
-        step_exponent=0.8,
-        step_offset=2.0,
-        warm_up=None,
-        n_init=3,
-        init_params="k-means++",
+        covariance_type=MIXTURE_DEFAULTS["covariance_type"],
+        half_life=MIXTURE_DEFAULTS["half_life"],
+        step_exponent=MIXTURE_DEFAULTS["step_exponent"],
+        step_offset=MIXTURE_DEFAULTS["step_offset"],
+        warm_up=MIXTURE_DEFAULTS["warm_up"],
+        n_init=MIXTURE_DEFAULTS["n_init"],
+        init_params=MIXTURE_DEFAULTS["init_params"],
         weights_init=None,
         means_init=None,
         precisions_init=None,
-        reg_covar=1e-6,
+        reg_covar=MIXTURE_DEFAULTS["reg_covar"],
         max_iter=100,
         tol=1e-3,
         random_state=None,
+        max_components=MIXTURE_DEFAULTS["max_components"],
+        min_weight=MIXTURE_DEFAULTS["min_weight"],
     ):
         self.n_components = n_components
         self.covariance_type = covariance_type
@@ -253,6 +279,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
         self.random_state = random_state
+        self.max_components = max_components
+        self.min_weight = min_weight
 
     # ------------------------------------------------------------------ learning
 
@@ -326,7 +354,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
         Every row is scored before any row of the batch is learned (one E-step serves both).
         Rows whose anomaly score ``-log_density`` exceeds ``threshold`` are not learned, and
-        neither are rows whose density underflows to zero.  Rows seen before any model exists
+        neither are rows whose density underflows to zero, nor (``n_components="auto"``)
+        poorly explained rows held back while a new component may be forming; every row is
+        evidence for the component life cycle, learned or not.  Rows seen before any model exists
         get a NaN log-density and uniform probabilities.
 
         ``select``, if given, is called with the rows' log-densities before anything is learned
@@ -351,6 +381,19 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             learned &= ~(-log_density > threshold)
         if select is not None:
             learned &= np.asarray(select(log_density), dtype=bool)
+        lifecycle = self._lifecycle if not self.warming_up_ else None
+        if lifecycle is not None:  # every scored row counts as evidence, learned or not
+            learned &= ~lifecycle.observe(self, X, log_density)
+            self._lc_quiet = True
+        try:
+            self._learn_scored(X, learned, proba, diff)
+        finally:
+            self._lc_quiet = False
+        if lifecycle is not None:
+            lifecycle.step(self)
+        return ScoreResult(log_density, proba, learned)
+
+    def _learn_scored(self, X, learned, proba, diff):
         if learned.all():
             self._learn_rows(X, proba if diff is not None else None, diff)
         elif learned.any():
@@ -360,7 +403,6 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 proba[rows] if diff is not None else None,
                 diff[:, rows] if diff is not None else None,
             )
-        return ScoreResult(log_density, proba, learned)
 
     # ------------------------------------------------------------------ prediction
 
@@ -700,6 +742,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 self._refuse(x)
             if self._skip_gross(1):
                 return self._score_one(x), False
+        lifecycle = self._lifecycle
+        if lifecycle is not None and not self._lc_quiet:
+            before = self._score_one(x)
+            held = lifecycle.observe_one(self, x, before)
+            lifecycle.step(self)
+            if held:  # poorly explained: evidence for a birth, not learned
+                return before, False
         ct = self.covariance_type
         args = (float(self.n_samples_seen_), self.step_offset, self.step_exponent)
         if ct == "full":
@@ -736,6 +785,41 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """Raise the full checks' ValueError for a row the compiled path found invalid."""
         self._check_one(np.array(x, dtype=np.float64))
         raise ValueError("Input X contains NaN, infinity or values beyond ±1e150.")
+
+    def observe_one(self, x) -> float:
+        """Let the component life cycle see a row that is not learned; its log-density.
+
+        For a row an anomaly gate keeps out of learning: with ``n_components="auto"`` a
+        persistent, coherent group of poorly explained rows becomes a component even if none
+        of them is learned (:mod:`streamgmm._lifecycle`).  Nothing else changes; with an
+        integer ``n_components``, or during the warm-up, this only scores the row.
+        """
+        x, _ = self._check_one(x)
+        self._check_fitted()
+        log_density = float(self._score_one(x))
+        lifecycle = None if self.warming_up_ else self._lifecycle
+        if lifecycle is not None:
+            lifecycle.observe_one(self, x, log_density)
+            lifecycle.step(self)
+        return log_density
+
+    @property
+    def component_ids_(self) -> np.ndarray:
+        """A stable id per component (K,): a born component gets a new id, never reused; a
+        merge keeps the older id.  Fixed K: ``0..K-1``.  Read-only; replaced when K changes."""
+        self._check_fitted()
+        lifecycle = self._lifecycle
+        if lifecycle is None:
+            return np.arange(self._k)
+        return lifecycle.ids
+
+    @property
+    def lifecycle_counts_(self) -> dict:
+        """``{"births", "merges", "deaths"}`` so far (all 0 with an integer ``n_components``)."""
+        lc = self._lifecycle
+        if lc is None:
+            return {"births": 0, "merges": 0, "deaths": 0}
+        return {"births": lc.n_births, "merges": lc.n_merges, "deaths": lc.n_deaths}
 
     def _skip_gross(self, n_gross):
         """Account for ``n_gross`` gross rows; True if they are rare, so not to be learned.
@@ -858,6 +942,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             if self._has_model():
                 for name in _STATE_ARRAYS:
                     arrays[name[1:]] = getattr(self, name).copy()
+            if self._lifecycle is not None:
+                lc_arrays, meta["lifecycle"] = self._lifecycle.get_state()
+                arrays.update(lc_arrays)
         return arrays, json.loads(json.dumps(meta))
 
     @classmethod
@@ -910,6 +997,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             model._derive()
         elif not meta["warming_up"]:
             raise ValueError("model state: past warm-up but no parameters")
+        if meta.get("lifecycle") is not None:
+            model._lifecycle = Lifecycle.from_state(
+                arrays, meta["lifecycle"], model._k, d, model.min_weight, model.max_components
+            )
         return model
 
     # ------------------------------------------------------------------ internals
@@ -924,9 +1015,13 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if k is None:
             k = max(AUTO_COMPONENTS) if self.n_components == "auto" else self.n_components
         self._k = k
+        self._lifecycle = None
+        self._lc_quiet = False
         if warm_up_size is None:
             warm_up_size = (
-                self.warm_up if self.warm_up is not None else default_warm_up(k, n_features)
+                self.warm_up
+                if self.warm_up is not None
+                else default_warm_up(self.n_components, n_features)
             )
             warm_up_size = max(int(warm_up_size), k, 2)
             if n_rows is not None:  # fit(): no larger buffer than the data
@@ -1106,6 +1201,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 X = X[keep]
                 if resp is not None and diff is not None:
                     resp, diff = resp[keep], diff[:, keep]
+        lifecycle = None if self._lc_quiet else self._lifecycle
         if resp is None or diff is None:
             log_norm, log_resp, diff, _ = self._e_step(X, learning=True)
             ok = np.isfinite(log_norm)
@@ -1116,7 +1212,12 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                     RuntimeWarning,
                     stacklevel=3,
                 )
+            if lifecycle is not None:  # poorly explained rows: evidence, held back
+                ok &= ~lifecycle.observe(self, X, log_norm)
+            if not ok.all():
                 if not ok.any():
+                    if lifecycle is not None:
+                        lifecycle.step(self)
                     return
                 X, log_resp, diff = X[ok], log_resp[ok], diff[:, ok]
             with np.errstate(under="ignore"):
@@ -1132,6 +1233,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             self._s0, self._means, self._cov, g, nk / n, d, V, w_cap, self.covariance_type
         )
         self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, n)
+        if lifecycle is not None:
+            lifecycle.step(self)
 
     def _commit(self, s0, means, cov, n):
         """Adopt new statistics if every derived quantity is finite; else keep the old ones."""
@@ -1185,6 +1288,9 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _reseed_starving(self):
         """Replace a component holding under half a sample's weight by a split of the heaviest."""
+        if self._lifecycle is not None:  # "auto": a starving component dies instead
+            self._lifecycle.remove_starving(self, self._steps(1)[0])
+            return
         weights = self._s0 / self._s0.sum()
         limit = 0.5 * self._steps(1)[0]
         starving = np.flatnonzero(weights < limit)
@@ -1217,6 +1323,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
     def _finish_warm_up(self):
         X = self._buffer[: self._n_buffered]
         self._warm_up_fit = self._fit_buffer(X, self.n_init, stream=0)
+        if self.n_components == "auto":
+            self._lifecycle = Lifecycle(
+                self._k, self.n_features_in_, self.min_weight, self.max_components
+            )
         self.warming_up_ = False
         self._buffer = None
         self._n_buffered = 0
@@ -1258,17 +1368,42 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         else:  # the K of least BIC; never more components than half the rows
             n = X.shape[0]
             best_bic = np.inf
-            for k in [k for k in AUTO_COMPONENTS if k <= max(1, n // 2)]:
+            top = min(max(1, n // 2), self.max_components)
+            for k in [k for k in AUTO_COMPONENTS if k <= top]:
                 candidate = fit_k(k, [self._seed, stream, k])
                 bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)
                 if bic < best_bic:
-                    best_bic, fit, self._k = bic, candidate, k
+                    best_bic, fit = bic, candidate
+            # Components lighter than min_weight modelled rare groups of the warm-up (anomalies,
+            # not regimes): they are dropped, so that such records stay poorly explained.
+            fit = self._without_light(fit, X)
+            self._k = fit.weights.shape[0]
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
         self._derive()
         self._since_refresh = 0
         return fit
+
+    def _without_light(self, fit, X):
+        """``fit`` without its components lighter than ``min_weight`` (log-likelihood redone)."""
+        w = fit.weights / fit.weights.sum()
+        keep = w >= self.min_weight
+        if keep.all() or not keep.any():
+            return fit
+        ct, k = self.covariance_type, int(keep.sum())
+        cov = fit.cov if ct == "tied" else fit.cov[keep]
+        try:
+            prec, logdet = cov_ops.exact_precision(cov, self._reg, ct, k)
+        except np.linalg.LinAlgError:
+            return fit
+        means = fit.means[keep]
+        log_w = np.log(w[keep] / w[keep].sum())
+        log_p = cov_ops.log_gaussian(cov_ops.centered_rows(X, means), prec, logdet, ct)
+        log_lik = float(np.mean(logsumexp(log_p + log_w, axis=1)))
+        return dataclasses.replace(
+            fit, weights=w[keep] / w[keep].sum(), means=means, cov=cov, log_likelihood=log_lik
+        )
 
     def _checked_init(self, n_features):
         """``(weights_init, means_init, precisions_init)`` checked as scikit-learn does."""
@@ -1334,6 +1469,8 @@ _LEARNED_ATTRIBUTES = (
     "lower_bound_",
     "lower_bounds_",
     "_warm_up_fit",
+    "_lifecycle",
+    "_lc_quiet",
 )
 
 

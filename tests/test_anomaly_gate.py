@@ -196,7 +196,7 @@ def test_one_parameter_spec_for_gate_detector_and_service():
         inspect.signature(OnlineGaussianMixture).parameters["n_components"].default
         == detector["n_components"].default
         == ModelConfig().n_components
-        == 1
+        == "auto"
     )
 
 

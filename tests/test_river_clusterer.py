@@ -106,10 +106,12 @@ def test_a_feature_must_recur_in_a_fraction_of_the_warm_up(cls):
     )
 
 
-def test_n_components_auto_is_refused_clearly():
+def test_n_components_auto_is_the_default_and_bad_values_are_refused_clearly():
     for cls in ADAPTERS:
-        with pytest.raises(ValueError, match="n_components must be an integer"):
-            cls(n_components="auto")
+        assert cls().n_components == "auto"
+        for bad in ("many", 0):
+            with pytest.raises(ValueError, match="n_components"):
+                cls(n_components=bad)
 
 
 def test_frequent_keys_counts_in_bounded_memory_and_keeps_what_recurs():

@@ -302,7 +302,9 @@ def test_defaults_do_not_depend_on_the_scale_of_the_data():
     auc_a, auc_b = roc_auc_score(labels, tail_a), roc_auc_score(labels, tail_b)
     assert auc_a > 0.9
     assert abs(auc_a - auc_b) < 1e-3
-    params = {"warm_up": 500, "score": "neg_log_density", "seed": 0}
+    # Exactly (1e-6) for one component; with several, EM's stopping rule (tol) lets rounding
+    # move the fit at the tolerance's level.
+    params = {"n_components": 1, "warm_up": 500, "score": "neg_log_density", "seed": 0}
     a = prequential_scores(GaussianMixtureDetector(**params), stream)
     b = prequential_scores(GaussianMixtureDetector(**params), big)
     # Densities are in the input's units: the Jacobian of x -> 1e4 x is 9 * log(1e4).

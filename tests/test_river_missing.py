@@ -139,7 +139,7 @@ def test_learning_partial_records_on_real_data_uses_conditional_expectation():
     warm_mean = {k: np.mean([x[k] for x in rows[:warm_up]]) for k in names}
 
     def learned(mode):
-        model = GaussianMixture(warm_up=warm_up, half_life=300.0, seed=0)
+        model = GaussianMixture(n_components=1, warm_up=warm_up, half_life=300.0, seed=0)
         rng = np.random.default_rng(1)
         for i, x in enumerate(rows[:n_train]):
             if i >= warm_up and rng.random() < 0.5:

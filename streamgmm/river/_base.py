@@ -61,13 +61,11 @@ _CORE_PARAMETERS = frozenset(OnlineGaussianMixture._parameter_constraints) - {
 def _check_core_params(adapter: Any) -> None:
     """Validate the core's parameters where the adapter is built (River checks at init)."""
     OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
-    if not isinstance(adapter.n_components, int):
-        # The core's "auto" changes K at each warm-up fit; cluster labels, uniform
-        # probabilities before any fit and the warm-up size here need a fixed K.
-        raise ValueError(
-            f"n_components must be an integer for the River estimators, "
-            f"got {adapter.n_components!r}"
-        )
+
+
+def _least_components(n_components) -> int:
+    """Components a fit needs at least (1 for ``"auto"``)."""
+    return 1 if n_components == "auto" else n_components
 
 
 class _Fit:
@@ -75,7 +73,10 @@ class _Fit:
 
     ``labels[j]`` is the public cluster label of the core's component ``j``: a refit may order
     its components differently, and the labels keep a cluster's name across refits.  ``None``
-    means the identity (no per-prediction relabelling on the hot path).
+    means the identity (no per-prediction relabelling on the hot path).  Online, with
+    ``n_components="auto"``, the core's stable component ids map to labels
+    (:meth:`MixtureAdapter._current_labels`): a born component gets a new label, a merge
+    keeps the older one.
     """
 
     def __init__(self, names, loc, scale, model, labels):
@@ -124,14 +125,16 @@ class _Fit:
         return np.asarray(self.model.means_) / self.inv_scale + self.loc
 
 
-def _matching_labels(previous: _Fit | None, new: _Fit, n_components: int) -> np.ndarray | None:
+def _matching_labels(previous: _Fit | None, new: _Fit) -> np.ndarray | None:
     """Labels for `new`'s components: each takes the label of the nearest previous cluster.
 
     Nearest in the new standardised units over the features both fits share, one-to-one
-    (Hungarian assignment); ``None`` (identity) when there is nothing to match.
+    (Hungarian assignment; the fits may differ in K with ``"auto"``: components left over get
+    new labels); ``None`` (identity) when there is nothing to match.
     """
     if previous is None:
         return None
+    n_components = new.model.n_components_
     shared = [name for name in new.names if name in previous.position]
     if not shared:
         return None
@@ -142,9 +145,12 @@ def _matching_labels(previous: _Fit | None, new: _Fit, n_components: int) -> np.
     cost = ((old[:, None, :] - cur[None, :, :]) ** 2).sum(axis=2)
     old_components, new_components = linear_sum_assignment(cost)
     identity = np.arange(n_components)
-    old_labels = identity if previous.labels is None else previous.labels
-    labels = identity.copy()
+    n_old = previous.model.n_components_
+    old_labels = np.arange(n_old) if previous.labels is None else previous.labels
+    labels = np.full(n_components, -1)
     labels[new_components] = old_labels[old_components]
+    unmatched = labels < 0
+    labels[unmatched] = old_labels.max() + 1 + np.arange(int(unmatched.sum()))
     return None if np.array_equal(labels, identity) else labels
 
 
@@ -202,7 +208,7 @@ class MixtureAdapter:
     def _warm_up_size(self) -> int:
         k = self.n_components
         if self.warm_up is not None:
-            return max(self.warm_up, k, 2)
+            return max(self.warm_up, _least_components(k), 2)
         # The core's default (OnlineGaussianMixture's warm_up=None), with D = the features
         # under the schema rule so far.
         n_features = len(self._keys.frequent(MIN_FEATURE_FREQUENCY))
@@ -221,7 +227,8 @@ class MixtureAdapter:
             if n >= self._next_check:
                 self._finish_warm_up()
                 return True
-        if self._fits_during_warm_up and n >= max(self.n_components, 2, 2 * self._provisional_n):
+        least = _least_components(self.n_components)
+        if self._fits_during_warm_up and n >= max(least, 2, 2 * self._provisional_n):
             # Refitted each time the buffer doubles: O(final fit) in all.
             fit = self._fit_buffer(n_init=1)
             if fit is not None:
@@ -253,7 +260,7 @@ class MixtureAdapter:
                 if j is not None:
                     X[i, j] = v
         X = X[~np.isnan(X).all(axis=1)]  # records with no feature of the schema
-        if not names or len(X) < max(self.n_components, 2):
+        if not names or len(X) < max(_least_components(self.n_components), 2):
             return None
         loc = np.nanmean(X, axis=0)
         scale = np.sqrt(np.nanvar(X, axis=0))
@@ -264,7 +271,7 @@ class MixtureAdapter:
         model = OnlineGaussianMixture(**self._core_kwargs(warm_up=len(z), n_init=n_init))
         model.fit(z)
         fit = _Fit(names, loc, scale, model, labels=None)
-        fit.labels = _matching_labels(self._provisional, fit, self.n_components)
+        fit.labels = _matching_labels(self._provisional, fit)
         return fit
 
     def _finish_warm_up(self) -> None:
@@ -284,7 +291,31 @@ class MixtureAdapter:
         self._loc = fit.loc
         self._inv_scale = fit.inv_scale
         self._log_scale_sum = fit.log_scale_sum
+        # Online, labels follow the core's stable component ids (K changes with "auto").
+        labels = np.arange(fit.model.n_components_) if fit.labels is None else fit.labels
+        self._label_of_id = {
+            int(i): int(label) for i, label in zip(fit.model.component_ids_, labels, strict=True)
+        }
+        self._next_label = int(labels.max()) + 1
+        self._ids_seen = None
         self._on_fitted()
+
+    def _current_labels(self, fit: _Fit) -> np.ndarray | None:
+        """Label of each of ``fit``'s components now (None: the identity)."""
+        if fit is not self._fit or fit.model.n_components != "auto":
+            return fit.labels
+        ids = fit.model.component_ids_  # the same array until K changes
+        if ids is self._ids_seen:
+            return self._labels_now
+        labels = np.empty(ids.shape[0], dtype=np.int64)
+        for j, i in enumerate(ids.tolist()):
+            if i not in self._label_of_id:  # born: a new label
+                self._label_of_id[i] = self._next_label
+                self._next_label += 1
+            labels[j] = self._label_of_id[i]
+        self._ids_seen = ids
+        self._labels_now = None if np.array_equal(labels, np.arange(ids.shape[0])) else labels
+        return self._labels_now
 
     def _on_fitted(self) -> None:
         """Hook for subclasses (the detector calibrates its threshold here)."""
@@ -335,18 +366,13 @@ class MixtureAdapter:
         if self._model.learn_one(z, observed):
             self.n_learned_ += 1
 
-    def _responsibilities(self, x: dict) -> np.ndarray:
-        """Posterior probability of each cluster, indexed by cluster label."""
+    def _responsibilities(self, x: dict) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(labels, probabilities)`` of the clusters; labels None means ``0..K-1``."""
         fit = self._fit or self._provisional
         if fit is None:
-            k = self.n_components
-            return np.full(k, 1.0 / k)
-        resp = fit.responsibilities(x)
-        if fit.labels is None:
-            return resp
-        out = np.empty_like(resp)
-        out[fit.labels] = resp
-        return out
+            k = _least_components(self.n_components)
+            return None, np.full(k, 1.0 / k)
+        return self._current_labels(fit), fit.responsibilities(x)
 
     def _centers(self) -> dict:
         fit = self._fit or self._provisional
@@ -355,9 +381,10 @@ class MixtureAdapter:
             if not names:
                 return {}
             mean = {name: self._keys.moments(name)[1] for name in names}
-            return {c: dict(mean) for c in range(self.n_components)}
+            return {c: dict(mean) for c in range(_least_components(self.n_components))}
         means = fit.means()
-        labels = range(self.n_components) if fit.labels is None else fit.labels
+        labels = self._current_labels(fit)
+        labels = range(means.shape[0]) if labels is None else labels
         return {
             int(label): {name: float(means[j, i]) for i, name in enumerate(fit.names)}
             for j, label in enumerate(labels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from river import base
 
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
+
 from ._base import MixtureAdapter, _check_core_params
 
 __all__ = ["GaussianMixture"]
@@ -40,7 +42,9 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
     Parameters
     ----------
     n_components
-        Number of mixture components (clusters).
+        Number of mixture components (clusters), or `"auto"` (the default): K chosen at the
+        warm-up, then clusters born, merged and removed online.  A born cluster gets a new
+        label, a merge keeps the older label, so labels stay stable.
     covariance_type
         'full', 'diag', 'spherical' or 'tied', as in scikit-learn.
     half_life
@@ -51,7 +55,7 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Offset of the step size.
     warm_up
         Number of records buffered before the first batch fit.  `None` means
-        `max(1000, 2 * n_components * (n_features + 1))`, with `n_features` the keys that
+        `max(1000, 2 * K * (n_features + 1))` (K = 3 for `"auto"`), with `n_features` the keys that
         qualify as features so far.
     n_init
         Number of initialisations of the warm-up fit; the best is kept.
@@ -59,6 +63,9 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         Seeding of the warm-up fit ('k-means++', as in the core model).
     reg_covar
         Added to the covariance diagonals, in standardised units.
+    max_components, min_weight
+        With `"auto"`: the most clusters, and the least share of the stream a cluster stands
+        for (rarer groups stay unexplained: see :class:`streamgmm.OnlineGaussianMixture`).
     seed
         Random seed: with a seed, results are exactly reproducible.
 
@@ -113,15 +120,17 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
 
     def __init__(
         self,
-        n_components: int = 1,
-        covariance_type: str = "full",
-        half_life: float | None = None,
-        step_exponent: float = 0.8,
-        step_offset: float = 2.0,
-        warm_up: int | None = None,
-        n_init: int = 3,
-        init_params: str = "k-means++",
-        reg_covar: float = 1e-6,
+        n_components: int | str = MIXTURE_DEFAULTS["n_components"],
+        covariance_type: str = MIXTURE_DEFAULTS["covariance_type"],
+        half_life: float | None = MIXTURE_DEFAULTS["half_life"],
+        step_exponent: float = MIXTURE_DEFAULTS["step_exponent"],
+        step_offset: float = MIXTURE_DEFAULTS["step_offset"],
+        warm_up: int | None = MIXTURE_DEFAULTS["warm_up"],
+        n_init: int = MIXTURE_DEFAULTS["n_init"],
+        init_params: str = MIXTURE_DEFAULTS["init_params"],
+        reg_covar: float = MIXTURE_DEFAULTS["reg_covar"],
+        max_components: int = MIXTURE_DEFAULTS["max_components"],
+        min_weight: float = MIXTURE_DEFAULTS["min_weight"],
         seed: int | None = None,
     ):
         self.n_components = n_components
@@ -133,6 +142,8 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
         self.n_init = n_init
         self.init_params = init_params
         self.reg_covar = reg_covar
+        self.max_components = max_components
+        self.min_weight = min_weight
         self.seed = seed
         _check_core_params(self)
         self._reset()
@@ -171,12 +182,16 @@ class GaussianMixture(MixtureAdapter, base.Clusterer):
     def predict_proba_one(self, x: dict) -> dict[int, float]:
         """Posterior probability of each cluster (from the provisional fit during the warm-up;
         uniform before it has one)."""
-        resp = self._responsibilities(x)
-        return {k: float(p) for k, p in enumerate(resp)}
+        labels, resp = self._responsibilities(x)
+        if labels is None:
+            return {k: float(p) for k, p in enumerate(resp)}
+        return {int(k): float(p) for k, p in zip(labels, resp, strict=True)}
 
     def predict_one(self, x: dict) -> int:
         """Most probable cluster (the argmax of `predict_proba_one`)."""
-        return int(np.argmax(self._responsibilities(x)))
+        labels, resp = self._responsibilities(x)
+        j = int(np.argmax(resp))
+        return j if labels is None else int(labels[j])
 
     def score_one(self, x: dict) -> float:
         """Log-density of `x` in the input's units (marginal over missing features)."""

@@ -9,6 +9,7 @@ from river import base
 from scipy import special
 
 from streamgmm._gate_spec import GATE_DEFAULTS, validate_gate_params
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm.anomaly import AnomalyGate
 
 from ._base import MixtureAdapter, _check_core_params
@@ -62,8 +63,11 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
     Parameters
     ----------
     n_components
-        Number of mixture components.  The default, 1, is the same in the core, the service
-        and here (measured: River's Shuttle ROC-AUC 0.98+ through every face).
+        Number of mixture components, or `"auto"` (the default, the same in the core, the
+        service and here: `streamgmm._mixture_spec`): K chosen at the warm-up, then
+        components born, merged and removed online (`streamgmm._lifecycle`).  A group of
+        records rarer than `min_weight` is never a component: it stays anomalous (River's
+        Shuttle: ROC-AUC 0.996 with the defaults, 0.991 with 1 component).
     covariance_type
         'full', 'diag', 'spherical' or 'tied'.
     half_life
@@ -74,13 +78,16 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         Offset of the step size.
     warm_up
         Records buffered before the first batch fit; `None` means
-        `max(1000, 2 * n_components * (n_features + 1))`.
+        `max(1000, 2 * K * (n_features + 1))`, K = `n_components` (3 for `"auto"`).
     n_init
         Initialisations of the warm-up fit.
     init_params
         Seeding of the warm-up fit.
     reg_covar
         Covariance regularisation, in standardised units.
+    max_components, min_weight
+        With `"auto"`: the most components, and the least share of the stream a component
+        stands for (see :class:`streamgmm.OnlineGaussianMixture`).
     false_alarm_rate, exclusion_ratio, refresh_every, n_calibration, n_recent, stream_factor,
     drift_detection, drift_threshold, adapt_half_life, adapt_records, gating
         The anomaly gate's parameters, with the defaults of the one spec shared with
@@ -143,15 +150,17 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     def __init__(
         self,
-        n_components: int = 1,
-        covariance_type: str = "full",
-        half_life: float | None = None,
-        step_exponent: float = 0.8,
-        step_offset: float = 2.0,
-        warm_up: int | None = None,
-        n_init: int = 3,
-        init_params: str = "k-means++",
-        reg_covar: float = 1e-6,
+        n_components: int | str = MIXTURE_DEFAULTS["n_components"],
+        covariance_type: str = MIXTURE_DEFAULTS["covariance_type"],
+        half_life: float | None = MIXTURE_DEFAULTS["half_life"],
+        step_exponent: float = MIXTURE_DEFAULTS["step_exponent"],
+        step_offset: float = MIXTURE_DEFAULTS["step_offset"],
+        warm_up: int | None = MIXTURE_DEFAULTS["warm_up"],
+        n_init: int = MIXTURE_DEFAULTS["n_init"],
+        init_params: str = MIXTURE_DEFAULTS["init_params"],
+        reg_covar: float = MIXTURE_DEFAULTS["reg_covar"],
+        max_components: int = MIXTURE_DEFAULTS["max_components"],
+        min_weight: float = MIXTURE_DEFAULTS["min_weight"],
         false_alarm_rate: float = GATE_DEFAULTS["false_alarm_rate"],
         exclusion_ratio: float = GATE_DEFAULTS["exclusion_ratio"],
         refresh_every: int = GATE_DEFAULTS["refresh_every"],
@@ -175,6 +184,8 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self.n_init = n_init
         self.init_params = init_params
         self.reg_covar = reg_covar
+        self.max_components = max_components
+        self.min_weight = min_weight
         self.false_alarm_rate = false_alarm_rate
         self.exclusion_ratio = exclusion_ratio
         self.refresh_every = refresh_every
@@ -346,6 +357,9 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
             else:
                 self._update(z, observed)
                 learned = True
+        elif observed is None:
+            # Kept out of the model, but evidence for a new component (n_components="auto").
+            model.observe_one(z)
         if flagged:
             self.n_flagged_ += 1
         gate.account_one(score, tail, flagged, learned)

@@ -248,7 +248,13 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
     )
     g = r.add_argument_group("model")
-    opt(g, "--n-components", "mixture components", metavar="K")
+    opt(
+        g,
+        "--n-components",
+        "mixture components: an integer, or auto (chosen at the warm-up, then born, merged "
+        "and removed online)",
+        metavar="K|auto",
+    )
     opt(g, "--covariance-type", "shape of each component")
     opt(
         g,

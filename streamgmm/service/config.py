@@ -10,12 +10,12 @@ Example
 -------
 >>> cfg = load_config(overrides={"input": {"path": "in.jsonl"}, "features": "a,b"}, env={})
 >>> cfg.mode, cfg.features, cfg.model.n_components
-('file', ['a', 'b'], 1)
+('file', ['a', 'b'], 'auto')
 >>> try:
 ...     load_config(overrides={"model": {"n_components": 0}}, env={})
 ... except ConfigError as e:
 ...     print(e)
-invalid configuration: model.n_components: Input should be greater than or equal to 1 (got 0)
+invalid configuration: model.n_components: n_components must be 'auto' or an integer >= 1 (got 0)
 
 """
 
@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from streamgmm._gate_spec import GATE_DEFAULTS, validate_gate_params
+from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 
 __all__ = [
     "CheckpointConfig",
@@ -61,9 +62,9 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Hyper-parameters of :class:`streamgmm.OnlineGaussianMixture`."""
 
-    # One component by default, as in the core and the River detector (measured on River's
-    # Shuttle through the CLI: ROC-AUC 0.98 with 1 component, 0.79 with 3).
-    n_components: int = Field(1, ge=1)
+    # "auto" by default, as in the core and the River estimators (one spec,
+    # streamgmm._mixture_spec): K by BIC at the warm-up, then online birth, merge and death.
+    n_components: int | Literal["auto"] = MIXTURE_DEFAULTS["n_components"]
     covariance_type: Literal["full", "diag", "spherical", "tied"] = "full"
     half_life: float | None = Field(None, gt=0)
     step_exponent: float = Field(0.8, gt=0.5, le=1.0)
@@ -72,6 +73,13 @@ class ModelConfig(_Strict):
     n_init: int = Field(3, ge=1)
     reg_covar: float = Field(1e-6, ge=0)
     random_state: int | None = 0
+
+    @field_validator("n_components")
+    @classmethod
+    def _positive_k(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("n_components must be 'auto' or an integer >= 1")
+        return value
 
 
 class GateConfig(_Strict):
