@@ -53,6 +53,8 @@ _RUN_FLAGS = {
     "group_id": "kafka.group_id",
     "max_poll_records": "kafka.max_poll_records",
     "n_components": "model.n_components",
+    "model_scope": "model.scope",
+    "max_live_keys": "model.max_live_keys",
     "covariance_type": "model.covariance_type",
     "half_life": "model.half_life",
     "warm_up": "model.warm_up",
@@ -210,7 +212,12 @@ def _parser() -> argparse.ArgumentParser:
         default="numeric fields of the first batch, except id-, counter- and label-like ones",
         metavar="a,b,c",
     )
-    opt(g, "--key-field", "field copied to the output as its key", metavar="FIELD")
+    opt(
+        g,
+        "--key-field",
+        "field copied to the output as its key (and, with --model-scope key, naming the model)",
+        metavar="FIELD",
+    )
     opt(
         g,
         "--timestamp-field",
@@ -248,6 +255,14 @@ def _parser() -> argparse.ArgumentParser:
         const=True,
     )
     g = r.add_argument_group("model")
+    opt(
+        g,
+        "--model-scope",
+        "one model for the whole input, per input partition (Kafka), or per record key "
+        "(Kafka message key, or --key-field); keyless records go to their partition's pooled "
+        "model",
+    )
+    opt(g, "--max-live-keys", "per-key models kept decoded in memory", metavar="N")
     opt(g, "--n-components", "mixture components", metavar="K")
     opt(g, "--covariance-type", "shape of each component")
     opt(
