@@ -112,7 +112,7 @@ def test_file_key_scope_one_model_per_key_learns_exactly_its_records(keyed_file)
 
 
 def test_file_key_scope_restart_resumes_every_key(keyed_file):
-    tmp_path, lines, per_key, keyless = keyed_file
+    tmp_path, *_ = keyed_file
     ref = Processor(
         _file_cfg(tmp_path, output={"path": str(tmp_path / "ref.jsonl")}, checkpoint={"dir": None}),
         handle_signals=False,
@@ -132,7 +132,7 @@ def test_file_key_scope_restart_resumes_every_key(keyed_file):
 
 
 def test_idle_keys_are_evicted_and_restored_identically(keyed_file):
-    tmp_path, lines, per_key, keyless = keyed_file
+    tmp_path, *_ = keyed_file
     ref = Processor(_file_cfg(tmp_path, checkpoint={"dir": None}), handle_signals=False)
     ref.run()
     small = Processor(
@@ -153,7 +153,7 @@ def test_idle_keys_are_evicted_and_restored_identically(keyed_file):
 
 
 def test_scope_configuration_errors(tmp_path):
-    with pytest.raises(ConfigError, match="partition.*needs Kafka"):
+    with pytest.raises(ConfigError, match=r"partition.*needs Kafka"):
         _file_cfg(tmp_path, model={"scope": "partition"})
     with pytest.raises(ConfigError, match="needs key_field"):
         _file_cfg(tmp_path, key_field=None)
@@ -217,22 +217,32 @@ def test_kafka_scopes_learn_each_partition_and_key_exactly(
 ):
     tin, tout = new_topic(3), new_topic(3)
     per_key, per_part = _produce_keyed(kafka_bootstrap, tin, 3)
-    cfg = _kafka_cfg(kafka_bootstrap, tin, tout, f"g-scope-{scope}", tmp_path / "ck", scope)
+    group = f"g-scope-{scope}"
+    cfg = _kafka_cfg(kafka_bootstrap, tin, tout, group, tmp_path / "ck", scope)
     proc = Processor(cfg, handle_signals=False)
     assert proc.run() == 0
-    st = proc.states
-    pooled = {sk.partition.partition: st.get(sk).n_own for sk in st.state_keys() if not sk.key}
-    assert pooled == dict(per_part)
+    assert _counts(proc.states) == _expected(per_key, per_part, scope)
+    assert len(read_all(kafka_bootstrap, tout)) == sum(per_part.values())
+    # A new instance with an empty checkpoint directory (another machine) restores every
+    # partition's and key's state from the changelog and continues: nothing learned twice.
+    more_key, more_part = _produce_keyed(kafka_bootstrap, tin, 3)
+    cfg2 = _kafka_cfg(kafka_bootstrap, tin, tout, group, tmp_path / "empty", scope)
+    again = Processor(cfg2, handle_signals=False)
+    assert again.run() == 0
+    assert _counts(again.states) == _expected(per_key + more_key, per_part + more_part, scope)
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+
+
+def _counts(st) -> dict:
+    return {
+        (sk.partition.partition, sk.key): st.get(sk).n_own
+        for sk in st.state_keys()
+        if sk.partition is not None
+    }
+
+
+def _expected(per_key: Counter, per_part: Counter, scope: str) -> dict:
+    out = {(p, None): n for p, n in per_part.items()}
     if scope == "key":
-        keyed = {
-            (sk.partition.partition, sk.key): st.get(sk).n_own
-            for sk in st.state_keys()
-            if sk.key
-        }
-        assert keyed == dict(per_key)
-    outs = read_all(kafka_bootstrap, tout)
-    assert len(outs) == sum(per_part.values())
-    # Restart: a new processor resumes every partition's (and key's) state from the checkpoint.
-    again = Processor(cfg, handle_signals=False)
-    sk = StateKey(SourcePartition.kafka(tin, 1), "d4" if scope == "key" else None)
-    assert again.states.get(sk).n_own == st.get(sk).n_own > 0
+        out.update(per_key)
+    return out

@@ -167,9 +167,22 @@ class Processor:
         self.metrics = Metrics()
         self.counts = {"in": 0, "out": 0, "dead": 0, "anomalies": 0}
         self.sink_sizes: dict[str, int] = {}
+        # Kafka with one model per partition or key: the state lives in a compacted changelog
+        # topic and moves with its partitions (see changelog.py); no local checkpoint is read.
+        self.changelog = None
+        self._changelog_mode = cfg.mode == "kafka" and cfg.model.scope != "global"
+        self._written: dict[SourcePartition, int] = {}  # offset of each partition's last write
         self.store = (
-            CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
+            CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
+            if cfg.checkpoint.dir and not self._changelog_mode
+            else None
         )
+        if cfg.checkpoint.dir and self._changelog_mode:
+            log.info(
+                "model scope %r on Kafka: state is kept in the changelog topic, not in %s",
+                cfg.model.scope,
+                cfg.checkpoint.dir,
+            )
         self.checkpointer = Checkpointer(cfg.checkpoint.every_records, cfg.checkpoint.every_seconds)
         self.states = StateStore(
             cfg.model.scope, lambda: build_model(cfg), max_live=cfg.model.max_live_keys
@@ -317,7 +330,16 @@ class Processor:
     def _open(self) -> None:
         """The source and sinks of the configured mode: the one place that tells them apart."""
         cfg = self.cfg
+        k = cfg.kafka
         self.producer = None
+        if cfg.mode == "kafka" and (
+            (k.output_topic and cfg.output.path is None) or self._changelog_mode
+        ):
+            self.producer = make_producer(k)
+        if self._changelog_mode:
+            from .changelog import Changelog
+
+            self.changelog = Changelog(k, self.producer)
         if cfg.mode == "kafka":
             journal, plan = None, []
             if self.store is not None and not cfg.fresh:
@@ -341,14 +363,12 @@ class Processor:
             )
             if start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
-        k = cfg.kafka
         if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
-            self.producer = make_producer(k)
             self.out = KafkaSink(self.producer, k.output_topic)
         else:
             self.out = self._file_sink(cfg.output.path or "-")
         dlq = cfg.output.dead_letter
-        if dlq is None and self.producer is not None:
+        if dlq is None and self.producer is not None and cfg.output.path is None:
             fixed = k.dead_letter_topic
             self.dead = KafkaSink(self.producer, fixed, lambda r: f"{r.topic}.dlq")
         else:
@@ -373,6 +393,8 @@ class Processor:
         # the checkpoint (a crash between the two), and resuming there would learn records
         # twice. Only for a partition this instance released may the group be further on: then
         # another instance processed those records and this model skips them.
+        if self.changelog is not None:
+            return self._restore(sps, committed)
         seeks = {}
         for sp in sps:
             ours = self.offsets.get(sp)
@@ -399,14 +421,63 @@ class Processor:
         )
         return seeks
 
+    def _restore(self, sps: list[SourcePartition], committed: dict) -> dict:
+        """Changelog mode: each assigned partition's states from its changelog partition, and
+        the offset stored with them to seek to (whatever this instance had: it may be stale)."""
+        t0 = time.perf_counter()
+        restored = self.changelog.restore(sps)
+        seeks = {}
+        for sp in sps:
+            ps = restored[sp]
+            self.states.drop_partition(sp)
+            for sk, (blob, learned_to) in ps.states.items():
+                ahead = ps.offset is None or learned_to > ps.offset
+                self.states.put_encoded(sk, blob, learned_to if ahead else None)
+            self._written.pop(sp, None)
+            if ps.offset is not None:
+                self.offsets[sp] = seeks[sp] = ps.offset
+                self._written[sp] = ps.offset
+            else:
+                self.offsets.pop(sp, None)
+                if committed.get(sp) is not None:
+                    log.error(
+                        "%s has committed offset %d but its changelog holds no state: its "
+                        "models start fresh from there (was the changelog topic deleted?)",
+                        sp.label,
+                        committed[sp],
+                    )
+        if sps:
+            self._assigned_at = time.monotonic()
+        log.info(
+            "partitions assigned: %s; restored %d states from the changelog in %.3f s; seeking %s",
+            [sp.label for sp in sps],
+            sum(len(restored[sp].states) for sp in sps),
+            time.perf_counter() - t0,
+            {sp.label: o for sp, o in seeks.items()},
+        )
+        return seeks
+
     def _on_revoked(self, sps: list[SourcePartition]) -> dict:
         log.info("partitions revoked: %s", [sp.label for sp in sps])
         self._released.update(sps)
         self._checkpoint(commit=False)
-        return {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
+        offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
+        if self.changelog is not None:
+            self._forget(sps)  # their next owner restores them from the changelog
+        return offsets
+
+    def _forget(self, sps: list[SourcePartition]) -> None:
+        for sp in sps:
+            self.states.drop_partition(sp)
+            self.offsets.pop(sp, None)
+            self._written.pop(sp, None)
+        self.changelog.forget(sps)
 
     def _on_lost(self, sps: list[SourcePartition]) -> None:
         log.warning("partitions lost (group membership expired): %s", [sp.label for sp in sps])
+        if self.changelog is not None:
+            self._forget(sps)  # not written: the next owner continues from the changelog
+            return
         # Keep our offsets: they are where the model is. If the partitions come back to this
         # instance (e.g. after a broker restart) it seeks there, or further if another
         # instance processed them meanwhile (see _on_assigned).
@@ -429,6 +500,8 @@ class Processor:
                 self.sink_sizes[s.identity] = s._f.tell()
 
     def _write_state(self) -> None:
+        if self.changelog is not None:
+            self._write_changelog()
         if self.store is None:
             return
         arrays, meta = store_to_checkpoint(self.states)
@@ -452,6 +525,16 @@ class Processor:
         path = self.store.save(arrays, meta)
         log.debug("checkpoint %s written", path.name)
         self.source.after_checkpoint(int(path.stem.split("-")[1]))
+
+    def _write_changelog(self) -> None:
+        """Changed states and the partition record of every partition that moved on, then one
+        flush: all acknowledged before the offsets are committed."""
+        for sp, offset in list(self.offsets.items()):
+            changed = self.states.changed(sp)
+            if changed or self._written.get(sp) != offset:
+                self.changelog.write(sp, changed, offset)
+                self._written[sp] = offset
+        self.changelog.flush()
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:
@@ -533,12 +616,16 @@ class Processor:
     def _step(self, slot, batch, dec, learn, emit, out, rejected) -> None:
         """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the outputs of
         rows ``emit`` (a subset, in order) go to ``out[j]``."""
+        if rejected:
+            learn = [j for j in learn if j not in rejected]
+        if slot.learned_to is not None:
+            learn, emit = self._already_learned(slot, batch, dec, learn, emit, out, rejected)
+            if not learn:
+                return
         model, gate = slot.model, slot.gate
         version = int(getattr(model, "n_samples_seen_", 0))
         gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
         slot.dirty = True
-        if rejected:
-            learn = [j for j in learn if j not in rejected]
         whole = len(learn) == len(dec.rows)
         try:
             r = gate.score_and_learn(model, dec.X if whole else dec.X[learn])
@@ -575,6 +662,25 @@ class Processor:
         )
         for j, line in zip(ok, lines, strict=True):
             out[j] = line
+
+    def _already_learned(self, slot, batch, dec, learn, emit, out, rejected):
+        """Rows before ``slot.learned_to`` are in the state already (it was written beyond its
+        partition record before a crash): a throwaway copy scores them, the state does not
+        learn them again. Returns the rows left to learn and emit."""
+        from .state import Slot, decode_slot, encode_slot
+
+        cut = slot.learned_to
+        done = {j for j in learn if batch[dec.rows[j]].offset < cut}
+        if done:
+            model, gate, _ = decode_slot(encode_slot(slot.model, slot.gate))
+            scratch = Slot(model, gate)
+            order = [j for j in learn if j in done]
+            self._step(scratch, batch, dec, order, [j for j in emit if j in done], out, rejected)
+            learn = [j for j in learn if j not in done]
+            emit = [j for j in emit if j not in done]
+        if learn:
+            slot.learned_to = None  # past it: from here on every record is new to the state
+        return learn, emit
 
     def _row_by_row(self, slot, dec, js, rejected):
         """The gate step row by row; rows the model rejects become dead letters."""
@@ -826,6 +932,8 @@ class Processor:
                 self.producer.close(timeout=10)
         if self.source is not None:
             self.source.close()
+        if self.changelog is not None:
+            self.changelog.close()
 
 
 def _hint(reasons: list[tuple[str, int]], cfg: ServiceConfig) -> str:

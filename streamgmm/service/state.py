@@ -133,18 +133,30 @@ def decode_slot(blob: bytes, where: str = "state"):
 class Slot:
     """A live model + gate, with what the store needs to know about it.
 
-    ``seen_at_birth`` is the copied prior's ``n_samples_seen_`` (0 unless the state started as
-    a copy of its partition's pooled model): ``n_samples_seen_ - seen_at_birth`` rows are its
-    own.  ``dirty``: changed since it was last encoded.
+    ``learned_to``: input offset this state has learned up to, if beyond where its partition
+    resumes (see :mod:`~streamgmm.service.changelog`).  ``seen_at_birth`` is the copied
+    prior's ``n_samples_seen_`` (0 unless the state started as a copy of its partition's pooled
+    model): ``n_samples_seen_ - seen_at_birth`` rows are its own.  ``dirty``: changed since it
+    was last encoded.
     """
 
-    __slots__ = ("blob", "dirty", "gate", "model", "seen_at_birth")
+    __slots__ = ("blob", "dirty", "gate", "learned_to", "model", "seen_at_birth")
 
-    def __init__(self, model, gate, seen_at_birth: int = 0, blob: bytes | None = None):
+    def __init__(
+        self,
+        model,
+        gate,
+        seen_at_birth: int = 0,
+        blob: bytes | None = None,
+        learned_to: int | None = None,
+    ):
         self.model, self.gate = model, gate
         self.seen_at_birth = int(seen_at_birth)
         self.blob = blob
         self.dirty = blob is None
+        # Restored from a changelog write that went beyond its partition's record (a crash
+        # between the two): input records before this offset are in the state already.
+        self.learned_to = learned_to
 
     @property
     def n_own(self) -> int:
@@ -189,6 +201,8 @@ class StateStore:
         self.max_live = max_live
         self.live: OrderedDict[StateKey, Slot] = OrderedDict()
         self.cold: dict[StateKey, bytes] = {}
+        self.learned_to: dict[StateKey, int] = {}  # of cold states restored from a changelog
+        self.unsaved: set[StateKey] = set()  # evicted while changed since their last write
         self.evictions = 0
         self.restores = 0
 
@@ -223,7 +237,12 @@ class StateStore:
         blob = self.cold.pop(sk, None)
         if blob is not None:
             model, gate, meta = decode_slot(blob, where=f"state of {sk}")
-            slot = Slot(model, gate, meta.get("seen_at_birth", 0), blob=blob)
+            slot = Slot(
+                model, gate, meta.get("seen_at_birth", 0), blob, self.learned_to.pop(sk, None)
+            )
+            if sk in self.unsaved:
+                slot.dirty = True
+                self.unsaved.discard(sk)
             self.restores += 1
         else:
             slot = self._new(sk)
@@ -249,14 +268,33 @@ class StateStore:
             if sk is None:
                 return
             slot = self.live.pop(sk)
+            if slot.dirty:
+                self.unsaved.add(sk)
+            if slot.learned_to is not None:
+                self.learned_to[sk] = slot.learned_to
             self.cold[sk] = slot.encode()
             self.evictions += 1
 
     # -- bulk ------------------------------------------------------------------------------------
-    def put_encoded(self, sk: StateKey, blob: bytes) -> None:
+    def put_encoded(self, sk: StateKey, blob: bytes, learned_to: int | None = None) -> None:
         """Install a state from its bytes (restore); decoded on first use."""
         self.live.pop(sk, None)
+        self.unsaved.discard(sk)
         self.cold[sk] = blob
+        if learned_to is not None:
+            self.learned_to[sk] = learned_to
+
+    def changed(self, partition: SourcePartition) -> list[tuple[StateKey, bytes]]:
+        """States of ``partition`` changed since they were last taken, encoded; taking them
+        marks them saved."""
+        out = []
+        for sk, slot in self.live.items():
+            if sk.partition == partition and slot.dirty:
+                out.append((sk, slot.encode()))
+        for sk in [k for k in self.unsaved if k.partition == partition]:
+            out.append((sk, self.cold[sk]))
+            self.unsaved.discard(sk)
+        return out
 
     def encoded(self) -> Iterator[tuple[StateKey, bytes]]:
         """Every state's bytes (live ones re-encoded only if they changed)."""
@@ -266,9 +304,10 @@ class StateStore:
 
     def drop_partition(self, partition: SourcePartition) -> None:
         """Forget the states of ``partition`` (it moved to another instance)."""
-        for d in (self.live, self.cold):
+        for d in (self.live, self.cold, self.learned_to):
             for sk in [k for k in d if k.partition == partition]:
                 del d[sk]
+        self.unsaved = {k for k in self.unsaved if k.partition != partition}
 
     def only(self) -> Slot | None:
         """The state of a global store (created if needed); ``None`` for other scopes."""
