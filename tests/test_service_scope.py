@@ -18,7 +18,6 @@ from sklearn.datasets import load_digits
 from streamgmm.service.checkpoint import CheckpointError
 from streamgmm.service.config import ConfigError, load_config
 from streamgmm.service.processor import Processor
-from streamgmm.service.state import SourcePartition, StateKey
 
 FEATURES = [f"p{i}" for i in (20, 21, 26, 28, 33, 36, 42, 43)]  # pixels that vary
 
