@@ -7,6 +7,8 @@ each have their own distribution), on 8 pixel features.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
@@ -151,6 +153,17 @@ def test_idle_keys_are_evicted_and_restored_identically(keyed_file):
     assert {k: n for k, (n, _) in a.items()} == {k: n for k, (n, _) in b.items()}
 
 
+def test_inspect_lists_every_key_of_a_checkpoint(keyed_file, capsys):
+    from streamgmm.service.cli import main
+
+    tmp_path, _, per_key, _ = keyed_file
+    Processor(_file_cfg(tmp_path), handle_signals=False).run()
+    assert main(["inspect", str(tmp_path / "ck"), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["scope"] == "key"
+    assert {st["key"]: st["rows_own"] for st in s["states"] if st["key"]} == dict(per_key)
+
+
 def test_scope_configuration_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"partition.*needs Kafka"):
         _file_cfg(tmp_path, model={"scope": "partition"})
@@ -230,6 +243,19 @@ def test_kafka_scopes_learn_each_partition_and_key_exactly(
     assert again.run() == 0
     assert _counts(again.states) == _expected(per_key + more_key, per_part + more_part, scope)
     assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+    # `streamgmm inspect` reads the same state from the changelog, per partition and per key.
+    r = subprocess.run(
+        [sys.executable, "-m", "streamgmm.service.cli", "inspect", "--bootstrap-servers",
+         kafka_bootstrap, "--topic", tin, "--group-id", group, "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    shown = {
+        (p["partition"], st["key"]): st["rows_own"]
+        for p in json.loads(r.stdout)["partitions"]
+        for st in p["states"]
+    }
+    assert shown == _counts(again.states)
 
 
 def _counts(st) -> dict:
