@@ -534,7 +534,7 @@ def summarise_state(blob: bytes) -> dict:
             means = [[float(v) for v in row] for row in model.means_]
     return {
         "n_samples_seen": seen,
-        "rows_own": seen - int(meta.get("seen_at_birth", 0)),
+        "rows_own": seen - int(meta.get("seen_at_birth", 0)) + int(meta.get("pre_birth", 0)),
         "warming_up": bool(getattr(model, "warming_up_", True)),
         "threshold": thr if math.isfinite(thr) else None,
         "means": means,

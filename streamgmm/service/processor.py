@@ -108,6 +108,8 @@ def store_from_checkpoint(ck, store: StateStore) -> None:
         if blob is None:
             raise CheckpointError(f"{ck.path}: state {i} is missing")
         store.put_encoded(StateKey(sp, entry.get("key")), blob.tobytes())
+    for label, kind, key, n in ck.meta.get("unborn", []):
+        store.unborn[StateKey(SourcePartition.parse(label, kind), key)] = int(n)
 
 
 def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
@@ -433,6 +435,8 @@ class Processor:
             for sk, (blob, learned_to) in ps.states.items():
                 ahead = ps.offset is None or learned_to > ps.offset
                 self.states.put_encoded(sk, blob, learned_to if ahead else None)
+            for key, n in ps.record.get("unborn", {}).items():
+                self.states.unborn[StateKey(sp, key)] = int(n)
             self._written.pop(sp, None)
             if ps.offset is not None:
                 self.offsets[sp] = seeks[sp] = ps.offset
@@ -520,6 +524,10 @@ class Processor:
                 "sinks": dict(self.sink_sizes),
                 "counts": dict(self.counts),
                 "n_samples_seen": self._n_seen(),
+                "unborn": [
+                    [sk.partition.label, sk.partition.kind, sk.key, n]
+                    for sk, n in self.states.unborn.items()
+                ],
             }
         )
         path = self.store.save(arrays, meta)
@@ -532,7 +540,8 @@ class Processor:
         for sp, offset in list(self.offsets.items()):
             changed = self.states.changed(sp)
             if changed or self._written.get(sp) != offset:
-                self.changelog.write(sp, changed, offset)
+                unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
+                self.changelog.write(sp, changed, offset, {"unborn": unborn} if unborn else None)
                 self._written[sp] = offset
         self.changelog.flush()
 
@@ -582,7 +591,7 @@ class Processor:
     def source_partition(self, rec: RawRecord) -> SourcePartition:
         if rec.topic is not None:
             return SourcePartition.kafka(rec.topic, rec.partition)
-        return SourcePartition.file(file_identity(rec.file))
+        return self.source.partition  # a file is one partition
 
     def _score_and_learn(self, batch, dec) -> list[bytes]:
         """Score, flag and (gated) learn the decoded rows: per state, the gate's one step."""
@@ -593,15 +602,29 @@ class Processor:
         if st.scope == "key":
             # Every valid row of a partition also trains the partition's pooled model: the
             # prior of its new keys and the model of rows without a key. New keys are copied
-            # from it before it learns this batch, so a replay creates them identically.
+            # from it before it learns this batch; while it still warms up, they are not born
+            # yet and the pooled model scores their rows.
             pooled: dict[StateKey, list[int]] = {}
+            own: dict[StateKey, list[int]] = {}
+            bearing: dict[SourcePartition, bool] = {}
             for sk, js in groups.items():
-                pooled.setdefault(StateKey(sk.partition, None), []).extend(js)
-                if sk.key is not None and sk not in st:
+                pk = StateKey(sk.partition, None)
+                pooled.setdefault(pk, []).extend(js)
+                if sk.key is None:
+                    own.setdefault(pk, []).extend(js)
+                    continue
+                if sk not in st:
+                    if sk.partition not in bearing:
+                        bearing[sk.partition] = st.can_bear(sk.partition)
+                    if not bearing[sk.partition]:
+                        own.setdefault(pk, []).extend(js)
+                        st.unborn[sk] = st.unborn.get(sk, 0) + len(js)
+                        continue
                     st.get(sk)
             for pk, js in pooled.items():
-                self._step(st.get(pk), batch, dec, sorted(js), groups.get(pk, ()), out, rejected)
-            groups = {sk: js for sk, js in groups.items() if sk.key is not None}
+                mine = sorted(own.get(pk, ()))
+                self._step(st.get(pk), batch, dec, sorted(js), mine, out, rejected)
+            groups = {sk: js for sk, js in groups.items() if sk.key is not None and sk in st}
         for sk, js in groups.items():
             self._step(st.get(sk), batch, dec, js, js, out, rejected)
         if rejected:

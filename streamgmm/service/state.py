@@ -15,10 +15,12 @@ model scope asks:
     partition's *pooled* model (``StateKey(partition, None)``) that learns every valid record of
     the partition.  A key seen for the first time starts as a copy of its partition's pooled
     model (so its first records are scored by a model of its kind, not left unscored during a
-    warm-up of its own), and records without a key are scored and learned by the pooled model
-    alone.  Idle keys are evicted from memory beyond ``max_live`` (least recently used first):
-    their encoded state is kept (a few KiB, in the checkpoint / changelog) and decoded again on
-    their next record.
+    warm-up of its own); while the pooled model is itself still warming up, a new key's records
+    are scored and learned by the pooled model (counted for the key: they are in the copy it
+    starts from once the pooled model is fitted).  Records without a key are scored and learned
+    by the pooled model alone.  Idle keys are evicted from memory beyond ``max_live`` (least
+    recently used first): their encoded state is kept (a few KiB, in the checkpoint /
+    changelog) and decoded again on their next record.
 
 Each state is encoded on its own with the one state codec
 (:func:`streamgmm.persistence.encode_state`), so a checkpoint file and a changelog message carry
@@ -27,6 +29,7 @@ the same bytes.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -120,6 +123,16 @@ def restore_pair(arrays: dict, model_meta: dict, gate_meta: dict):
     return model, gate
 
 
+def copy_pair(model, gate):
+    """An exact, independent copy of ``(model, gate)`` through their public state API."""
+    m_arrays, m_meta = model.get_state()
+    g_arrays, g_meta = gate.get_state()
+    arrays = {f"model.{k}": np.array(v, copy=True) for k, v in m_arrays.items()}
+    arrays.update({f"gate.{k}": np.array(v, copy=True) for k, v in g_arrays.items()})
+    meta = json.loads(json.dumps({"m": m_meta, "g": g_meta}))  # no shared mutable metadata
+    return restore_pair(arrays, meta["m"], meta["g"])
+
+
 def decode_slot(blob: bytes, where: str = "state"):
     """``(model, gate, meta)`` from :func:`encode_slot`'s bytes (raises ValueError)."""
     arrays, meta = decode_state(blob, accept_versions=(SLOT_FORMAT_VERSION,), where=where)
@@ -140,7 +153,7 @@ class Slot:
     was last encoded.
     """
 
-    __slots__ = ("blob", "dirty", "gate", "learned_to", "model", "seen_at_birth")
+    __slots__ = ("blob", "dirty", "gate", "learned_to", "model", "pre_birth", "seen_at_birth")
 
     def __init__(
         self,
@@ -149,9 +162,11 @@ class Slot:
         seen_at_birth: int = 0,
         blob: bytes | None = None,
         learned_to: int | None = None,
+        pre_birth: int = 0,
     ):
         self.model, self.gate = model, gate
         self.seen_at_birth = int(seen_at_birth)
+        self.pre_birth = int(pre_birth)
         self.blob = blob
         self.dirty = blob is None
         # Restored from a changelog write that went beyond its partition's record (a crash
@@ -160,12 +175,14 @@ class Slot:
 
     @property
     def n_own(self) -> int:
-        """Rows this state learned itself (beyond the prior it was copied from)."""
-        return int(getattr(self.model, "n_samples_seen_", 0)) - self.seen_at_birth
+        """Rows of this state's own: learned since its birth, plus (a key's) rows the pooled
+        model learned for it before it was born (they are in the copy it started from)."""
+        return int(getattr(self.model, "n_samples_seen_", 0)) - self.seen_at_birth + self.pre_birth
 
     def encode(self) -> bytes:
         if self.dirty or self.blob is None:
-            self.blob = encode_slot(self.model, self.gate, {"seen_at_birth": self.seen_at_birth})
+            extra = {"seen_at_birth": self.seen_at_birth, "pre_birth": self.pre_birth}
+            self.blob = encode_slot(self.model, self.gate, extra)
             self.dirty = False
         return self.blob
 
@@ -203,6 +220,9 @@ class StateStore:
         self.cold: dict[StateKey, bytes] = {}
         self.learned_to: dict[StateKey, int] = {}  # of cold states restored from a changelog
         self.unsaved: set[StateKey] = set()  # evicted while changed since their last write
+        # Rows of keys not born yet (their partition's pooled model was still warming up, so
+        # the pooled model learned them): each key's count goes with it at birth.
+        self.unborn: dict[StateKey, int] = {}
         self.evictions = 0
         self.restores = 0
 
@@ -238,7 +258,12 @@ class StateStore:
         if blob is not None:
             model, gate, meta = decode_slot(blob, where=f"state of {sk}")
             slot = Slot(
-                model, gate, meta.get("seen_at_birth", 0), blob, self.learned_to.pop(sk, None)
+                model,
+                gate,
+                meta.get("seen_at_birth", 0),
+                blob,
+                self.learned_to.pop(sk, None),
+                meta.get("pre_birth", 0),
             )
             if sk in self.unsaved:
                 slot.dirty = True
@@ -250,12 +275,18 @@ class StateStore:
         self._evict()
         return slot
 
+    def can_bear(self, partition: SourcePartition) -> bool:
+        """Whether new keys of ``partition`` can be born: its pooled model is past its warm-up
+        (a copy of a warming model would warm up, slowly, on its key's few rows alone)."""
+        pooled = self.get(StateKey(partition, None))
+        return not getattr(pooled.model, "warming_up_", True)
+
     def _new(self, sk: StateKey) -> Slot:
         if sk.key is not None:
             pooled = self.get(StateKey(sk.partition, None))
-            # A copy of the pooled model (through the codec: an exact, independent copy).
-            model, gate, _ = decode_slot(encode_slot(pooled.model, pooled.gate))
-            return Slot(model, gate, int(getattr(model, "n_samples_seen_", 0)))
+            model, gate = copy_pair(pooled.model, pooled.gate)
+            seen = int(getattr(model, "n_samples_seen_", 0))
+            return Slot(model, gate, seen, pre_birth=self.unborn.pop(sk, 0))
         model, gate = self.factory()
         return Slot(model, gate)
 
@@ -304,7 +335,7 @@ class StateStore:
 
     def drop_partition(self, partition: SourcePartition) -> None:
         """Forget the states of ``partition`` (it moved to another instance)."""
-        for d in (self.live, self.cold, self.learned_to):
+        for d in (self.live, self.cold, self.learned_to, self.unborn):
             for sk in [k for k in d if k.partition == partition]:
                 del d[sk]
         self.unsaved = {k for k in self.unsaved if k.partition != partition}
