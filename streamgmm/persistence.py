@@ -1,55 +1,175 @@
-"""Saving and loading a learner as ``.npz`` — plain arrays and JSON, never pickle.
+"""The one state codec: a learner's state as bytes — plain arrays and JSON, never pickle.
 
-A file is opened with ``allow_pickle=False``: loading it can construct arrays of numbers and
-one JSON string, nothing else, so a crafted file cannot run code.
+Every place that stores model state uses this codec: :func:`save_model`/:func:`load_model`,
+the stream processor's checkpoint files and its Kafka changelog messages.  An encoded state is
+an ``.npz`` archive (zip) holding the numeric arrays plus two ``uint8`` arrays:
+
+``__meta__``
+    UTF-8 JSON: the caller's metadata plus ``format_version``.
+``__sha256__``
+    hex SHA-256 over every other array's name, dtype, shape and bytes (the metadata included),
+    so a flipped bit anywhere in the data is detected even where the zip's CRC is not checked.
+
+It is read with ``np.load(allow_pickle=False)``: decoding can construct arrays of numbers and
+one JSON document, nothing else, so crafted bytes cannot run code.  Files written by the first
+``save_model`` (metadata as a 0-d unicode array, no checksum) are still read.
+
+Example
+-------
+>>> import numpy as np
+>>> blob = encode_state({"means": np.eye(2)}, {"who": "me"}, format_version=3)
+>>> arrays, meta = decode_state(blob, accept_versions=(3,))
+>>> meta["who"], meta["format_version"], arrays["means"].tolist()
+('me', 3, [[1.0, 0.0], [0.0, 1.0]])
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
-from streamgmm.online import OnlineGaussianMixture
-
 META_KEY = "__meta__"
+SUM_KEY = "__sha256__"
+#: Format of a state written by :func:`save_model` (the service has its own version numbers).
+MODEL_FORMAT_VERSION = 1
+
+__all__ = [
+    "META_KEY",
+    "MODEL_FORMAT_VERSION",
+    "SUM_KEY",
+    "StateFormatError",
+    "decode_state",
+    "encode_state",
+    "load_model",
+    "save_model",
+    "state_digest",
+]
 
 
-def state_to_npz_dict(arrays: dict, meta: dict) -> dict:
-    """Arrays plus the metadata as one 0-d unicode array, ready for ``np.savez``."""
-    if META_KEY in arrays:
-        raise ValueError(f"array name {META_KEY!r} is reserved")
-    out = dict(arrays)
-    out[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
-    return out
+class StateFormatError(ValueError):
+    """Bytes that are not a usable encoded state: unreadable, corrupted, or another version."""
 
 
-def npz_dict_to_state(npz) -> tuple[dict, dict]:
-    """Inverse of :func:`state_to_npz_dict` for an opened ``np.load`` archive."""
-    if META_KEY not in npz.files:
-        raise ValueError("not a streamgmm file: metadata missing")
-    meta = json.loads(str(npz[META_KEY][()]))
-    arrays = {name: npz[name] for name in npz.files if name != META_KEY}
+def state_digest(arrays: dict[str, np.ndarray]) -> str:
+    """Hex SHA-256 over every array's name, dtype, shape and bytes, by name."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(a.dtype.str.encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def encode_state(
+    arrays: dict[str, np.ndarray],
+    meta: dict,
+    *,
+    format_version: int = MODEL_FORMAT_VERSION,
+    compress: bool = False,
+) -> bytes:
+    """``arrays`` (numbers only) and ``meta`` (JSON-able) as checksummed bytes.
+
+    Parameters
+    ----------
+    arrays
+        Numeric arrays; names ``__meta__``/``__sha256__`` are reserved, object dtypes refused.
+    meta
+        JSON-able metadata (no NaN/inf); ``format_version`` is added.
+    format_version
+        Stored in the metadata; :func:`decode_state` refuses versions it is not told to accept.
+    compress
+        Deflate the archive (``np.savez_compressed``): smaller Kafka messages, slower.
+    """
+    out: dict[str, np.ndarray] = {}
+    for k, v in arrays.items():
+        if k in (META_KEY, SUM_KEY):
+            raise ValueError(f"reserved array name {k!r}")
+        a = np.asarray(v)
+        if a.dtype.hasobject:
+            raise ValueError(f"array {k!r} has dtype object; a state holds numbers only")
+        out[k] = a
+    meta = {**meta, "format_version": format_version}
+    out[META_KEY] = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
+    out[SUM_KEY] = np.frombuffer(state_digest(out).encode("ascii"), dtype=np.uint8)
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, **out)
+    return buf.getvalue()
+
+
+def decode_state(
+    data: bytes | os.PathLike | str | io.IOBase,
+    *,
+    accept_versions: Iterable[int] = (MODEL_FORMAT_VERSION,),
+    where: str = "state",
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Inverse of :func:`encode_state`: ``(arrays, meta)``, verified.
+
+    ``data`` is the bytes, or a path / open binary file holding them.
+
+    Raises
+    ------
+    StateFormatError
+        Unreadable, not a state, checksum mismatch, or a ``format_version`` not accepted; the
+        message starts with ``where``.
+    """
+    src = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
+    try:
+        with np.load(src, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile/np errors of every kind mean the same: unusable
+        raise StateFormatError(f"{where}: unreadable ({type(e).__name__}: {e})") from None
+    if META_KEY not in arrays:
+        raise StateFormatError(f"{where}: not a streamgmm state (no metadata)")
+    if SUM_KEY not in arrays:
+        if arrays[META_KEY].dtype.kind == "U":  # the first save_model format: no checksum
+            try:
+                meta = json.loads(str(arrays.pop(META_KEY)[()]))
+            except ValueError as e:
+                raise StateFormatError(f"{where}: metadata is not valid JSON ({e})") from None
+            return arrays, {"legacy_meta": meta, "format_version": 0}
+        raise StateFormatError(f"{where}: not a streamgmm state (no checksum)")
+    stored = arrays.pop(SUM_KEY).tobytes().decode("ascii", "replace")
+    if state_digest(arrays) != stored:
+        raise StateFormatError(f"{where}: checksum mismatch (corrupted)")
+    try:
+        meta = json.loads(arrays.pop(META_KEY).tobytes().decode("utf-8"))
+    except ValueError as e:
+        raise StateFormatError(f"{where}: metadata is not valid JSON ({e})") from None
+    accept = tuple(accept_versions)
+    version = meta.get("format_version") if isinstance(meta, dict) else None
+    if version not in accept:
+        raise StateFormatError(
+            f"{where}: format version {version!r}, this streamgmm reads "
+            + " or ".join(map(str, accept))
+        )
     return arrays, meta
 
 
-def save_model(model: OnlineGaussianMixture, path) -> Path:
-    """Write the model's full state to ``path`` (.npz), atomically."""
+def save_model(model, path) -> Path:
+    """Write the model's full state to ``path`` (.npz, :func:`encode_state`), atomically."""
     path = Path(path)
     arrays, meta = model.get_state()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        np.savez(fh, **state_to_npz_dict(arrays, meta))
+        fh.write(encode_state(arrays, {"model_meta": meta}))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
 
 
-def load_model(path) -> OnlineGaussianMixture:
+def load_model(path):
     """Read a model written by :func:`save_model`; raises ValueError on a malformed file."""
-    with np.load(path, allow_pickle=False) as npz:
-        arrays, meta = npz_dict_to_state(npz)
+    from streamgmm.online import OnlineGaussianMixture
+
+    arrays, meta = decode_state(Path(path), accept_versions=(MODEL_FORMAT_VERSION,), where=path)
+    meta = meta["legacy_meta"] if meta["format_version"] == 0 else meta["model_meta"]
     return OnlineGaussianMixture.from_state(arrays, meta)

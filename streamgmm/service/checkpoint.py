@@ -1,18 +1,18 @@
 """Atomic, checksummed, pickle-free checkpoints in a directory.
 
-A checkpoint is one ``.npz`` file (``np.savez`` + ``np.load(allow_pickle=False)``: loading can
-never run code) holding numeric arrays plus two ``uint8`` arrays: ``__meta__`` (UTF-8 JSON with the
-offsets, features, config fingerprint, format version, ...) and ``__sha256__`` (hex SHA-256 over
-every other array's name, dtype, shape and bytes).  It is written to a temporary file, fsynced,
-renamed into place and the directory fsynced, so a crash leaves either the old set of checkpoints
-or the old set plus one complete new file, never a torn one.  The last ``keep`` are kept; a
-checkpoint that fails its checksum or version check is skipped (logged) in favour of the
-previous one.  Checkpoints are ordered by the sequence number recorded in their checksummed
-metadata, not by file name: a stray or copied file named like a checkpoint can never make an
-older state look newer, nor hide the checkpoints written after it.  Beside each checkpoint ``N``
-a batch journal ``batches-N.jsonl`` lists the Kafka batches processed after it (see
-:mod:`streamgmm.service.processor`); a write failure (disk full, read-only, no access) raises
-:class:`CheckpointWriteError` naming the directory.
+A checkpoint is one state encoded by the project's one state codec
+(:func:`streamgmm.persistence.encode_state`: an ``.npz`` read with ``allow_pickle=False``, so
+loading can never run code, holding numeric arrays plus the JSON metadata — offsets, features,
+config fingerprint, format version, ... — and a SHA-256 over all of it). It is written to a
+temporary file, fsynced, renamed into place and the directory fsynced, so a crash leaves the old
+set of checkpoints or the old set plus one complete new file, never a torn one. The last
+``keep`` are kept; a checkpoint that fails its checksum or version check is skipped (logged) in
+favour of the previous one. Checkpoints are ordered by the sequence number recorded in their
+checksummed metadata, not by file name: a stray or copied file named like a checkpoint can never
+make an older state look newer, nor hide the checkpoints written after it. Beside each
+checkpoint ``N`` a batch journal ``batches-N.jsonl`` lists the Kafka batches processed after it
+(see :mod:`streamgmm.service.processor`); a write failure (disk full, read-only, no access)
+raises :class:`CheckpointWriteError` naming the directory.
 
 Example
 -------
@@ -25,13 +25,12 @@ Example
 ['ckpt-000000000002.npz', 'ckpt-000000000003.npz']
 >>> ck = store.load_latest()
 >>> ck.meta["offsets"], float(ck.arrays["model.means"][0, 0]), ck.meta["format_version"]
-({'f': 2}, 2.0, 1)
+({'f': 2}, 2.0, 2)
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -42,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from streamgmm.persistence import StateFormatError, decode_state, encode_state, state_digest
 
 from . import faults
 
@@ -59,7 +60,10 @@ __all__ = [
     "scan_checkpoints",
 ]
 
-FORMAT_VERSION = 1
+#: Version 2: one or many model states per checkpoint (``meta["states"]``, model scopes);
+#: version 1 (one global model, arrays ``model.*``/``gate.*``) is still read.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 _JOURNAL = re.compile(r"^batches-(\d+)\.jsonl$")
 _META, _SUM = "__meta__", "__sha256__"
@@ -92,15 +96,7 @@ class Checkpoint:
         return int(self.meta.get("seq", 0))
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(name.encode())
-        h.update(a.dtype.str.encode())
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+_digest = state_digest  # the codec's checksum (kept under this name for tests)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -123,24 +119,18 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile/np errors of every kind mean the same: unusable
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if _META not in arrays or _SUM not in arrays:
+        arrays, meta = decode_state(path, accept_versions=READ_VERSIONS, where=str(path))
+    except StateFormatError as e:
+        msg = str(e)
+        if msg.endswith(("(no metadata)", "(no checksum)")):
+            msg = f"{path}: not a streamgmm checkpoint (no metadata/checksum)"
+        elif "unreadable (" in msg:
+            msg = msg.replace(": unreadable (", ": unreadable checkpoint (", 1)
+        elif "format version" in msg:
+            msg = msg.replace("format version", "checkpoint format version", 1)
+        raise CheckpointError(msg) from None
+    if meta.get("format_version") == 0:  # a save_model file, not a checkpoint
         raise CheckpointError(f"{path}: not a streamgmm checkpoint (no metadata/checksum)")
-    stored = arrays.pop(_SUM).tobytes().decode("ascii", "replace")
-    if _digest(arrays) != stored:
-        raise CheckpointError(f"{path}: checksum mismatch (file corrupted)")
-    try:
-        meta = json.loads(arrays.pop(_META).tobytes().decode("utf-8"))
-    except ValueError as e:
-        raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from None
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint format version {version!r}, this streamgmm reads {FORMAT_VERSION}"
-        )
     return Checkpoint(arrays, meta, path)
 
 
@@ -278,17 +268,8 @@ class CheckpointStore:
         if self._kept is None:
             self._scan()
         seq = self._kept[-1][0] + 1 if self._kept else 1
-        meta = {**meta, "format_version": FORMAT_VERSION, "seq": seq, "created": time.time()}
-        out: dict[str, np.ndarray] = {}
-        for k, v in arrays.items():
-            if k in (_META, _SUM):
-                raise ValueError(f"reserved array name {k!r}")
-            a = np.asarray(v)
-            if a.dtype.hasobject:
-                raise ValueError(f"array {k!r} has dtype object; checkpoints hold numbers only")
-            out[k] = a
-        out[_META] = np.frombuffer(json.dumps(meta, allow_nan=False).encode(), dtype=np.uint8)
-        out[_SUM] = np.frombuffer(_digest(out).encode("ascii"), dtype=np.uint8)
+        meta = {**meta, "seq": seq, "created": time.time()}
+        blob = encode_state(arrays, meta, format_version=FORMAT_VERSION)
         final = self.dir / f"ckpt-{seq:012d}.npz"
         try:
             fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=self.dir)
@@ -298,7 +279,7 @@ class CheckpointStore:
             ) from None
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, **out)
+                f.write(blob)
                 f.flush()
                 os.fsync(f.fileno())
             faults.point("checkpoint_write")

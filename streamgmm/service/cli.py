@@ -12,6 +12,7 @@ fixed set: the flags cannot drift from the settings they override.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -53,6 +54,8 @@ _RUN_FLAGS = {
     "group_id": "kafka.group_id",
     "max_poll_records": "kafka.max_poll_records",
     "n_components": "model.n_components",
+    "model_scope": "model.scope",
+    "max_live_keys": "model.max_live_keys",
     "covariance_type": "model.covariance_type",
     "half_life": "model.half_life",
     "warm_up": "model.warm_up",
@@ -210,7 +213,12 @@ def _parser() -> argparse.ArgumentParser:
         default="numeric fields of the first batch, except id-, counter- and label-like ones",
         metavar="a,b,c",
     )
-    opt(g, "--key-field", "field copied to the output as its key", metavar="FIELD")
+    opt(
+        g,
+        "--key-field",
+        "field copied to the output as its key (and, with --model-scope key, naming the model)",
+        metavar="FIELD",
+    )
     opt(
         g,
         "--timestamp-field",
@@ -250,6 +258,14 @@ def _parser() -> argparse.ArgumentParser:
     g = r.add_argument_group("model")
     opt(
         g,
+        "--model-scope",
+        "one model for the whole input, per input partition (Kafka), or per record key "
+        "(Kafka message key, or --key-field); keyless records go to their partition's pooled "
+        "model",
+    )
+    opt(g, "--max-live-keys", "per-key models kept decoded in memory", metavar="N")
+    opt(
+        g,
         "--n-components",
         "mixture components: an integer, or auto (chosen at the warm-up, then born, merged "
         "and removed online)",
@@ -266,7 +282,7 @@ def _parser() -> argparse.ArgumentParser:
         g,
         "--warm-up",
         "rows fitted in batch before learning online",
-        default="max(1000, 2 K (D+1))",
+        default="max(1000, 2 K (D+1)), K=3 for auto",
         metavar="N",
     )
     opt(g, "--n-init", "k-means++ starts of the warm-up fit", metavar="N")
@@ -304,8 +320,24 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
     )
 
-    i = sub.add_parser("inspect", help="summarise a checkpoint (directory or file)")
-    i.add_argument("path", help="checkpoint directory (its newest checkpoint) or .npz file")
+    i = sub.add_parser(
+        "inspect",
+        help="summarise a checkpoint (directory or file), or the state in a changelog topic",
+    )
+    i.add_argument(
+        "path",
+        nargs="?",
+        help="checkpoint directory (its newest checkpoint) or .npz file; omit with "
+        "--bootstrap-servers/--topic/--group-id to read the Kafka changelog",
+    )
+    i.add_argument("--bootstrap-servers", metavar="HOST:PORT", help="read state from Kafka")
+    i.add_argument("--topic", metavar="TOPIC", help="input topic whose state to read")
+    i.add_argument("--group-id", metavar="GROUP", help="consumer group of the processor")
+    i.add_argument(
+        "--changelog-topic",
+        metavar="TOPIC",
+        help="changelog topic (default: <group>-<topic>-state)",
+    )
     i.add_argument("--json", action="store_true", help="machine-readable output")
 
     d = sub.add_parser("demo", help="synthetic multi-sensor stream with drift and anomalies")
@@ -434,6 +466,21 @@ def summarise(ck) -> dict:
     """JSON-able summary of a loaded checkpoint (what ``inspect --json`` prints)."""
     from .processor import model_from_checkpoint
 
+    if ck.meta.get("states") is not None:  # model scope partition/key: one entry per state
+        return {
+            "path": str(ck.path),
+            "seq": ck.seq,
+            "created": ck.meta.get("created"),
+            "format_version": ck.meta.get("format_version"),
+            "scope": ck.meta.get("scope"),
+            "features": ck.meta.get("features"),
+            "offsets": ck.meta.get("offsets"),
+            "counts": ck.meta.get("counts"),
+            "states": [
+                {**entry, **summarise_state(ck.arrays[f"state.{i}"].tobytes())}
+                for i, entry in enumerate(ck.meta["states"])
+            ],
+        }
     model, gate = model_from_checkpoint(ck)
     meta = ck.meta
     weights = means = None
@@ -476,8 +523,110 @@ def _looks_like_checkpoint(path: Path) -> bool:
         return False
 
 
+def summarise_state(blob: bytes) -> dict:
+    """JSON-able summary of one encoded model+gate state (a changelog message, a checkpoint
+    entry)."""
+    from .state import decode_slot
+
+    model, gate, meta = decode_slot(blob)
+    try:
+        thr = float(gate.threshold_for(model))
+    except Exception:
+        thr = math.nan
+    seen = int(getattr(model, "n_samples_seen_", 0))
+    means = None
+    if seen:
+        with contextlib.suppress(AttributeError, ValueError):
+            means = [[float(v) for v in row] for row in model.means_]
+    return {
+        "n_samples_seen": seen,
+        "rows_own": seen - int(meta.get("seen_at_birth", 0)) + int(meta.get("pre_birth", 0)),
+        "warming_up": bool(getattr(model, "warming_up_", True)),
+        "threshold": thr if math.isfinite(thr) else None,
+        "means": means,
+        "bytes": len(blob),
+    }
+
+
+def summarise_changelog(bootstrap: str, topic: str, group: str, changelog: str | None) -> dict:
+    """Every partition's and key's state in the changelog of ``topic`` (read-only)."""
+    from kafka import KafkaConsumer
+
+    from .changelog import changelog_topic, read_changelog
+    from .state import SourcePartition
+
+    name = changelog or changelog_topic(group, topic)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    try:
+        parts = sorted(c.partitions_for_topic(name) or ())
+        if not parts:
+            raise CheckpointError(f"changelog topic {name!r} does not exist or has no partitions")
+        got = read_changelog(c, name, [SourcePartition.kafka(topic, p) for p in parts])
+    finally:
+        with contextlib.suppress(Exception):
+            c.close()
+    out = []
+    for sp, ps in sorted(got.items()):
+        states = []
+        for sk, (blob, learned_to) in sorted(
+            ps.states.items(), key=lambda kv: (kv[0].key is not None, kv[0].key or "")
+        ):
+            states.append({"key": sk.key, "learned_to": learned_to, **summarise_state(blob)})
+        out.append(
+            {"partition": sp.partition, "offset": ps.offset, "seq": ps.seq, "states": states}
+        )
+    return {"topic": topic, "changelog": name, "partitions": out}
+
+
+def _print_changelog(s: dict) -> None:
+    print(f"changelog    {s['changelog']} (state of {s['topic']})")
+    for p in s["partitions"]:
+        if p["offset"] is None:
+            print(f"partition {p['partition']:<3} no state yet")
+            continue
+        print(
+            f"partition {p['partition']:<3} next offset {p['offset']} (checkpoint #{p['seq']}), "
+            f"{len(p['states'])} states"
+        )
+        for st in p["states"]:
+            who = "(partition model)" if st["key"] is None else f"key {st['key']}"
+            thr = st["threshold"]
+            print(
+                f"  {who:<24} {st['rows_own']} rows learned"
+                + (" (warming up)" if st["warming_up"] else "")
+                + (f", threshold {thr:.4g}" if thr is not None else "")
+            )
+
+
 def _inspect(ns) -> int:
     setup_logging("WARNING", "text")
+    kafka_args = (ns.bootstrap_servers, ns.topic, ns.group_id)
+    if any(kafka_args) or ns.changelog_topic:
+        if ns.path is not None or not all(kafka_args):
+            print(
+                "streamgmm: inspect a changelog with --bootstrap-servers, --topic and "
+                "--group-id (and no path)",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            s = summarise_changelog(*kafka_args, ns.changelog_topic)
+        except Exception as e:
+            print(f"streamgmm: {_describe(e) if _is_kafka_error(e) else e}", file=sys.stderr)
+            return 1
+        if ns.json:
+            print(json.dumps(s, indent=2))
+        else:
+            _print_changelog(s)
+        return 0
+    if ns.path is None:
+        print("streamgmm: inspect needs a checkpoint path, or a changelog", file=sys.stderr)
+        return 2
     path = Path(ns.path)
     try:
         if path.is_dir():
@@ -502,6 +651,12 @@ def _inspect(ns) -> int:
         return 0
     created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["created"] or 0))
     print(f"checkpoint   {s['path']} (#{s['seq']}, {created})")
+    if "states" in s:
+        print(f"scope        {s['scope']}, {len(s['states'])} states")
+        for st in s["states"]:
+            who = "(pooled model)" if st["key"] is None else f"key {st['key']}"
+            print(f"  {who:<24} {st['rows_own']} rows learned")
+        return 0
     print(
         f"model        {s['n_components']} components, {s['covariance_type']} covariance, "
         f"{s['n_samples_seen']} rows learned" + (" (warming up)" if s["warming_up"] else "")

@@ -60,7 +60,13 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    """Hyper-parameters of :class:`streamgmm.OnlineGaussianMixture`."""
+    """Hyper-parameters of :class:`streamgmm.OnlineGaussianMixture`, and the model scope.
+
+    ``scope``: ``global`` (one model for the whole input), ``partition`` (one per input
+    partition; Kafka only) or ``key`` (one per record key: the Kafka message key, or the field
+    named by ``key_field``); see :mod:`streamgmm.service.state`.  ``max_live_keys``: per-key
+    models kept decoded in memory; idle ones beyond it are kept encoded (a few KiB each).
+    """
 
     # "auto" by default, as in the core and the River estimators (one spec,
     # streamgmm._mixture_spec): K by BIC at the warm-up, then online birth, merge and death.
@@ -73,6 +79,13 @@ class ModelConfig(_Strict):
     n_init: int = Field(3, ge=1)
     reg_covar: float = Field(1e-6, ge=0)
     random_state: int | None = 0
+    # Not estimator parameters: how many models, and how many of them stay decoded in memory.
+    scope: Literal["global", "partition", "key"] = "global"
+    max_live_keys: int | None = Field(10000, ge=1)
+
+    def estimator_params(self) -> dict:
+        """The :class:`streamgmm.OnlineGaussianMixture` parameters (not scope, key bound)."""
+        return self.model_dump(exclude={"scope", "max_live_keys"})
 
     @field_validator("n_components")
     @classmethod
@@ -247,6 +260,13 @@ class ServiceConfig(_Strict):
                 raise ValueError("kafka.output_topic is set but no Kafka input topic is given")
         if self.vector_field is not None and self.features is None:
             raise ValueError("vector_field needs an explicit feature list (features)")
+        if self.model.scope == "partition" and not k.topics:
+            raise ValueError(
+                "model.scope 'partition' needs Kafka input (a file has one partition: use "
+                "'global', or 'key' with key_field)"
+            )
+        if self.model.scope == "key" and not k.topics and self.key_field is None:
+            raise ValueError("model.scope 'key' on a file needs key_field (the key's field)")
         return self
 
     @property
@@ -259,7 +279,8 @@ class ServiceConfig(_Strict):
         The feature list is checked on its own so the error can name the difference.
         """
         blob = json.dumps(
-            {"model": self.model.model_dump(), "gate": self.gate.model_dump()}, sort_keys=True
+            {"model": self.model.estimator_params(), "gate": self.gate.model_dump()},
+            sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

@@ -49,12 +49,14 @@ import numpy as np
 
 from . import faults
 from .checkpoint import CheckpointError, CheckpointRefused, CheckpointStore
+from .checkpointer import Checkpointer, positions_from_meta, positions_to_meta
 from .codec import Decoder, encode_dead_letter, encode_outputs
 from .config import ServiceConfig
 from .metrics import Metrics, MetricsServer
 from .records import RawRecord
 from .sinks import FileSink, KafkaSink, make_producer
-from .sources import FileSource, Interrupted, KafkaSource, committed_offsets, file_identity
+from .sources import FileSource, Interrupted, KafkaSource, Source, committed_offsets, file_identity
+from .state import SourcePartition, StateKey, StateStore, as_uint8, restore_pair
 
 __all__ = ["Processor", "build_model", "model_from_checkpoint"]
 
@@ -67,27 +69,73 @@ def build_model(cfg: ServiceConfig):
     from streamgmm.anomaly import AnomalyGate
 
     # The configuration's sections name exactly the estimators' parameters.
-    model = OnlineGaussianMixture(**cfg.model.model_dump())
+    model = OnlineGaussianMixture(**cfg.model.estimator_params())
     gate = AnomalyGate(**cfg.gate.gate_kwargs())
     return model, gate
 
 
-def _split(arrays: dict, prefix: str) -> dict:
-    n = len(prefix)
-    return {k[n:]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
 def model_from_checkpoint(ck):
-    """``(model, gate)`` rebuilt from a loaded checkpoint."""
-    from streamgmm import OnlineGaussianMixture
-    from streamgmm.anomaly import AnomalyGate
-
+    """``(model, gate)`` of a global-scope checkpoint (raises CheckpointError otherwise)."""
+    if ck.meta.get("states") is not None:
+        raise CheckpointError(
+            f"{ck.path}: holds {len(ck.meta['states'])} states of scope "
+            f"{ck.meta.get('scope')!r}, not one global model"
+        )
     try:
-        model = OnlineGaussianMixture.from_state(_split(ck.arrays, "model."), ck.meta["model_meta"])
-        gate = AnomalyGate.from_state(_split(ck.arrays, "gate."), ck.meta["gate_meta"])
+        return restore_pair(ck.arrays, ck.meta["model_meta"], ck.meta["gate_meta"])
     except (KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{ck.path}: model state cannot be restored: {e}") from None
-    return model, gate
+
+
+def store_from_checkpoint(ck, store: StateStore) -> None:
+    """Install a checkpoint's states into ``store`` (raises CheckpointError)."""
+    scope = ck.meta.get("scope", "global")
+    if scope != store.scope:
+        raise CheckpointError(
+            f"checkpoint {ck.path} holds model scope {scope!r}, configured {store.scope!r}. "
+            "Use the same scope, another --checkpoint-dir, or --fresh."
+        )
+    if ck.meta.get("states") is None:
+        from .state import Slot
+
+        model, gate = model_from_checkpoint(ck)
+        store.live[StateKey(None, None)] = Slot(model, gate)
+        return
+    for i, entry in enumerate(ck.meta["states"]):
+        part = entry.get("partition")
+        sp = None if part is None else SourcePartition.parse(part, entry.get("kind", "kafka"))
+        blob = ck.arrays.get(f"state.{i}")
+        if blob is None:
+            raise CheckpointError(f"{ck.path}: state {i} is missing")
+        store.put_encoded(StateKey(sp, entry.get("key")), blob.tobytes())
+    for label, kind, key, n in ck.meta.get("unborn", []):
+        store.unborn[StateKey(SourcePartition.parse(label, kind), key)] = int(n)
+
+
+def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
+    """``(arrays, meta)`` of every state of ``store`` for a checkpoint file.
+
+    A global store keeps the layout of format 1 (``model.*``/``gate.*`` arrays), which
+    ``inspect`` and older tools read; other scopes store each state's encoded bytes."""
+    if store.scope == "global":
+        slot = store.only()
+        m_arrays, m_meta = slot.model.get_state()
+        g_arrays, g_meta = slot.gate.get_state()
+        arrays = {f"model.{k}": v for k, v in m_arrays.items()}
+        arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
+        return arrays, {"model_meta": m_meta, "gate_meta": g_meta}
+    arrays, states = {}, []
+    for i, (sk, blob) in enumerate(store.encoded()):
+        arrays[f"state.{i}"] = as_uint8(blob)
+        sp = sk.partition
+        states.append(
+            {
+                "partition": None if sp is None else sp.label,
+                "kind": None if sp is None else sp.kind,
+                "key": sk.key,
+            }
+        )
+    return arrays, {"states": states}
 
 
 class Processor:
@@ -103,10 +151,14 @@ class Processor:
 
     Attributes
     ----------
+    states
+        The :class:`~streamgmm.service.state.StateStore`: model + gate per (partition, key).
     model, gate
-        The :class:`streamgmm.OnlineGaussianMixture` and :class:`streamgmm.anomaly.AnomalyGate`.
-    offsets
-        Next offset per Kafka ``(topic, partition)`` or per input file identity.
+        Global scope: the :class:`streamgmm.OnlineGaussianMixture` and
+        :class:`streamgmm.anomaly.AnomalyGate`.
+    checkpointer
+        :class:`~streamgmm.service.checkpointer.Checkpointer`: positions (next offset per
+        :class:`~streamgmm.service.state.SourcePartition`), schedule and order.
     metrics
         :class:`~streamgmm.service.metrics.Metrics`.
     """
@@ -115,11 +167,27 @@ class Processor:
         self.cfg = cfg
         self.handle_signals = handle_signals
         self.metrics = Metrics()
-        self.offsets: dict = {}
         self.counts = {"in": 0, "out": 0, "dead": 0, "anomalies": 0}
         self.sink_sizes: dict[str, int] = {}
+        # Kafka with one model per partition or key: the state lives in a compacted changelog
+        # topic and moves with its partitions (see changelog.py); no local checkpoint is read.
+        self.changelog = None
+        self._changelog_mode = cfg.mode == "kafka" and cfg.model.scope != "global"
+        self._written: dict[SourcePartition, int] = {}  # offset of each partition's last write
         self.store = (
-            CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep) if cfg.checkpoint.dir else None
+            CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
+            if cfg.checkpoint.dir and not self._changelog_mode
+            else None
+        )
+        if cfg.checkpoint.dir and self._changelog_mode:
+            log.info(
+                "model scope %r on Kafka: state is kept in the changelog topic, not in %s",
+                cfg.model.scope,
+                cfg.checkpoint.dir,
+            )
+        self.checkpointer = Checkpointer(cfg.checkpoint.every_records, cfg.checkpoint.every_seconds)
+        self.states = StateStore(
+            cfg.model.scope, lambda: build_model(cfg), max_live=cfg.model.max_live_keys
         )
         self._dead_reasons: Counter[str] = Counter()  # this run's, for the summary's hints
         self._counts_at_start = dict(self.counts)
@@ -127,20 +195,15 @@ class Processor:
         self._outage_since: float | None = None
         self._outage_logged = 0.0
         self._processing = False
-        self.source = None
+        self.source: Source | None = None
         self.restored_from: Path | None = None
         ck = None
         if self.store is not None and not cfg.fresh:
             ck = self.store.load_latest()
-        # Batch journal (Kafka): the grouping of every batch since the last checkpoint, so a
-        # restart replays the same batches and its duplicate outputs are identical.
-        self._journal = self.store.journal() if self.store is not None else None
-        self._journal_path: Path | None = None
-        self._replay_plan: list = []
         # Partitions this instance gave up (revoked, lost; kept across restarts in the
         # checkpoint): another instance may have processed them further, so a re-assignment
         # resumes from the later of our offset and the group's committed one.
-        self._released: set[tuple[str, int]] = set()
+        self._released: set[SourcePartition] = set()
         self._assigned_at = 0.0  # monotonic time of the last non-empty assignment
         features = cfg.features
         # Features found in the input (not configured): a checkpoint made so is refused when
@@ -149,21 +212,15 @@ class Processor:
         self._expect_features: list[str] | None = None
         if ck is not None:
             self._check_compatible(ck)
-            self.model, self.gate = model_from_checkpoint(ck)
+            store_from_checkpoint(ck, self.states)
             features = ck.meta.get("features") or features
             if cfg.features is None:
                 self.features_inferred = bool(ck.meta.get("features_inferred"))
                 if self.features_inferred and features:
                     self._expect_features, features = list(features), None
             off = ck.meta.get("offsets", {})
-            for k, v in off.get("kafka", {}).items():
-                t, p = k.rsplit(":", 1)
-                self.offsets[(t, int(p))] = int(v)
-            for k, v in off.get("files", {}).items():
-                self.offsets[k] = int(v)
-            for k in ck.meta.get("released", []):
-                t, p = k.rsplit(":", 1)
-                self._released.add((t, int(p)))
+            self.checkpointer.positions.update(positions_from_meta(off))
+            self._released = {SourcePartition.parse(k) for k in ck.meta.get("released", [])}
             self.counts.update(ck.meta.get("counts", {}))
             self._counts_at_start = dict(self.counts)
             self.sink_sizes = {k: int(v) for k, v in ck.meta.get("sinks", {}).items()}
@@ -174,15 +231,9 @@ class Processor:
                 self._n_seen(),
                 off,
             )
-        else:
-            self.model, self.gate = build_model(cfg)
-            if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
-                self._refuse_forgotten_model()
-        if self.store is not None and not cfg.fresh and cfg.mode == "kafka":
-            start = {k: v for k, v in self.offsets.items() if isinstance(k, tuple)}
-            self._replay_plan, self._journal_path = self.store.journal_replay(
-                ck.seq if ck is not None else 0, start
-            )
+        elif self.store is not None and not cfg.fresh and cfg.mode == "kafka":
+            self._refuse_forgotten_model()
+        self._ck_seq = ck.seq if ck is not None else 0
         self.decoder = Decoder(
             features,
             max_record_bytes=cfg.max_record_bytes,
@@ -193,13 +244,35 @@ class Processor:
         )
         self._resumed = ck is not None
 
+    @property
+    def offsets(self) -> dict[SourcePartition, int]:
+        """Next offset per input partition/file processed so far."""
+        return self.checkpointer.positions
+
+    @property
+    def model(self):
+        slot = self._any_slot()
+        return None if slot is None else slot.model
+
+    @property
+    def gate(self):
+        slot = self._any_slot()
+        return None if slot is None else slot.gate
+
+    def _any_slot(self):
+        if self.states.scope == "global":
+            return self.states.only()
+        if not self.states.live and self.states.cold:
+            self.states.get(next(iter(self.states.cold)))
+        return next(reversed(self.states.live.values()), None)
+
     # -- checkpoint compatibility ----------------------------------------------------------
     def _check_compatible(self, ck) -> None:
         meta, cfg = ck.meta, self.cfg
         fp = cfg.fingerprint()
         if meta.get("fingerprint") != fp:
             old = meta.get("config", {})
-            new = {"model": cfg.model.model_dump(), "gate": cfg.gate.model_dump()}
+            new = {"model": cfg.model.estimator_params(), "gate": cfg.gate.model_dump()}
             diffs = [
                 f"{sec}.{k}: checkpoint {old.get(sec, {}).get(k)!r} != configured {v!r}"
                 for sec in ("model", "gate")
@@ -245,38 +318,59 @@ class Processor:
             )
 
     def _n_seen(self) -> int:
-        return int(getattr(self.model, "n_samples_seen_", 0))
+        """Rows learned: the global model's, else summed over partitions' (pooled) models."""
+        st = self.states
+        if st.scope == "global":
+            return int(getattr(st.only().model, "n_samples_seen_", 0))
+        total = 0
+        for sk in st.state_keys():
+            if sk.key is None:
+                total += st.get(sk).n_own
+        return total
 
     # -- sources and sinks -------------------------------------------------------------------
     def _open(self) -> None:
+        """The source and sinks of the configured mode: the one place that tells them apart."""
         cfg = self.cfg
+        k = cfg.kafka
         self.producer = None
+        if cfg.mode == "kafka" and (
+            (k.output_topic and cfg.output.path is None) or self._changelog_mode
+        ):
+            self.producer = make_producer(k)
+        if self._changelog_mode:
+            from .changelog import Changelog
+
+            self.changelog = Changelog(k, self.producer)
         if cfg.mode == "kafka":
-            self.source = KafkaSource(cfg.kafka, self._on_assigned, self._on_revoked, self._on_lost)
+            journal, plan = None, []
+            if self.store is not None and not cfg.fresh:
+                # Batch journal: the grouping of every batch since the last checkpoint, so a
+                # restart replays the same batches and its duplicate outputs are identical.
+                start = {sp.tp: o for sp, o in self.offsets.items() if sp.kind == "kafka"}
+                plan, path = self.store.journal_replay(self._ck_seq, start)
+                journal = self.store.journal()
+                journal.open(path, "a")
+            self.source = KafkaSource(
+                cfg.kafka, self._on_assigned, self._on_revoked, self._on_lost, journal, plan
+            )
             self.metrics.broker_check = self.source.broker_connected
             self._watch_stop = threading.Event()
             threading.Thread(target=self._watch_broker, name="broker-watch", daemon=True).start()
-            if self._replay_plan:
-                log.info("replaying %d journaled batches", len(self._replay_plan))
-                self.source.replay(self._replay_plan)
-            if self._journal_path is not None:
-                self._journal.open(self._journal_path, "a")
         else:
             ident = file_identity(cfg.input.path)
-            start = self.offsets.get(ident, 0)
+            start = self.offsets.get(SourcePartition.file(ident), 0)
             self.source = FileSource(
                 cfg.input.path, cfg.input.format, cfg.batch_size, start, cfg.max_batch_wait
             )
             if start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
-        k = cfg.kafka
         if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
-            self.producer = make_producer(k)
             self.out = KafkaSink(self.producer, k.output_topic)
         else:
             self.out = self._file_sink(cfg.output.path or "-")
         dlq = cfg.output.dead_letter
-        if dlq is None and self.producer is not None:
+        if dlq is None and self.producer is not None and cfg.output.path is None:
             fixed = k.dead_letter_topic
             self.dead = KafkaSink(self.producer, fixed, lambda r: f"{r.topic}.dlq")
         else:
@@ -295,103 +389,161 @@ class Processor:
         return sink
 
     # -- Kafka rebalance callbacks (run inside poll(), i.e. between batches) -------------------
-    def _on_assigned(self, tps, committed):
+    def _on_assigned(self, sps: list[SourcePartition], committed: dict) -> dict:
         # Seek every assigned partition to where this model is, on every assignment, whatever
         # came before (an empty first assignment, partial ones): the committed offset may lag
         # the checkpoint (a crash between the two), and resuming there would learn records
         # twice. Only for a partition this instance released may the group be further on: then
         # another instance processed those records and this model skips them.
+        if self.changelog is not None:
+            return self._restore(sps, committed)
         seeks = {}
-        for tp in tps:
-            ours = self.offsets.get(tp)
+        for sp in sps:
+            ours = self.offsets.get(sp)
             if ours is None:
                 continue
-            theirs = committed.get(tp)
-            if tp in self._released and theirs is not None and theirs > ours:
+            theirs = committed.get(sp)
+            if sp in self._released and theirs is not None and theirs > ours:
                 log.info(
-                    "%s[%d] was processed elsewhere up to %d since this instance released it "
+                    "%s was processed elsewhere up to %d since this instance released it "
                     "at %d: continuing from there",
-                    *tp,
+                    sp.label,
                     theirs,
                     ours,
                 )
-                self.offsets[tp] = ours = theirs
-                self.source.drop_plan(f"{tp[0]}[{tp[1]}] moved on elsewhere")
-            seeks[tp] = ours
-            self._released.discard(tp)
-        if tps:
+                self.offsets[sp] = ours = theirs
+            seeks[sp] = ours
+            self._released.discard(sp)
+        if sps:
             self._assigned_at = time.monotonic()  # idle time counts from here (see _loop)
-        log.info("partitions assigned: %s; seeking %s", tps, seeks)
+        log.info(
+            "partitions assigned: %s; seeking %s",
+            [sp.label for sp in sps],
+            {sp.label: o for sp, o in seeks.items()},
+        )
         return seeks
 
-    def _on_revoked(self, tps):
-        log.info("partitions revoked: %s", tps)
-        self.source.forget(tps)
-        self._released.update(tps)
-        self._checkpoint(commit=False)
-        return {tp: self.offsets[tp] for tp in tps if tp in self.offsets}
+    def _restore(self, sps: list[SourcePartition], committed: dict) -> dict:
+        """Changelog mode: each assigned partition's states from its changelog partition, and
+        the offset stored with them to seek to (whatever this instance had: it may be stale)."""
+        t0 = time.perf_counter()
+        restored = self.changelog.restore(sps)
+        seeks = {}
+        for sp in sps:
+            ps = restored[sp]
+            self.states.drop_partition(sp)
+            for sk, (blob, learned_to) in ps.states.items():
+                ahead = ps.offset is None or learned_to > ps.offset
+                self.states.put_encoded(sk, blob, learned_to if ahead else None)
+            for key, n in ps.record.get("unborn", {}).items():
+                self.states.unborn[StateKey(sp, key)] = int(n)
+            self._written.pop(sp, None)
+            if ps.offset is not None:
+                self.offsets[sp] = seeks[sp] = ps.offset
+                self._written[sp] = ps.offset
+            else:
+                self.offsets.pop(sp, None)
+                if committed.get(sp) is not None:
+                    log.error(
+                        "%s has committed offset %d but its changelog holds no state: its "
+                        "models start fresh from there (was the changelog topic deleted?)",
+                        sp.label,
+                        committed[sp],
+                    )
+        if sps:
+            self._assigned_at = time.monotonic()
+        log.info(
+            "partitions assigned: %s; restored %d states from the changelog in %.3f s; seeking %s",
+            [sp.label for sp in sps],
+            sum(len(restored[sp].states) for sp in sps),
+            time.perf_counter() - t0,
+            {sp.label: o for sp, o in seeks.items()},
+        )
+        return seeks
 
-    def _on_lost(self, tps):
-        log.warning("partitions lost (group membership expired): %s", tps)
-        self.source.forget(tps)
+    def _on_revoked(self, sps: list[SourcePartition]) -> dict:
+        log.info("partitions revoked: %s", [sp.label for sp in sps])
+        self._released.update(sps)
+        self._checkpoint(commit=False)
+        offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
+        if self.changelog is not None:
+            self._forget(sps)  # their next owner restores them from the changelog
+        return offsets
+
+    def _forget(self, sps: list[SourcePartition]) -> None:
+        for sp in sps:
+            self.states.drop_partition(sp)
+            self.offsets.pop(sp, None)
+            self._written.pop(sp, None)
+        self.changelog.forget(sps)
+
+    def _on_lost(self, sps: list[SourcePartition]) -> None:
+        log.warning("partitions lost (group membership expired): %s", [sp.label for sp in sps])
+        if self.changelog is not None:
+            self._forget(sps)  # not written: the next owner continues from the changelog
+            return
         # Keep our offsets: they are where the model is. If the partitions come back to this
         # instance (e.g. after a broker restart) it seeks there, or further if another
         # instance processed them meanwhile (see _on_assigned).
-        self._released.update(tps)
+        self._released.update(sps)
 
     # -- checkpointing ---------------------------------------------------------------------------
+    def _checkpoint(self, commit: bool = True) -> None:
+        """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee)."""
+        self.checkpointer.run(
+            self._flush, self._write_state, self.source.commit if commit else None
+        )
+        self.metrics.last_checkpoint = time.time()
+        self.metrics.checkpoints.inc()
+
     def _flush(self) -> None:
         self.out.flush()
         self.dead.flush()
         for s in (self.out, self.dead):
             if isinstance(s, FileSink) and s.is_file:
                 self.sink_sizes[s.identity] = s._f.tell()
-        faults.point("flush")
 
-    def _checkpoint(self, commit: bool = True) -> None:
-        """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee)."""
-        self._flush()
-        if self.store is not None:
-            m_arrays, m_meta = self.model.get_state()
-            g_arrays, g_meta = self.gate.get_state()
-            arrays = {f"model.{k}": v for k, v in m_arrays.items()}
-            arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
-            kafka_offs = {
-                f"{k[0]}:{k[1]}": o for k, o in self.offsets.items() if isinstance(k, tuple)
-            }
-            file_offs = {k: o for k, o in self.offsets.items() if isinstance(k, str)}
-            meta = {
+    def _write_state(self) -> None:
+        if self.changelog is not None:
+            self._write_changelog()
+        if self.store is None:
+            return
+        arrays, meta = store_to_checkpoint(self.states)
+        meta.update(
+            {
+                "scope": self.states.scope,
                 "fingerprint": self.cfg.fingerprint(),
                 "config": {
-                    "model": self.cfg.model.model_dump(),
+                    "model": self.cfg.model.estimator_params(),
                     "gate": self.cfg.gate.model_dump(),
                 },
                 "features": self.decoder.features,
                 "features_inferred": self.features_inferred,
-                "offsets": {"kafka": kafka_offs, "files": file_offs},
-                "released": sorted(f"{t}:{p}" for t, p in self._released),
+                "offsets": positions_to_meta(self.offsets),
+                "released": sorted(sp.label for sp in self._released),
                 "sinks": dict(self.sink_sizes),
                 "counts": dict(self.counts),
                 "n_samples_seen": self._n_seen(),
-                "model_meta": m_meta,
-                "gate_meta": g_meta,
+                "unborn": [
+                    [sk.partition.label, sk.partition.kind, sk.key, n]
+                    for sk, n in self.states.unborn.items()
+                ],
             }
-            path = self.store.save(arrays, meta)
-            log.debug("checkpoint %s written", path.name)
-            if isinstance(self.source, KafkaSource):
-                self._rotate_journal(int(path.stem.split("-")[1]))
-        self.metrics.last_checkpoint = time.time()
-        self.metrics.checkpoints.inc()
-        self._since_ckpt = 0
-        self._last_ckpt = time.monotonic()
-        faults.point("commit")
-        if commit and isinstance(self.source, KafkaSource):
-            self.source.commit({k: v for k, v in self.offsets.items() if isinstance(k, tuple)})
+        )
+        path = self.store.save(arrays, meta)
+        log.debug("checkpoint %s written", path.name)
+        self.source.after_checkpoint(int(path.stem.split("-")[1]))
 
-    def _rotate_journal(self, seq: int) -> None:
-        # A new journal per checkpoint; batches still to replay (a checkpoint taken in the
-        # middle of a replay) are the first entries of the new one.
-        self._journal.open(self.store.journal_path(seq), "w", entries=self.source.plan)
+    def _write_changelog(self) -> None:
+        """Changed states and the partition record of every partition that moved on, then one
+        flush: all acknowledged before the offsets are committed."""
+        for sp, offset in list(self.offsets.items()):
+            changed = self.states.changed(sp)
+            if changed or self._written.get(sp) != offset:
+                unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
+                self.changelog.write(sp, changed, offset, {"unborn": unborn} if unborn else None)
+                self._written[sp] = offset
+        self.changelog.flush()
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:
@@ -411,15 +563,8 @@ class Processor:
         if lines:
             self.out.write([batch[i] for i in dec.rows], lines)
         faults.point("produce")
-        offsets = self.offsets
-        if batch[0].topic is None:
-            offsets[self.source.identity] = batch[-1].offset + 1
-        elif isinstance(self.source, KafkaSource):
-            offsets.update(self.source.next_offsets)
-        else:
-            for r in batch:
-                offsets[(r.topic, r.partition)] = r.offset + 1
         n = len(batch)
+        self.checkpointer.advance(self.source.positions, n)
         self.counts["in"] += n
         self.counts["out"] += len(lines)
         self.counts["dead"] += len(dead)
@@ -430,29 +575,106 @@ class Processor:
             m.dead_letters.inc(len(dead))
         m.batch_latency.observe(time.perf_counter() - t0)
         m.last_batch = time.time()
-        self._since_ckpt += n
+
+    def _groups(self, batch, dec) -> dict[StateKey, list[int]]:
+        """Valid rows (indices into ``dec``) per state they belong to, in order."""
+        st = self.states
+        if st.scope == "global":
+            return {StateKey(None, None): list(range(len(dec.rows)))}
+        groups: dict[StateKey, list[int]] = {}
+        part = self.source_partition
+        for j, i in enumerate(dec.rows):
+            rec = batch[i]
+            groups.setdefault(st.key_for(part(rec), dec.keys[j]), []).append(j)
+        return groups
+
+    def source_partition(self, rec: RawRecord) -> SourcePartition:
+        if rec.topic is not None:
+            return SourcePartition.kafka(rec.topic, rec.partition)
+        return self.source.partition  # a file is one partition
 
     def _score_and_learn(self, batch, dec) -> list[bytes]:
-        """Score, flag and (gated) learn the decoded rows: the gate's one step, as in River."""
-        model, gate = self.model, self.gate
-        version = self._n_seen()
+        """Score, flag and (gated) learn the decoded rows: per state, the gate's one step."""
+        groups = self._groups(batch, dec)
+        st = self.states
+        out: list[bytes | None] = [None] * len(dec.rows)
+        rejected: set[int] = set()
+        if st.scope == "key":
+            # Every valid row of a partition also trains the partition's pooled model: the
+            # prior of its new keys and the model of rows without a key. New keys are copied
+            # from it before it learns this batch; while it still warms up, they are not born
+            # yet and the pooled model scores their rows.
+            pooled: dict[StateKey, list[int]] = {}
+            own: dict[StateKey, list[int]] = {}
+            bearing: dict[SourcePartition, bool] = {}
+            for sk, js in groups.items():
+                pk = StateKey(sk.partition, None)
+                pooled.setdefault(pk, []).extend(js)
+                if sk.key is None:
+                    own.setdefault(pk, []).extend(js)
+                    continue
+                if sk not in st:
+                    if sk.partition not in bearing:
+                        bearing[sk.partition] = st.can_bear(sk.partition)
+                    if not bearing[sk.partition]:
+                        own.setdefault(pk, []).extend(js)
+                        st.unborn[sk] = st.unborn.get(sk, 0) + len(js)
+                        continue
+                    st.get(sk)
+            for pk, js in pooled.items():
+                mine = sorted(own.get(pk, ()))
+                self._step(st.get(pk), batch, dec, sorted(js), mine, out, rejected)
+            groups = {sk: js for sk, js in groups.items() if sk.key is not None and sk in st}
+        for sk, js in groups.items():
+            self._step(st.get(sk), batch, dec, js, js, out, rejected)
+        if rejected:
+            keep = [j for j in range(len(dec.rows)) if j not in rejected]
+            dec.dead.sort()
+            dec.rows = [dec.rows[j] for j in keep]
+            dec.keys = [dec.keys[j] for j in keep]
+            dec.timestamps = [dec.timestamps[j] for j in keep]
+            out = [out[j] for j in keep]
+        return out
+
+    def _step(self, slot, batch, dec, learn, emit, out, rejected) -> None:
+        """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the outputs of
+        rows ``emit`` (a subset, in order) go to ``out[j]``."""
+        if rejected:
+            learn = [j for j in learn if j not in rejected]
+        if slot.learned_to is not None:
+            learn, emit = self._already_learned(slot, batch, dec, learn, emit, out, rejected)
+            if not learn:
+                return
+        model, gate = slot.model, slot.gate
+        version = int(getattr(model, "n_samples_seen_", 0))
         gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
+        slot.dirty = True
+        whole = len(learn) == len(dec.rows)
         try:
-            r = gate.score_and_learn(model, dec.X)
+            r = gate.score_and_learn(model, dec.X if whole else dec.X[learn])
+            ok = learn
         except Exception as e:
             # The gate validates the whole batch before any state change; isolate the rows.
             log.warning("batch rejected by the model (%s); retrying row by row", e)
-            r = self._row_by_row(dec)
+            r, ok = self._row_by_row(slot, dec, learn, rejected)
             if r is None:
-                return []
+                return
+        emit_set = set(emit)
+        if len(emit_set) != len(ok):  # a pooled model: only rows without a key are its own
+            at = [i for i, j in enumerate(ok) if j in emit_set]
+            if not at:
+                return
+            r = type(r)(*(f[at] for f in r))
+            ok = [ok[i] for i in at]
         n_anom = int(r.anomaly.sum())
         self.counts["anomalies"] += n_anom
         self.metrics.anomalies.inc(n_anom)
-        self.metrics.samples_seen.set(self._n_seen())
+        if self.states.scope == "global":
+            self.metrics.samples_seen.set(int(getattr(model, "n_samples_seen_", 0)))
         self.metrics.observe_gate(gate)
-        return encode_outputs(
+        lines = encode_outputs(
             batch,
-            dec,
+            dec if len(ok) == len(dec.rows) else _subset(dec, ok),
             r.log_density,
             r.proba,
             r.threshold,
@@ -460,26 +682,45 @@ class Processor:
             version,
             tail_probability=r.tail_probability,
         )
+        for j, line in zip(ok, lines, strict=True):
+            out[j] = line
 
-    def _row_by_row(self, dec):
+    def _already_learned(self, slot, batch, dec, learn, emit, out, rejected):
+        """Rows before ``slot.learned_to`` are in the state already (it was written beyond its
+        partition record before a crash): a throwaway copy scores them, the state does not
+        learn them again. Returns the rows left to learn and emit."""
+        from .state import Slot, decode_slot, encode_slot
+
+        cut = slot.learned_to
+        done = {j for j in learn if batch[dec.rows[j]].offset < cut}
+        if done:
+            model, gate, _ = decode_slot(encode_slot(slot.model, slot.gate))
+            scratch = Slot(model, gate)
+            order = [j for j in learn if j in done]
+            self._step(scratch, batch, dec, order, [j for j in emit if j in done], out, rejected)
+            learn = [j for j in learn if j not in done]
+            emit = [j for j in emit if j not in done]
+        if learn:
+            slot.learned_to = None  # past it: from here on every record is new to the state
+        return learn, emit
+
+    def _row_by_row(self, slot, dec, js, rejected):
         """The gate step row by row; rows the model rejects become dead letters."""
         from streamgmm.anomaly import GateResult
 
         keep, parts = [], []
-        for j, i in enumerate(dec.rows):
+        for j in js:
             try:
-                parts.append(self.gate.score_and_learn(self.model, dec.X[j : j + 1]))
+                parts.append(slot.gate.score_and_learn(slot.model, dec.X[j : j + 1]))
             except Exception as e:
-                dec.dead.append((i, f"rejected by the model: {e}"))
+                if j not in rejected:
+                    rejected.add(j)
+                    dec.dead.append((dec.rows[j], f"rejected by the model: {e}"))
                 continue
             keep.append(j)
-        dec.dead.sort()
-        dec.rows = [dec.rows[j] for j in keep]
-        dec.keys = [dec.keys[j] for j in keep]
-        dec.timestamps = [dec.timestamps[j] for j in keep]
         if not keep:
-            return None
-        return GateResult(*(np.concatenate(field) for field in zip(*parts, strict=True)))
+            return None, []
+        return GateResult(*(np.concatenate(field) for field in zip(*parts, strict=True))), keep
 
     # -- the loop ----------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -530,8 +771,10 @@ class Processor:
         against the configured ``false_alarm_rate``, whether the model is still warming up
         (scores null or provisional), and the most frequent dead-letter reasons."""
         run = {k: self.counts[k] - self._counts_at_start.get(k, 0) for k in self.counts}
-        thr = float(self.gate.threshold_for(self.model)) if self._n_seen() else math.inf
-        recent = float(self.gate.recent_flag_rate_)  # over the gate's last complete window
+        model, gate = self.model, self.gate
+        thr = float(gate.threshold_for(model)) if model is not None and self._n_seen() else math.inf
+        # over the gate's last complete window
+        recent = float(gate.recent_flag_rate_) if gate is not None else math.nan
         return {
             "records_in": run["in"],
             "outputs": run["out"],
@@ -540,10 +783,10 @@ class Processor:
             "flag_rate": run["anomalies"] / run["out"] if run["out"] else None,
             "target_flag_rate": self.cfg.gate.false_alarm_rate,
             "threshold_calibrated": math.isfinite(thr),
-            "warming_up": bool(getattr(self.model, "warming_up_", True)),
+            "warming_up": bool(getattr(model, "warming_up_", True)),
             "rows_learned": self._n_seen(),
             "recent_flag_rate": recent if math.isfinite(recent) else None,
-            "flag_rate_alarm": bool(self.gate.flag_rate_alarm_),
+            "flag_rate_alarm": bool(gate is not None and gate.flag_rate_alarm_),
             "dead_reasons": self._dead_reasons.most_common(3),
             "totals": dict(self.counts),
         }
@@ -602,72 +845,61 @@ class Processor:
         return 0
 
     def _loop(self) -> None:
-        cfg = self.cfg
-        ck = cfg.checkpoint
-        every_n = ck.every_records
-        every_t = ck.every_seconds
-        self._since_ckpt = 0
-        self._last_ckpt = time.monotonic()
-        last_data = time.monotonic()
-        bar = self._progress()
-        kafka = isinstance(self.source, KafkaSource)
-        live = not kafka and self.source.blocking
-
-        def idle_limit() -> float:
-            # Until its first assignment a Kafka consumer is joining the group (which may wait
-            # for a killed member's session to expire): that is not idle input.
-            if kafka and self._assigned_at == 0.0:
-                return cfg.idle_timeout + cfg.kafka.session_timeout_ms / 1000
-            return cfg.idle_timeout
-
-        batches = self.source.batches()
+        """Batches in, each processed, a checkpoint whenever due; until end, stop or limit."""
+        cfg, source = self.cfg, self.source
+        self._last_data = time.monotonic()
+        self._bar = self._progress()
+        batches = source.batches()
         try:
             for batch in batches:
                 if batch:
-                    self._processing = True
-                    try:
-                        if kafka and self._journal is not None and not self.source.replayed:
-                            self._journal.append(self.source.segments)
-                        self.process_batch(batch)
-                    finally:
-                        self._processing = False
-                    last_data = time.monotonic()
-                    if live and len(batch) < cfg.batch_size:
-                        self._show()  # a batch cut by max_batch_wait: results are wanted now
-                    if bar is not None:
-                        bar.update(self.source.bytes_read - bar.n)
-                    if kafka:
-                        lag = self.source.lag(self.offsets)
-                        if lag is not None:
-                            self.metrics.consumer_lag.set(lag)
-                elif kafka and (self._outage_since is not None or self.source.replaying):
-                    # An outage is not idleness (keep waiting, reconnecting), nor is a replay
-                    # waiting for its partitions (bounded by the source's stall timeout).
-                    pass
-                elif (
-                    cfg.idle_timeout is not None
-                    and time.monotonic() - max(last_data, self._assigned_at) > idle_limit()
-                ):
+                    self._process(batch)
+                elif not (source.waiting or self._outage_since is not None) and self._idle():
                     log.info("no input for %.1f s: stopping", cfg.idle_timeout)
                     break
-                if self._stop:
+                if self._stop or self._limit_reached():
                     break
-                if cfg.max_records is not None and self.counts["in"] >= cfg.max_records:
-                    log.info("max_records=%d reached: stopping", cfg.max_records)
-                    break
-                if (every_n is not None and self._since_ckpt >= every_n) or (
-                    every_t is not None
-                    and time.monotonic() - self._last_ckpt >= every_t
-                    and self._since_ckpt > 0
-                ):
+                if self.checkpointer.due():
                     self._checkpoint()
         except Interrupted:
             pass
         finally:
             with contextlib.suppress(Exception):
                 batches.close()
-            if bar is not None:
-                bar.close()
+            if self._bar is not None:
+                self._bar.close()
+
+    def _process(self, batch: list[RawRecord]) -> None:
+        self._processing = True
+        try:
+            self.process_batch(batch)
+        finally:
+            self._processing = False
+        self._last_data = time.monotonic()
+        if self.source.live and len(batch) < self.cfg.batch_size:
+            self._show()  # a batch cut by max_batch_wait: results are wanted now
+        if self._bar is not None:
+            self._bar.update(self.source.bytes_read - self._bar.n)
+        lag = self.source.lag(self.offsets)
+        if lag is not None:
+            self.metrics.consumer_lag.set(lag)
+
+    def _idle(self) -> bool:
+        # An outage or a replay waiting for its partitions is not idleness (checked by the
+        # caller); nor is joining the group before the first assignment (idle_grace).
+        limit = self.cfg.idle_timeout
+        if limit is None:
+            return False
+        since = max(self._last_data, self._assigned_at)
+        grace = self.source.idle_grace() if self._assigned_at == 0.0 else 0.0
+        return time.monotonic() - since > limit + grace
+
+    def _limit_reached(self) -> bool:
+        limit = self.cfg.max_records
+        if limit is not None and self.counts["in"] >= limit:
+            log.info("max_records=%d reached: stopping", limit)
+            return True
+        return False
 
     def _show(self) -> None:
         # Durability still comes from the checkpoint's flush; a failure here reappears there.
@@ -733,10 +965,10 @@ class Processor:
         if getattr(self, "producer", None) is not None:
             with contextlib.suppress(Exception):
                 self.producer.close(timeout=10)
-        if self._journal is not None:
-            self._journal.close()
-        if isinstance(self.source, KafkaSource):
+        if self.source is not None:
             self.source.close()
+        if self.changelog is not None:
+            self.changelog.close()
 
 
 def _hint(reasons: list[tuple[str, int]], cfg: ServiceConfig) -> str:
@@ -766,3 +998,15 @@ def _max_abs() -> float:
     except ImportError:  # older core: keep the documented bound
         return 1e150
     return float(MAX_ABS_VALUE)
+
+
+def _subset(dec, sel: list[int]):
+    """The rows ``sel`` of a decoded batch (its dead letters stay with the whole)."""
+    from .codec import DecodedBatch
+
+    return DecodedBatch(
+        dec.X[sel],
+        [dec.rows[j] for j in sel],
+        [dec.keys[j] for j in sel],
+        [dec.timestamps[j] for j in sel],
+    )

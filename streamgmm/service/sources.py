@@ -27,11 +27,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from . import faults
 from .records import RawRecord
+from .state import SourcePartition
 
-__all__ = ["FileSource", "Interrupted", "KafkaSource", "committed_offsets", "file_identity"]
+__all__ = [
+    "FileSource",
+    "Interrupted",
+    "KafkaSource",
+    "Source",
+    "committed_offsets",
+    "file_identity",
+]
 
 log = logging.getLogger("streamgmm.service.sources")
 
@@ -43,6 +52,34 @@ class Interrupted(Exception):
 def file_identity(path: str) -> str:
     """Key under which a file's position is checkpointed (its absolute path; ``-`` for stdin)."""
     return "-" if path == "-" else str(Path(path).resolve())
+
+
+class Source(Protocol):
+    """What the processing loop needs of an input; :class:`FileSource` and :class:`KafkaSource`
+    implement it, so the loop has no file/Kafka branches.
+
+    ``batches()`` yields lists of records (``[]``: nothing arrived, the loop checks stop and
+    idleness); after each batch ``positions`` holds the next offset of every
+    :class:`SourcePartition` the batch read.  ``commit(positions)`` makes them the group's
+    (Kafka; a file has nothing to commit), ``after_checkpoint(seq)`` is told each written
+    checkpoint.  ``waiting`` is true while an empty poll is not idleness (a replay waiting for
+    its partitions); ``idle_grace`` is the extra time allowed before the first assignment.
+    ``live``: partial batches are shown at once (stdin, a pipe).
+    """
+
+    positions: dict[SourcePartition, int]
+    live: bool
+    bytes_read: int
+
+    def batches(self) -> Iterator[list[RawRecord]]: ...
+    def commit(self, positions: dict[SourcePartition, int]) -> None: ...
+    def after_checkpoint(self, seq: int) -> None: ...
+    @property
+    def waiting(self) -> bool: ...
+    def idle_grace(self) -> float: ...
+    def lag(self, positions: dict[SourcePartition, int]) -> int | None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class FileSource:
@@ -91,9 +128,34 @@ class FileSource:
         self.size = None if path == "-" else os.path.getsize(path)
         self._stop = False
         self.in_read = False
+        self.live = self.blocking
+        self.partition = SourcePartition.file(self.identity)
+        self.positions: dict[SourcePartition, int] = {}
 
     def stop(self) -> None:
         self._stop = True
+
+    # The rest of the Source protocol: a file has no group, commit, replay or lag.
+    waiting = False
+
+    def commit(self, positions) -> None:
+        pass
+
+    def after_checkpoint(self, seq: int) -> None:
+        pass
+
+    def idle_grace(self) -> float:
+        return 0.0
+
+    def lag(self, positions) -> int | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def _done(self, batch: list[RawRecord]) -> list[RawRecord]:
+        self.positions = {self.partition: batch[-1].offset + 1}
+        return batch
 
     def _open(self):
         # utf-8-sig: a byte-order mark (Excel and PowerShell write one) is not part of the first
@@ -135,7 +197,7 @@ class FileSource:
                     continue
                 if pos >= end:
                     if batch:
-                        yield batch
+                        yield self._done(batch)
                         batch = []
                     end = (pos // self.batch_size + 1) * self.batch_size
                     if self._stop:
@@ -143,7 +205,7 @@ class FileSource:
                 if rec is not None:
                     batch.append(rec)
             if batch:
-                yield batch
+                yield self._done(batch)
         finally:
             if not self.blocking:
                 f.close()
@@ -185,7 +247,7 @@ class FileSource:
                 self.in_read = False
             if item is end or isinstance(item, BaseException):
                 if batch:
-                    yield batch
+                    yield self._done(batch)
                 if isinstance(item, BaseException):
                     raise item
                 return
@@ -196,7 +258,7 @@ class FileSource:
             if batch and (
                 len(batch) >= self.batch_size or time.monotonic() - first >= self.max_batch_wait
             ):
-                yield batch
+                yield self._done(batch)
                 batch = []
 
     def _jsonl(self, f) -> Iterator[tuple[int, RawRecord | None]]:
@@ -312,9 +374,11 @@ class KafkaSource:
     def __init__(
         self,
         cfg,
-        on_assigned: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
-        on_revoked: Callable[[list[tuple[str, int]]], dict[tuple[str, int], int]],
-        on_lost: Callable[[list[tuple[str, int]]], None],
+        on_assigned: Callable[[list[SourcePartition], dict], dict[SourcePartition, int]],
+        on_revoked: Callable[[list[SourcePartition]], dict[SourcePartition, int]],
+        on_lost: Callable[[list[SourcePartition]], None],
+        journal=None,
+        replay: list | None = None,
     ):
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
@@ -340,12 +404,13 @@ class KafkaSource:
             # Async so the commit inside a rebalance can await the coordinator instead of
             # re-entering the consumer's event loop (kafka-python 3 runs listeners inside it).
             async def on_partitions_revoked(self, revoked):
-                tps = sorted((tp.topic, tp.partition) for tp in revoked)
-                if not tps or source._closing:
+                sps = sorted(SourcePartition.kafka(tp.topic, tp.partition) for tp in revoked)
+                if not sps or source._closing:
                     return
-                offsets = on_revoked(tps)
+                source.forget(sp.tp for sp in sps)
+                offsets = on_revoked(sps)
                 if offsets:
-                    await source._commit_async(offsets)
+                    await source._commit_async({sp.tp: o for sp, o in offsets.items()})
 
             async def on_partitions_assigned(self, assigned):
                 tps = sorted((tp.topic, tp.partition) for tp in assigned)
@@ -362,15 +427,23 @@ class KafkaSource:
                         }
                     except Exception as e:  # unknown: the processor falls back to its own
                         log.warning("could not fetch committed offsets (%s)", e)
-                seeks = on_assigned(tps, committed)
+                if tps:
+                    source.assigned_once = True
+                seeks = on_assigned(
+                    [SourcePartition.kafka(*tp) for tp in tps],
+                    {SourcePartition.kafka(*tp): o for tp, o in committed.items()},
+                )
                 for tp in assigned:
-                    off = seeks.get((tp.topic, tp.partition))
+                    off = seeks.get(SourcePartition.kafka(tp.topic, tp.partition))
                     if off is not None:
                         log.info("seek %s[%d] to checkpoint offset %d", tp.topic, tp.partition, off)
                         source.consumer.seek(tp, off)
+                        source._moved_on(tp.topic, tp.partition, off)
 
             async def on_partitions_lost(self, lost):
-                on_lost(sorted((tp.topic, tp.partition) for tp in lost))
+                sps = sorted(SourcePartition.kafka(tp.topic, tp.partition) for tp in lost)
+                source.forget(sp.tp for sp in sps)
+                on_lost(sps)
 
         self._closing = False
         self.next_offsets: dict[tuple[str, int], int] = {}
@@ -385,10 +458,50 @@ class KafkaSource:
         self.stall_seconds = cfg.session_timeout_ms / 1000 + 15.0
         self.segments: list[tuple[str, int, int, int]] = []
         self.replayed = False
+        self.assigned_once = False
+        self.live = True
+        self.bytes_read = 0
+        # The batch journal (see the processor): every batch's grouping, written before it is
+        # processed; replayed batches are in it already.
+        self._journal = journal
+        if replay:
+            log.info("replaying %d journaled batches", len(replay))
+            self.replay(replay)
         self.consumer.subscribe(topics=list(cfg.topics), listener=_Listener())
 
     def stop(self) -> None:
         self._stop = True
+
+    @property
+    def positions(self) -> dict[SourcePartition, int]:
+        """Next offset per partition read by the batch just yielded."""
+        return {SourcePartition.kafka(t, p): o for (t, p), o in self.next_offsets.items()}
+
+    @property
+    def waiting(self) -> bool:
+        """A replay waits for its partitions: an empty poll then is not idleness."""
+        return bool(self.plan)
+
+    def idle_grace(self) -> float:
+        # Until its first assignment the consumer is joining the group (which may wait for a
+        # killed member's session to expire): that is not idle input.
+        return 0.0 if self.assigned_once else self.cfg.session_timeout_ms / 1000
+
+    def after_checkpoint(self, seq: int) -> None:
+        """A new journal per checkpoint; batches still to replay (a checkpoint taken in the
+        middle of a replay) are the first entries of the new one."""
+        if self._journal is not None:
+            self._journal.open(self._journal.dir / f"batches-{seq:012d}.jsonl", "w", self.plan)
+
+    def _moved_on(self, topic: str, partition: int, offset: int) -> None:
+        # A seek past where the journal's batches start (the partition was processed elsewhere
+        # meanwhile): those batches cannot replay as they were.
+        for entry in self.plan:
+            for t, p, start, _ in entry:
+                if (t, p) == (topic, partition):
+                    if offset > start:
+                        self.drop_plan(f"{topic}[{partition}] moved on elsewhere")
+                    return
 
     def batches(self) -> Iterator[list[RawRecord]]:
         """Poll forever (until :meth:`stop`); yields ``[]`` when a poll returns nothing.
@@ -423,6 +536,8 @@ class KafkaSource:
                 continue
             self.next_offsets = nxt  # per partition, for the batch just yielded
             self.segments, self.replayed = segs, False
+            if batch and self._journal is not None:
+                self._journal.append(segs)
             yield batch
 
     @property
@@ -521,6 +636,8 @@ class KafkaSource:
                     nxt[(t, p)] = part[-1].offset + 1
                     segs.append((t, p, part[0].offset, part[-1].offset + 1))
             self.next_offsets, self.segments, self.replayed = nxt, segs, False
+            if batch and self._journal is not None:
+                self._journal.append(segs)
             yield batch
         if not self.plan:
             held.clear()
@@ -541,12 +658,12 @@ class KafkaSource:
     def assigned(self) -> set[tuple[str, int]]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
-    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+    def commit(self, positions: dict[SourcePartition, int]) -> None:
         """Commit next offsets of currently assigned partitions (outside of poll)."""
         from kafka.errors import CommitFailedError, KafkaError
 
         mine = self.assigned()
-        todo = {k: v for k, v in offsets.items() if k in mine}
+        todo = {sp.tp: v for sp, v in positions.items() if sp.kind == "kafka" and sp.tp in mine}
         if todo:
             try:
                 self.consumer.commit(self._to_commit(todo))
@@ -564,14 +681,14 @@ class KafkaSource:
         except Exception as e:  # the group moved on: the next owner replays from older offsets
             log.warning("offset commit during rebalance failed (%s); records may be replayed", e)
 
-    def lag(self, next_offsets: dict[tuple[str, int], int]) -> int | None:
+    def lag(self, positions: dict[SourcePartition, int]) -> int | None:
         """Records behind the high watermark, summed over assigned partitions (if known)."""
         from kafka import TopicPartition
 
         total, known = 0, False
         for t, p in self.assigned():
             hw = self.consumer.highwater(TopicPartition(t, p))
-            pos = next_offsets.get((t, p))
+            pos = positions.get(SourcePartition.kafka(t, p))
             if hw is not None and pos is not None:
                 total += max(0, hw - pos)
                 known = True
@@ -579,6 +696,8 @@ class KafkaSource:
 
     def close(self) -> None:
         self._closing = True
+        if self._journal is not None:
+            self._journal.close()
         try:
             self.consumer.close(autocommit=False)
         except Exception as e:  # closing a consumer whose broker is gone must not fail shutdown

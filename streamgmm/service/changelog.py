@@ -1,0 +1,321 @@
+"""Model state in Kafka: a compacted changelog topic co-partitioned with the input.
+
+For model scopes ``partition`` and ``key`` the state of input partition ``p`` of topic ``t``
+lives in partition ``p`` of the changelog topic ``<group>-<t>-state`` (created with
+``cleanup.policy=compact`` and as many partitions as the input if missing), as Kafka Streams and
+Quix Streams keep theirs.  Whichever instance of the consumer group is assigned ``p`` restores
+that partition's state from there, so a partition that moves to another machine, even one with
+an empty disk, takes its state along.
+
+Messages of one changelog partition (latest value per message key is the state; compaction
+keeps exactly that):
+
+``\\x01``
+    the partition's model (scope ``partition``) or pooled model (scope ``key``);
+``\\x02<key>``
+    the model of record key ``<key>`` (UTF-8);
+``\\x00partition``
+    the *partition record*, JSON: ``seq`` (this partition's checkpoint number), ``offset`` (the
+    next input offset its states have learned up to) and counts.
+
+A state message's value is the state codec's bytes (:func:`~streamgmm.service.state.encode_slot`;
+no pickle, checksummed, versioned) with headers ``seq`` and ``learned_to`` (the input offset the
+state had learned up to when written).  A state larger than :data:`CHUNK_BYTES` (a full
+covariance model at K=10, D=100 is ~1.6 MB, beyond Kafka's default 1 MiB message limit) is sent
+as chunks under keys of their own (``<state key>\\x1f<seq>:<i>``) followed by a *manifest* under
+the state key (JSON: chunk count, size, SHA-256); the chunks a manifest replaces are tombstoned
+after it, so compaction can never separate a manifest from its chunks.
+
+One checkpoint of a partition writes its changed states, then its partition record, then waits
+for every acknowledgement (producer flush), before the input offsets are committed.  A crash
+between the states and the partition record leaves states that learned beyond the partition
+record's offset: they carry ``learned_to``, and records before it are scored by a throwaway copy
+but not learned again, so no model update is applied twice.  (With Kafka transactions the
+states, the partition record, the outputs and the offsets become one atomic write; the order and
+the message layout stay.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from .state import SourcePartition, StateKey
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Changelog",
+    "ChangelogError",
+    "PartitionState",
+    "changelog_topic",
+    "read_changelog",
+]
+
+log = logging.getLogger("streamgmm.service.changelog")
+
+#: Largest value sent as one message (Kafka's default ``max.message.bytes`` is 1 MiB).
+CHUNK_BYTES = 512 * 1024
+PARTITION_KEY = b"\x00partition"
+_POOLED, _KEYED, _CHUNK_SEP = b"\x01", b"\x02", b"\x1f"
+
+
+class ChangelogError(RuntimeError):
+    """The changelog cannot be written or read consistently."""
+
+
+def changelog_topic(group_id: str, topic: str) -> str:
+    """Default changelog topic of ``topic`` for consumer group ``group_id``."""
+    return f"{group_id}-{topic}-state"
+
+
+def message_key(sk: StateKey) -> bytes:
+    if sk.key is None:
+        return _POOLED
+    return _KEYED + sk.key.encode("utf-8", "surrogateescape")
+
+
+def _state_key(sp: SourcePartition, mk: bytes) -> StateKey | None:
+    if mk == _POOLED:
+        return StateKey(sp, None)
+    if mk.startswith(_KEYED) and _CHUNK_SEP not in mk:
+        return StateKey(sp, mk[1:].decode("utf-8", "surrogateescape"))
+    return None
+
+
+@dataclass
+class PartitionState:
+    """What the changelog holds for one input partition.
+
+    ``states`` maps each :class:`StateKey` to ``(state bytes, learned_to)``; ``offset`` is the
+    partition record's next input offset (``None``: no checkpoint was ever written), ``seq`` its
+    checkpoint number, ``record`` the whole partition record.
+    """
+
+    partition: SourcePartition
+    states: dict[StateKey, tuple[bytes, int]] = field(default_factory=dict)
+    offset: int | None = None
+    seq: int = 0
+    record: dict = field(default_factory=dict)
+    chunk_keys: dict[bytes, list[bytes]] = field(default_factory=dict)
+
+
+def _headers(msg) -> dict[str, bytes]:
+    return {k: v for k, v in (msg.headers or [])}
+
+
+def read_changelog(
+    consumer, topic: str, sps: Iterable[SourcePartition], timeout: float = 60.0
+) -> dict[SourcePartition, PartitionState]:
+    """Read the changelog partitions of ``sps`` (input partitions of one input topic) to their
+    end offsets with ``consumer`` (no group) and assemble each partition's latest states."""
+    from kafka import TopicPartition
+
+    sps = list(sps)
+    tps = {TopicPartition(topic, sp.partition): sp for sp in sps}
+    if not tps:
+        return {}
+    consumer.assign(list(tps))
+    consumer.seek_to_beginning(*tps)
+    end = consumer.end_offsets(list(tps))
+    latest: dict[TopicPartition, dict[bytes, object]] = {tp: {} for tp in tps}
+    deadline = time.monotonic() + timeout
+    while any(consumer.position(tp) < end[tp] for tp in tps):
+        if time.monotonic() > deadline:
+            raise ChangelogError(f"changelog {topic} could not be read to its end in {timeout} s")
+        for tp, msgs in consumer.poll(timeout_ms=500, max_records=10_000).items():
+            d = latest[tp]
+            for m in msgs:
+                if m.value is None:
+                    d.pop(m.key, None)  # tombstone
+                else:
+                    d[m.key] = m
+    out = {}
+    for tp, sp in tps.items():
+        ps = PartitionState(sp)
+        msgs = latest[tp]
+        rec = msgs.get(PARTITION_KEY)
+        if rec is not None:
+            ps.record = json.loads(rec.value)
+            ps.offset, ps.seq = int(ps.record["offset"]), int(ps.record["seq"])
+        for mk, m in msgs.items():
+            sk = _state_key(sp, mk)
+            if sk is None:
+                continue
+            h = _headers(m)
+            learned_to = int(h.get("learned_to", b"0"))
+            if h.get("kind") == b"manifest":
+                man = json.loads(m.value)
+                keys = [k.encode("latin-1") for k in man["chunks"]]
+                parts = [msgs.get(k) for k in keys]
+                if any(p is None for p in parts):
+                    raise ChangelogError(
+                        f"changelog {topic}[{sp.partition}]: state of {sk.key!r} misses chunks"
+                    )
+                blob = b"".join(p.value for p in parts)
+                if hashlib.sha256(blob).hexdigest() != man["sha256"]:
+                    raise ChangelogError(
+                        f"changelog {topic}[{sp.partition}]: state of {sk.key!r} fails its checksum"
+                    )
+                ps.chunk_keys[mk] = keys
+            else:
+                blob = m.value
+            ps.states[sk] = (blob, learned_to)
+        out[sp] = ps
+    consumer.assign([])
+    return out
+
+
+class Changelog:
+    """Writes and restores the states of input partitions (see the module docstring).
+
+    Parameters
+    ----------
+    kafka
+        The :class:`~streamgmm.service.config.KafkaConfig` (bootstrap servers, group, topics).
+    producer
+        A ``KafkaProducer`` (the sinks' one: one flush makes both durable).
+    topic_name
+        ``input topic -> changelog topic``; default :func:`changelog_topic`.
+    """
+
+    def __init__(self, kafka, producer, topic_name=None):
+        from kafka import KafkaConsumer
+
+        self.kafka = kafka
+        self.producer = producer
+        name = topic_name or (lambda t: changelog_topic(kafka.group_id, t))
+        self.topics = {t: name(t) for t in kafka.topics}
+        self.ensure_topics()
+        self.reader = KafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers.split(","),
+            client_id=f"{kafka.client_id}-restore",
+            enable_auto_commit=False,
+            fetch_max_bytes=64 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        self.seq: dict[SourcePartition, int] = {}
+        self.chunks: dict[tuple[SourcePartition, bytes], list[bytes]] = {}
+        self._errors: list[BaseException] = []
+
+    def ensure_topics(self) -> None:
+        """Create missing changelog topics: compacted, as many partitions as their input."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.kafka.bootstrap_servers.split(","),
+            client_id=f"{self.kafka.client_id}-admin",
+        )
+        try:
+            existing = set(admin.list_topics())
+            for t, cl in self.topics.items():
+                n_in = len(self.producer.partitions_for(t) or ())
+                if not n_in:
+                    raise ChangelogError(f"input topic {t!r} has no partitions (does it exist?)")
+                if cl in existing:
+                    n_cl = len(self.producer.partitions_for(cl) or ())
+                    if n_cl < n_in:
+                        raise ChangelogError(
+                            f"changelog topic {cl!r} has {n_cl} partitions, its input {t!r} "
+                            f"{n_in}: they must be co-partitioned (add partitions to {cl!r})"
+                        )
+                    continue
+                try:
+                    admin.create_topics(
+                        [NewTopic(cl, n_in, 1, topic_configs={"cleanup.policy": "compact"})]
+                    )
+                    log.info("created changelog topic %s (%d partitions, compacted)", cl, n_in)
+                except TopicAlreadyExistsError:
+                    pass  # another instance created it meanwhile
+        finally:
+            admin.close()
+
+    def restore(self, sps: Iterable[SourcePartition]) -> dict[SourcePartition, PartitionState]:
+        """Each partition's latest states and partition record, read to the end."""
+        by_topic: dict[str, list[SourcePartition]] = {}
+        for sp in sps:
+            by_topic.setdefault(sp.name, []).append(sp)
+        out = {}
+        for t, group in by_topic.items():
+            got = read_changelog(self.reader, self.topics[t], group)
+            for sp, ps in got.items():
+                self.seq[sp] = ps.seq
+                for mk, keys in ps.chunk_keys.items():
+                    self.chunks[(sp, mk)] = keys
+            out.update(got)
+        return out
+
+    def write(
+        self,
+        sp: SourcePartition,
+        states: list[tuple[StateKey, bytes]],
+        offset: int,
+        extra: dict | None = None,
+    ) -> None:
+        """Send ``states`` of ``sp`` and its partition record (nothing is flushed here)."""
+        topic, part = self.topics[sp.name], sp.partition
+        seq = self.seq.get(sp, 0) + 1
+        base = [("seq", str(seq).encode()), ("learned_to", str(offset).encode())]
+        send, failed = self.producer.send, self._errors.append
+        stale: list[bytes] = []
+        for sk, blob in states:
+            mk = message_key(sk)
+            old = self.chunks.pop((sp, mk), [])
+            if len(blob) <= CHUNK_BYTES:
+                send(topic, key=mk, value=blob, partition=part, headers=base).add_errback(failed)
+            else:
+                keys = []
+                for i in range(0, len(blob), CHUNK_BYTES):
+                    ck = mk + _CHUNK_SEP + f"{seq}:{i // CHUNK_BYTES}".encode()
+                    value = blob[i : i + CHUNK_BYTES]
+                    hdr = [*base, ("kind", b"chunk")]
+                    send(topic, key=ck, value=value, partition=part, headers=hdr).add_errback(
+                        failed
+                    )
+                    keys.append(ck)
+                manifest = {
+                    "chunks": [k.decode("latin-1") for k in keys],
+                    "size": len(blob),
+                    "sha256": hashlib.sha256(blob).hexdigest(),
+                }
+                send(
+                    topic,
+                    key=mk,
+                    value=json.dumps(manifest).encode(),
+                    partition=part,
+                    headers=[*base, ("kind", b"manifest")],
+                ).add_errback(failed)
+                self.chunks[(sp, mk)] = keys
+            stale.extend(old)
+        record = {"seq": seq, "offset": int(offset), "written": time.time(), **(extra or {})}
+        send(
+            topic, key=PARTITION_KEY, value=json.dumps(record).encode(), partition=part
+        ).add_errback(failed)
+        for ck in stale:  # after the manifests that replace them: compaction may drop them
+            send(topic, key=ck, value=None, partition=part).add_errback(failed)
+        self.seq[sp] = seq
+
+    def flush(self) -> None:
+        """Wait for every write's acknowledgement; :class:`ChangelogError` if one failed."""
+        self.producer.flush()
+        if self._errors:
+            n, first = len(self._errors), self._errors[0]
+            del self._errors[:n]
+            raise ChangelogError(f"{n} changelog writes were not acknowledged: {first!r}")
+
+    def forget(self, sps: Iterable[SourcePartition]) -> None:
+        """Partitions that left this instance: their next owner continues their sequence."""
+        for sp in sps:
+            self.seq.pop(sp, None)
+            for k in [k for k in self.chunks if k[0] == sp]:
+                del self.chunks[k]
+
+    def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self.reader.close()
