@@ -886,12 +886,12 @@ class Processor:
 
     def _idle(self) -> bool:
         # An outage or a replay waiting for its partitions is not idleness (checked by the
-        # caller); nor is joining the group before the first assignment (idle_grace).
+        # caller); nor is joining the group, or waiting for the first fetch (idle_grace).
         limit = self.cfg.idle_timeout
         if limit is None:
             return False
         since = max(self._last_data, self._assigned_at)
-        grace = self.source.idle_grace() if self._assigned_at == 0.0 else 0.0
+        grace = self.source.idle_grace()
         return time.monotonic() - since > limit + grace
 
     def _limit_reached(self) -> bool:

@@ -484,8 +484,20 @@ class KafkaSource:
 
     def idle_grace(self) -> float:
         # Until its first assignment the consumer is joining the group (which may wait for a
-        # killed member's session to expire): that is not idle input.
-        return 0.0 if self.assigned_once else self.cfg.session_timeout_ms / 1000
+        # killed member's session to expire), and until a fetch has answered for every
+        # assigned partition (its high watermark is unknown until then) it cannot know whether
+        # input is waiting: on a loaded machine that first fetch can take seconds. Neither is
+        # idle input.
+        if not self.assigned_once or not self._fetched_all_assigned():
+            return self.cfg.session_timeout_ms / 1000
+        return 0.0
+
+    def _fetched_all_assigned(self) -> bool:
+        from kafka import TopicPartition
+
+        return all(
+            self.consumer.highwater(TopicPartition(t, p)) is not None for t, p in self.assigned()
+        )
 
     def after_checkpoint(self, seq: int) -> None:
         """A new journal per checkpoint; batches still to replay (a checkpoint taken in the
