@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamgmm import _kernels
+
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -294,24 +296,18 @@ def shrink_by_likelihood(cov, diff, resp, nk, reg, tied=False):
     scores = np.zeros(lams.shape)
     n_used = np.zeros(lams.shape[0])
     if not tied:
-        # One covariance per component: every component's scores at once (a batched matmul,
-        # not einsum and a Python loop: the warm-up's K selection runs this hundreds of times).
-        # Only the scores' rounding can differ from a per-component loop; the result is a
-        # grid value picked by argmax.
+        # One covariance per component: every component's scores in one batched matmul and
+        # one compiled pass (the warm-up's K selection runs this hundreds of times; einsum and
+        # a loop of (n, G) temporaries per component were most of the warm-up).  Only the
+        # scores' rounding can differ; the result is a grid value picked by argmax.
         q = y2 @ np.swapaxes(1.0 / spectra, 1, 2)  # (K, n, G)
         use = np.flatnonzero(usable)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            t = total[use][:, None]
-            ru = r[use]
-            a = t / (t - ru)  # the covariance's normaliser without the row
-            c = nk[use][:, None] / (nk[use][:, None] - ru)  # the mean fitted without the row
-            left = 1.0 - (1.0 - lams[use])[:, None, :] * (ru * c / t)[:, :, None] * q[use]
-            valid[use] &= (left > 0).all(axis=1)
-            a, c = a[:, :, None], c[:, :, None]
-            loo = d * np.log(a) + logdets[use][:, None, :] + np.log(left)
-            loo += c * c * q[use] / (a * left)
-            scores[use] -= 0.5 * np.nan_to_num((ru[:, None, :] @ loo)[:, 0, :], nan=np.inf)
-            n_used[use] += 1
+        sums, ok = _kernels.shrink_scores(
+            q, np.ascontiguousarray(r), total, nk, 1.0 - lams, logdets, float(d), use
+        )
+        valid[use] &= ok
+        scores[use] -= 0.5 * np.nan_to_num(sums, nan=np.inf)
+        n_used[use] += 1
         return _shrunk_by_scores(cov, lams, lam_ss, scores, valid, n_used, total)
     q = y2 @ (1.0 / spectra[0]).T  # (K, n, G)
     shrink_of = np.zeros(resp.shape[1], dtype=int)  # every component: the one matrix
