@@ -100,6 +100,31 @@ def test_a_given_log_density_changes_nothing():
         np.testing.assert_array_equal(value, arrays_b[name], err_msg=name)
 
 
+def test_the_one_row_buffer_step_equals_the_masked_one():
+    """Lifecycle._keep_one (the River path) leaves the state _keep leaves, overflow included."""
+    from streamgmm._lifecycle import Lifecycle
+
+    rows = np.random.default_rng(0).normal(size=(400, 3))
+    one, masked = Lifecycle(2, 3, 0.1, 10), Lifecycle(2, 3, 0.1, 10)
+    held = []
+    for i, x in enumerate(rows):
+        for lc in (one, masked):
+            lc.n_seen += 1
+            lc.rate *= lc.decay
+            lc.holding = (i // 50) % 2 == 0  # held and released spells
+        t = one.n_seen - 1.0
+        a = one._keep_one(x, t)
+        b = bool(masked._keep(np.array([True]), x[None, :], np.array([t]))[0])
+        assert a == b
+        held.append(a)
+    assert one.n_rows == masked.n_rows == one.rows.shape[0]  # the buffer overflowed
+    assert 0 < sum(held) < len(held)
+    for name in ("rate", "pending", "n_rows"):
+        assert getattr(one, name) == getattr(masked, name), name
+    np.testing.assert_array_equal(one.rows, masked.rows)
+    np.testing.assert_array_equal(one.times, masked.times)
+
+
 def test_scattered_anomalies_are_not_born():
     rng = np.random.default_rng(5)
     X, _ = blobs(20000, [A, B], seed=6)
