@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from streamgmm import _kernels
+
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
 LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -288,17 +290,27 @@ def shrink_by_likelihood(cov, diff, resp, nk, reg, tied=False):
     logdets = np.log(w).sum(axis=1)[:, None] + np.log(spectra).sum(axis=2)  # (M, G)
     y = diff * (inv_sqrt_w[:, None, :] if not tied else inv_sqrt_w[0])
     y2 = (y @ (evecs if not tied else evecs[0])) ** 2  # (K, n, D)
-    if tied:
-        q = y2 @ (1.0 / spectra[0]).T  # (K, n, G)
-        shrink_of = np.zeros(resp.shape[1], dtype=int)  # every component: the one matrix
-    else:
-        q = np.einsum("knd,kgd->kng", y2, 1.0 / spectra)
-        shrink_of = np.arange(resp.shape[1])
     r = resp.T  # (K, n)
     # A component with a row carrying (almost) all of its weight has no leave-one-out fit.
     usable = nk - r.max(axis=1) > 1.0
     scores = np.zeros(lams.shape)
     n_used = np.zeros(lams.shape[0])
+    if not tied:
+        # One covariance per component: every component's scores in one batched matmul and
+        # one compiled pass (the warm-up's K selection runs this hundreds of times; einsum and
+        # a loop of (n, G) temporaries per component were most of the warm-up).  Only the
+        # scores' rounding can differ; the result is a grid value picked by argmax.
+        q = y2 @ np.swapaxes(1.0 / spectra, 1, 2)  # (K, n, G)
+        use = np.flatnonzero(usable)
+        sums, ok = _kernels.shrink_scores(
+            q, np.ascontiguousarray(r), total, nk, 1.0 - lams, logdets, float(d), use
+        )
+        valid[use] &= ok
+        scores[use] -= 0.5 * np.nan_to_num(sums, nan=np.inf)
+        n_used[use] += 1
+        return _shrunk_by_scores(cov, lams, lam_ss, scores, valid, n_used, total)
+    q = y2 @ (1.0 / spectra[0]).T  # (K, n, G)
+    shrink_of = np.zeros(resp.shape[1], dtype=int)  # every component: the one matrix
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for k in np.flatnonzero(usable):
             m = shrink_of[k]
@@ -310,6 +322,11 @@ def shrink_by_likelihood(cov, diff, resp, nk, reg, tied=False):
             loo = d * np.log(a) + logdets[m] + np.log(left) + c * c * q[k] / (a * left)
             scores[m] -= 0.5 * np.nan_to_num(r[k] @ loo, nan=np.inf)
             n_used[m] += 1
+    return _shrunk_by_scores(cov, lams, lam_ss, scores, valid, n_used, total)
+
+
+def _shrunk_by_scores(cov, lams, lam_ss, scores, valid, n_used, total):
+    """``cov`` shrunk by each matrix's best-scoring valid intensity (else Schäfer–Strimmer's)."""
     scores = np.where(valid & (n_used > 0)[:, None] & (total >= 2.0)[:, None], scores, -np.inf)
     chosen = lam_ss.copy()
     pick = np.isfinite(scores).any(axis=1)

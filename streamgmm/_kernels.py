@@ -438,3 +438,38 @@ def block_inside(X, lo, hi):
             if X[i, j] < lo[j] or X[i, j] > hi[j]:
                 return False
     return True
+
+
+@njit(cache=True, error_model="numpy")
+def shrink_scores(q, r, total, nk, keep, logdets, d, use):
+    """Leave-one-out sums of ``_covariance.shrink_by_likelihood`` for one covariance per
+    component, fused in one pass (no (K, n, G) temporaries): the warm-up's K selection calls it
+    hundreds of times.
+
+    ``q`` (K, n, G): each row's squared length under each candidate; ``r`` (K, n): the
+    responsibilities; ``total``, ``nk`` (K,); ``keep`` (K, G): ``1 - lam`` of each candidate;
+    ``logdets`` (K, G); ``use``: the components to score.  Returns ``(sums, valid)``, each
+    (len(use), G): ``sums[u, g]`` is the responsibility-weighted sum of the leave-one-out
+    ``-2 log p`` (NaN propagates as in numpy), ``valid`` False where a downdated covariance is
+    not positive definite.
+    """
+    n, n_g = q.shape[1], q.shape[2]
+    sums = np.zeros((use.shape[0], n_g))
+    valid = np.ones((use.shape[0], n_g), dtype=np.bool_)
+    for u in range(use.shape[0]):
+        k = use[u]
+        t, m = total[k], nk[k]
+        for i in range(n):
+            rk = r[k, i]
+            a = t / (t - rk)  # the covariance's normaliser without the row
+            c = m / (m - rk)  # its deviation from the mean fitted without it
+            w = rk * c / t
+            d_log_a = d * np.log(a)
+            for g in range(n_g):
+                qq = q[k, i, g]
+                left = 1.0 - keep[k, g] * w * qq
+                if not left > 0.0:
+                    valid[u, g] = False
+                loo = d_log_a + logdets[k, g] + np.log(left) + c * c * qq / (a * left)
+                sums[u, g] += rk * loo
+    return sums, valid

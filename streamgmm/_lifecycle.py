@@ -272,8 +272,27 @@ class Lifecycle:
                 log_w - 0.5 * (x.shape[0] * cov_ops.LOG_2PI + model._logdet) - ld - np.log(resp)
             )
         if ld == -np.inf or not q.min() <= self.q_poor:
-            return bool(self._keep(np.array([True]), x[None, :], np.array([self.n_seen - 1.0]))[0])
+            return self._keep_one(x, self.n_seen - 1.0)
         return False
+
+    def _keep_one(self, x, time):
+        """:meth:`_keep` for one poor row (the one-row path: no masks nor temporaries, the
+        same state); whether to hold it back."""
+        self.rate += (1.0 - self.decay) * float(self.decay ** (self.n_seen - 1.0 - time))
+        n_rows = self.n_rows
+        if n_rows + 1 > self.rows.shape[0]:  # drop the oldest
+            keep = self.rows.shape[0] - 1
+            self.rows[:keep] = self.rows[n_rows - keep : n_rows]
+            self.times[:keep] = self.times[n_rows - keep : n_rows]
+            n_rows = keep
+        self.rows[n_rows] = x
+        self.times[n_rows] = time
+        self.n_rows = n_rows + 1
+        self.pending += 1
+        if not self.holding:
+            return False
+        recent = int(np.count_nonzero(self.times[: self.n_rows] >= self.n_seen - self.window))
+        return recent >= self.n_hold
 
     def observe(self, model, X, log_density) -> np.ndarray:
         """Account scored records (log-densities before learning them), in order; the mask of

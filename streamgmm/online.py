@@ -554,7 +554,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ one row (public)
 
-    def learn_one(self, x, observed=None) -> bool:
+    def learn_one(self, x, observed=None, *, log_density=None) -> bool:
         """Learn one row; returns whether it was learned.
 
         Parameters
@@ -565,6 +565,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             Optional boolean mask: the row's observed coordinates.  The others (any value,
             NaN included) are filled by their conditional expectation under each component
             (missing-data EM, Ghahramani & Jordan 1994); see :mod:`streamgmm._missing`.
+        log_density
+            Optional: what :meth:`score_one` returned for this complete row, with no update in
+            between (a scored-then-learned stream, as the River detector's).  The life cycle
+            (``n_components="auto"``) then does not score the row again; the result is the
+            same.  A value that is not the row's current log-density misleads the life cycle.
 
         Returns False, and leaves the state untouched, when the row cannot be learned: its
         density under the model underflows to zero, or it is partial while no model past the
@@ -578,10 +583,10 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             and x.strides == _ROW_STRIDES
             and not self.warming_up_
         ):  # the hot path: the compiled kernel checks the values (see _learn_one_status)
-            return self._learn_one_status(x)[1]
+            return self._learn_one_status(x, log_density)[1]
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
-            return self._learn_one_status(x)[1]
+            return self._learn_one_status(x, None if self.warming_up_ else log_density)[1]
         if self.warming_up_:
             return False
         obs = np.flatnonzero(observed)
@@ -731,8 +736,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         """
         return self._learn_one_status(x)[0]
 
-    def _learn_one_status(self, x):
-        """``(log-density before, learned)`` of one validated row, learned if it can be."""
+    def _learn_one_status(self, x, log_density=None):
+        """``(log-density before, learned)`` of one validated row, learned if it can be.
+
+        ``log_density``: the row's log-density under the current model if the caller has it
+        (saves the life cycle a second scoring of the row)."""
         if self.warming_up_:
             before = self._score_one(x) if self._has_model() else np.nan
             self._learn_rows(x[None, :])
@@ -744,7 +752,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 return self._score_one(x), False
         lifecycle = self._lifecycle
         if lifecycle is not None and not self._lc_quiet:
-            before = self._score_one(x)
+            before = self._score_one(x) if log_density is None else log_density
             held = lifecycle.observe_one(self, x, before)
             lifecycle.step(self)
             if held:  # poorly explained: evidence for a birth, not learned
@@ -786,17 +794,20 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._check_one(np.array(x, dtype=np.float64))
         raise ValueError("Input X contains NaN, infinity or values beyond ±1e150.")
 
-    def observe_one(self, x) -> float:
+    def observe_one(self, x, *, log_density=None) -> float:
         """Let the component life cycle see a row that is not learned; its log-density.
 
         For a row an anomaly gate keeps out of learning: with ``n_components="auto"`` a
         persistent, coherent group of poorly explained rows becomes a component even if none
         of them is learned (:mod:`streamgmm._lifecycle`).  Nothing else changes; with an
         integer ``n_components``, or during the warm-up, this only scores the row.
+        ``log_density``: as in :meth:`learn_one` (the row's :meth:`score_one`, no update since).
         """
         x, _ = self._check_one(x)
         self._check_fitted()
-        log_density = float(self._score_one(x))
+        # The caller's score of the row (score_one, no update since) spares scoring it again.
+        if log_density is None or self.warming_up_:
+            log_density = float(self._score_one(x))
         lifecycle = None if self.warming_up_ else self._lifecycle
         if lifecycle is not None:
             lifecycle.observe_one(self, x, log_density)

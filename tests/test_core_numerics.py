@@ -154,3 +154,69 @@ def test_any_shape_scale_or_degenerate_stream_stays_finite(case):
     assert np.isfinite(scores).all()
     proba = model.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-9)
+
+
+def _shrink_by_likelihood_reference(cov, diff, resp, nk, reg):
+    """The per-component numpy loop the compiled leave-one-out pass replaced (full covariances)."""
+    from streamgmm._covariance import SHRINK_GRID, diagonal_shrinkage_intensity, shrunk
+
+    d = cov.shape[-1]
+    lam_ss = diagonal_shrinkage_intensity(cov, nk)
+    lams = np.minimum(np.outer(lam_ss, SHRINK_GRID), 1.0)
+    idx = np.arange(d)
+    w = cov[:, idx, idx] + reg
+    inv_sqrt_w = 1.0 / np.sqrt(w)
+    a_mat = cov * inv_sqrt_w[:, :, None] * inv_sqrt_w[:, None, :]
+    a_mat[:, idx, idx] = 1.0
+    evals, evecs = np.linalg.eigh(a_mat)
+    spectra = (1.0 - lams)[:, :, None] * evals[:, None, :] + lams[:, :, None]
+    valid = (spectra > 0).all(axis=2)
+    spectra = np.where(spectra > 0, spectra, 1.0)
+    logdets = np.log(w).sum(axis=1)[:, None] + np.log(spectra).sum(axis=2)
+    q = np.einsum("knd,kgd->kng", (diff * inv_sqrt_w[:, None, :] @ evecs) ** 2, 1.0 / spectra)
+    r = resp.T
+    scores = np.full(lams.shape, -np.inf)
+    for k in np.flatnonzero(nk - r.max(axis=1) > 1.0):
+        a = (nk[k] / (nk[k] - r[k]))[:, None]
+        left = 1.0 - (1.0 - lams[k])[None, :] * (r[k, :, None] * a / nk[k]) * q[k]
+        valid[k] &= (left > 0).all(axis=0)
+        loo = d * np.log(a) + logdets[k] + np.log(left) + a * a * q[k] / (a * left)
+        scores[k] = np.where(valid[k], -0.5 * (r[k] @ loo), -np.inf)
+    chosen = lam_ss.copy()
+    pick = np.isfinite(scores).any(axis=1)
+    chosen[pick] = lams[pick, np.argmax(scores[pick], axis=1)]
+    return shrunk(cov, chosen), scores
+
+
+@pytest.mark.parametrize("n_components", [1, 3, 6])
+def test_compiled_shrinkage_scores_pick_what_the_numpy_loop_picks(n_components):
+    """The warm-up's shrinkage (one compiled pass) chooses as the plain per-component loop."""
+    from sklearn.datasets import load_diabetes
+
+    from streamgmm import _kernels
+    from streamgmm._covariance import centered_rows, shrink_by_likelihood
+
+    X = load_diabetes().data * 20.0
+    rng = np.random.default_rng(n_components)
+    resp = rng.dirichlet(np.full(n_components, 0.3), size=X.shape[0])
+    nk = resp.sum(axis=0)
+    means = resp.T @ X / nk[:, None]
+    diff = centered_rows(X, means)
+    cov = np.swapaxes(resp.T[:, :, None] * diff, 1, 2) @ diff / nk[:, None, None]
+    reg = np.full(X.shape[1], 1e-6)
+    expected, _ = _shrink_by_likelihood_reference(cov, diff, resp, nk, reg)
+    np.testing.assert_array_equal(shrink_by_likelihood(cov, diff, resp, nk, reg), expected)
+    # Not the unshrunk matrices: the choice is a real one.
+    assert not np.allclose(expected, cov)
+    # The compiled sums themselves agree with numpy's to rounding.
+    use = np.arange(n_components)
+    lams = np.full((n_components, 2), 0.1)
+    q = rng.random((n_components, X.shape[0], 2))
+    logdets = rng.normal(size=(n_components, 2))
+    sums, ok = _kernels.shrink_scores(q, np.ascontiguousarray(resp.T), nk, nk, 1.0 - lams,
+                                      logdets, float(X.shape[1]), use)  # fmt: skip
+    a = (nk[:, None] / (nk[:, None] - resp.T))[:, :, None]
+    left = 1.0 - 0.9 * (resp.T[:, :, None] * a[:, :, :1] / nk[:, None, None]) * q
+    loo = X.shape[1] * np.log(a) + logdets[:, None, :] + np.log(left) + a * q / left
+    np.testing.assert_allclose(sums, np.einsum("kn,kng->kg", resp.T, loo), rtol=1e-10)
+    np.testing.assert_array_equal(ok, (left > 0).all(axis=1))

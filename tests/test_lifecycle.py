@@ -75,6 +75,56 @@ def test_rows_kept_out_by_a_gate_still_count_as_evidence():
     assert one.n_components_ == 3
 
 
+def test_a_given_log_density_changes_nothing():
+    """learn_one/observe_one(log_density=score_one(x)) skip a second scoring: same model."""
+    X = np.vstack([blobs(1500, [A, B], seed=1)[0], blobs(3000, [A, B, C], seed=2)[0]])
+    given = OnlineGaussianMixture(random_state=0, half_life=2000)
+    scored = OnlineGaussianMixture(random_state=0, half_life=2000)
+    for x in X:  # a gated stream: the rows a threshold keeps out are only observed
+        if getattr(given, "warming_up_", True):
+            given.learn_one(x)
+            scored.learn_one(x)
+            continue
+        ld = given.score_one(x)
+        assert ld == scored.score_one(x)
+        if -ld <= 12.0:
+            assert given.learn_one(x, log_density=ld) == scored.learn_one(x)
+        else:
+            assert given.observe_one(x, log_density=ld) == scored.observe_one(x)
+    assert given.lifecycle_counts_["births"] == 1  # the life cycle did work on the way
+    assert given.lifecycle_counts_ == scored.lifecycle_counts_
+    (arrays_a, meta_a), (arrays_b, meta_b) = given.get_state(), scored.get_state()
+    assert json.dumps(meta_a, sort_keys=True) == json.dumps(meta_b, sort_keys=True)
+    assert arrays_a.keys() == arrays_b.keys()
+    for name, value in arrays_a.items():
+        np.testing.assert_array_equal(value, arrays_b[name], err_msg=name)
+
+
+def test_the_one_row_buffer_step_equals_the_masked_one():
+    """Lifecycle._keep_one (the River path) leaves the state _keep leaves, overflow included."""
+    from streamgmm._lifecycle import Lifecycle
+
+    rows = np.random.default_rng(0).normal(size=(400, 3))
+    one, masked = Lifecycle(2, 3, 0.1, 10), Lifecycle(2, 3, 0.1, 10)
+    held = []
+    for i, x in enumerate(rows):
+        for lc in (one, masked):
+            lc.n_seen += 1
+            lc.rate *= lc.decay
+            lc.holding = (i // 50) % 2 == 0  # held and released spells
+        t = one.n_seen - 1.0
+        a = one._keep_one(x, t)
+        b = bool(masked._keep(np.array([True]), x[None, :], np.array([t]))[0])
+        assert a == b
+        held.append(a)
+    assert one.n_rows == masked.n_rows == one.rows.shape[0]  # the buffer overflowed
+    assert 0 < sum(held) < len(held)
+    for name in ("rate", "pending", "n_rows"):
+        assert getattr(one, name) == getattr(masked, name), name
+    np.testing.assert_array_equal(one.rows, masked.rows)
+    np.testing.assert_array_equal(one.times, masked.times)
+
+
 def test_scattered_anomalies_are_not_born():
     rng = np.random.default_rng(5)
     X, _ = blobs(20000, [A, B], seed=6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 
 import numpy as np
 import pandas as pd
@@ -444,3 +445,36 @@ def test_scoring_before_learning_does_not_change_what_is_learned():
         a.learn_one(x)
         b.learn_one(x)
     assert pickle.dumps(a) == pickle.dumps(b)
+
+
+def test_compiled_standardisation_equals_to_vector():
+    """The per-record path's compiled standardisation: to_vector's vector, flag and errors."""
+    from streamgmm.river._features import standardised_vector, to_vector
+
+    names = [f"f{j}" for j in range(1, 10)]
+    rng = np.random.default_rng(0)
+    loc, inv_scale = rng.normal(size=9) * 30.0, 1.0 / rng.uniform(1.0, 50.0, 9)
+    base = [x for x, _ in SHUTTLE[:300]]
+    odd = [
+        {**base[0], "f3": None},  # missing
+        {**base[1], "f2": math.nan},
+        {k: v for k, v in base[2].items() if k != "f9"},
+        {**base[3], "f1": True, "f4": np.float32(2.5), "f5": np.int64(7)},
+        {**base[4], "f1": 1e308, "f2": 1e308},  # a finite row whose sum overflows
+        {**base[5], "f6": math.inf},
+        {**base[6], "f7": -math.inf, "f8": None},
+        {**base[7], "f2": "high"},
+        {**base[8], "f2": [1.0, 2.0]},
+    ]
+    for x in base + odd:
+        try:
+            with np.errstate(over="ignore"):  # to_vector's finiteness check may overflow
+                v, missing = to_vector(x, names)
+            v = (v - loc) * inv_scale
+        except ValueError as error:
+            with pytest.raises(ValueError, match=re.escape(str(error))):
+                standardised_vector(x, names, loc, inv_scale)
+            continue
+        got, got_missing = standardised_vector(x, names, loc, inv_scale)
+        assert got_missing == missing
+        np.testing.assert_array_equal(got, v)  # bit for bit, NaN where missing

@@ -45,7 +45,7 @@ from ._features import (
     count_unseen,
     min_count,
     record_values,
-    to_vector,
+    standardised_vector,
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -90,10 +90,7 @@ class _Fit:
         self.labels = labels
 
     def standardised(self, x: dict) -> tuple[np.ndarray, bool]:
-        v, missing = to_vector(x, self.names)
-        v -= self.loc
-        v *= self.inv_scale
-        return v, missing
+        return standardised_vector(x, self.names, self.loc, self.inv_scale)
 
     def log_density_z(self, z: np.ndarray, missing: bool) -> tuple[float, np.ndarray | None]:
         """Log-density in standardised units; the observed mask when the record is partial."""

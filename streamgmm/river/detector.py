@@ -352,14 +352,16 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         learned = False
         if learn:
             if observed is None:
-                learned = model.learn_one(z)  # False: density underflow, nothing learned
+                # The score just computed is the row's log-density now (no update since):
+                # the core's life cycle need not score it again.
+                learned = model.learn_one(z, log_density=-score)  # False: density underflow
                 self.n_learned_ += learned
             else:
                 self._update(z, observed)
                 learned = True
         elif observed is None:
             # Kept out of the model, but evidence for a new component (n_components="auto").
-            model.observe_one(z)
+            model.observe_one(z, log_density=-score)
         if flagged:
             self.n_flagged_ += 1
         gate.account_one(score, tail, flagged, learned)
