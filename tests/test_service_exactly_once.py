@@ -29,7 +29,15 @@ def test_exactly_once_is_accepted_with_kafka_input_and_outputs():
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        ({"kafka": {"topics": [], "output_topic": None}, "input": {"path": "in.jsonl"}}, "input"),
+        (
+            {
+                "kafka": {"topics": [], "output_topic": None},
+                "input": {"path": "in.jsonl"},
+                "model": {"scope": "key"},
+                "key_field": "k",
+            },
+            "input",
+        ),
         ({"output": {"path": "out.jsonl"}}, "output"),
         ({"output": {"dead_letter": "dlq.jsonl"}}, "dead_letter"),
         ({"model": {"scope": "global"}}, "model.scope"),
@@ -38,7 +46,7 @@ def test_exactly_once_is_accepted_with_kafka_input_and_outputs():
 def test_exactly_once_refuses_what_cannot_be_in_a_transaction(change, says):
     over = {k: (dict(v) if isinstance(v, dict) else v) for k, v in KAFKA.items()}
     for k, v in change.items():
-        over[k] = {**over.get(k, {}), **v}
+        over[k] = {**over.get(k, {}), **v} if isinstance(v, dict) else v
     with pytest.raises(ConfigError, match="exactly_once") as e:
         load_config(overrides=over, env={})
     assert says in str(e.value)
