@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
 
+import pytest
+from _kafka import read_all
+from kafka import KafkaProducer
+from test_reliability_scale_out import _expected, _records
+from test_service_scope import FEATURES
+
+from streamgmm.service.cli import summarise_changelog
 from streamgmm.service.config import ConfigError, load_config
 
 KAFKA = {
@@ -50,3 +65,150 @@ def test_exactly_once_refuses_what_cannot_be_in_a_transaction(change, says):
     with pytest.raises(ConfigError, match="exactly_once") as e:
         load_config(overrides=over, env={})
     assert says in str(e.value)
+
+
+# -- real broker, real processes ------------------------------------------------------------------
+
+PARTITIONS = 6
+
+
+def _eos_cmd(bootstrap, tin, tout, tdlq, group, ckdir, scope) -> list[str]:
+    return [
+        sys.executable, "-m", "streamgmm.service.cli", "run",
+        "--bootstrap-servers", bootstrap, "--topic", tin, "--output-topic", tout,
+        "--dead-letter-topic", tdlq, "--group-id", group,
+        "--checkpoint-dir", str(ckdir), "--features", ",".join(FEATURES),
+        "--model-scope", scope, "--covariance-type", "diag", "--warm-up", "40", "--no-gate",
+        "--n-components", "3",
+        "--checkpoint-every", "150", "--checkpoint-interval", "0.5", "--max-poll-records", "100",
+        "--idle-timeout", "60", "--log-format", "text", "--log-level", "INFO",
+        "--processing-guarantee", "exactly_once",
+    ]  # fmt: skip
+
+
+EOS_ENV = {
+    "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "3000",
+    # A killed instance's open transaction blocks its partitions until the broker aborts it.
+    "STREAMGMM_KAFKA__TRANSACTION_TIMEOUT_MS": "4000",
+}
+
+
+def _start(cmd, log_path, fault=None):
+    env = {**os.environ, **EOS_ENV}
+    if fault:
+        env["SGMM_FAULTS"] = fault
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    proc.log_path = str(log_path)
+    return proc
+
+
+def _working(proc, timeout=30.0) -> None:
+    """Wait until ``proc`` owns partitions (a kill before that tests only the group join)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        with open(proc.log_path) as f:
+            if "partitions assigned: ['" in f.read():
+                return
+        time.sleep(0.2)
+
+
+def _produce(bootstrap, topic, records, pause=1.0):
+    prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    for n, (p, key, value) in enumerate(records):
+        prod.send(topic, key=key.encode(), value=value, partition=p)
+        if n % 200 == 199:
+            prod.flush()
+            time.sleep(pause)
+    prod.flush()
+    prod.close()
+
+
+def _committed_sources(bootstrap, topics) -> Counter:
+    """(partition, offset) of the input of every committed output and dead letter."""
+    seen = Counter()
+    for t in topics:
+        for m in read_all(bootstrap, t, timeout=20, isolation_level="read_committed"):
+            src = json.loads(m.value)["source"]
+            seen[(src["partition"], src["offset"])] += 1
+    return seen
+
+
+def _stop_all(procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.kafka
+def test_exactly_once_three_instances_sigkilled_every_input_once(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """3 instances, 6 partitions, SIGKILLs (some at the worst moments: state sent but the
+    transaction not committed), each restart with an empty checkpoint directory: a
+    read_committed reader finds exactly one output or dead letter per input, and every
+    partition's and key's model learned exactly its valid records."""
+    tin, tout, tdlq = new_topic(PARTITIONS), new_topic(PARTITIONS), new_topic(PARTITIONS)
+    records = _records()[: 2 * 1797]
+    scope, group = "key", "g-eos"
+    rng = random.Random(5)
+    faults = [None, "commit:kill@1", "flush:kill@1", None, "produce:kill@2"]
+    n = 0
+
+    def start(may_fault=True):
+        nonlocal n
+        n += 1
+        fault = faults[n % len(faults)] if may_fault and n > 3 else None
+        cmd = _eos_cmd(kafka_bootstrap, tin, tout, tdlq, group, tmp_path / f"ck{n}", scope)
+        return _start(cmd, tmp_path / f"log{n}.txt", fault)
+
+    procs = [start() for _ in range(3)]
+    producer = threading.Thread(target=_produce, args=(kafka_bootstrap, tin, records))
+    producer.start()
+    kills = 0
+    try:
+        while producer.is_alive() or kills < 6:
+            i = rng.randrange(3)
+            _working(procs[i])
+            time.sleep(rng.uniform(0.2, 2.0))
+            died = [j for j, p in enumerate(procs) if p.poll() is not None]
+            for j in died:  # killed itself at a fault point
+                kills += 1
+                procs[j] = start()
+            if died:
+                continue
+            procs[i].send_signal(signal.SIGKILL)
+            procs[i].wait()
+            kills += 1
+            procs[i] = start()
+        producer.join()
+        want = len(records)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            for j, p in enumerate(procs):
+                if p.poll() is not None:  # a fault point fired after the stream
+                    procs[j] = start(may_fault=False)
+            seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+            if len(seen) >= want:
+                break
+            time.sleep(2)
+    finally:
+        _stop_all(procs)
+    seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+    dups = {k: c for k, c in seen.items() if c > 1}
+    assert not dups, f"{len(dups)} inputs with duplicate committed outputs, e.g. {list(dups)[:5]}"
+    assert len(seen) == want, f"{want - len(seen)} inputs without output or dead letter"
+    assert kills >= 6
+    state = summarise_changelog(kafka_bootstrap, tin, group, None)
+    learned = {
+        (p["partition"], st["key"]): st["rows_own"]
+        for p in state["partitions"]
+        for st in p["states"]
+    }
+    assert learned == _expected(records, scope)

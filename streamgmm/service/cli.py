@@ -578,6 +578,7 @@ def summarise_changelog(bootstrap: str, topic: str, group: str, changelog: str |
         enable_auto_commit=False,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        isolation_level="read_committed",  # exactly_once: not an aborted transaction's states
     )
     try:
         parts = sorted(c.partitions_for_topic(name) or ())
