@@ -216,3 +216,109 @@ def test_exactly_once_three_instances_sigkilled_every_input_once(
         for st in p["states"]
     }
     assert learned == _expected(records, scope)
+
+
+def _learned(bootstrap, tin, group) -> dict:
+    state = summarise_changelog(bootstrap, tin, group, None)
+    return {
+        (p["partition"], st["key"]): st["rows_own"]
+        for p in state["partitions"]
+        for st in p["states"]
+    }
+
+
+@pytest.mark.kafka
+def test_failed_transaction_is_aborted_and_the_models_rolled_back(
+    kafka_bootstrap, new_topic, monkeypatch
+):
+    """A checkpoint fails after the state was sent (inside the transaction): the transaction
+    is aborted, every model goes back to the last committed state and the consumer to its
+    offsets, so the records are learned and output once, not twice or never."""
+    from streamgmm.service import faults
+    from streamgmm.service.config import load_config
+    from streamgmm.service.processor import Processor
+
+    tin, tout, tdlq = new_topic(PARTITIONS), new_topic(PARTITIONS), new_topic(PARTITIONS)
+    records = _records()[:1797]
+    _produce(kafka_bootstrap, tin, records, pause=0)
+    group = "g-eos-abort"
+    cfg = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "topics": [tin],
+                "output_topic": tout,
+                "dead_letter_topic": tdlq,
+                "group_id": group,
+                "max_poll_records": 100,
+            },
+            "features": FEATURES,
+            "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40, "n_components": 3},
+            "gate": {"enabled": False},
+            "checkpoint": {"every_records": 300, "every_seconds": None},
+            "idle_timeout": 3.0,
+            "processing_guarantee": "exactly_once",
+        },
+        env={},
+    )
+    faults.configure("commit:enospc@3")  # the third transaction fails before its commit
+    try:
+        proc = Processor(cfg, handle_signals=False)
+        proc.run()
+    finally:
+        faults.configure(None)
+    assert proc.aborts == 1 and proc.transactions >= 3
+    seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+    assert max(seen.values()) == 1, "an input has two committed outputs"
+    assert len(seen) == len(records)
+    assert _learned(kafka_bootstrap, tin, group) == _expected(records, "key")
+    # In memory too: the rolled-back models learned the aborted records once, not twice.
+    n_valid = sum(v for (p, k), v in _expected(records, "key").items() if k is None)
+    assert proc._n_seen() == n_valid
+
+
+@pytest.mark.kafka
+def test_zombie_instance_is_fenced(kafka_bootstrap, new_topic, tmp_path):
+    """An instance paused (SIGSTOP) past its session timeout while another takes over its
+    partitions cannot commit when resumed (SIGCONT): it stops, and read_committed consumers
+    see every input exactly once."""
+    tin, tout, tdlq = new_topic(4), new_topic(4), new_topic(4)
+    records = [(p % 4, k, v) for p, k, v in _records()[:1797]]
+    group = "g-eos-zombie"
+
+    def cmd(i):
+        return _eos_cmd(kafka_bootstrap, tin, tout, tdlq, group, tmp_path / f"ck{i}", "partition")
+
+    producer = threading.Thread(
+        target=_produce, args=(kafka_bootstrap, tin, records), kwargs={"pause": 0.7}
+    )
+    zombie = _start(cmd(1), tmp_path / "zombie.txt")
+    procs = [zombie]
+    try:
+        producer.start()
+        _working(zombie)
+        time.sleep(2.0)  # inside a transaction with outputs sent
+        zombie.send_signal(signal.SIGSTOP)
+        heir = _start(cmd(2), tmp_path / "heir.txt")
+        procs.append(heir)
+        _working(heir)  # after the zombie's session expired
+        time.sleep(6.0)  # the heir processes the zombie's partitions
+        zombie.send_signal(signal.SIGCONT)
+        zombie.wait(timeout=60)
+        producer.join()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+            if len(seen) >= len(records):
+                break
+            time.sleep(2)
+    finally:
+        if zombie.poll() is None:
+            zombie.send_signal(signal.SIGCONT)
+        _stop_all(procs)
+    log = (tmp_path / "zombie.txt").read_text()
+    assert zombie.returncode != 0 and "fenced" in log, log[-2000:]
+    seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+    assert max(seen.values()) == 1, "a zombie's output became visible beside the heir's"
+    assert len(seen) == len(records)
+    assert _learned(kafka_bootstrap, tin, group) == _expected(records, "partition")
