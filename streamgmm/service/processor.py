@@ -27,6 +27,16 @@ the journal is lost (machine crash) or the partitions moved to another instance 
 regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
 reliability tests: :mod:`streamgmm.service.faults`.
 
+``processing_guarantee: exactly_once`` (Kafka in and out, scope ``partition``/``key``): the
+checkpoint's three steps end one Kafka transaction — outputs, dead letters, changelog states and
+the consumed offsets (sent with the consumer's group metadata, KIP-447) commit together; the
+input and the changelog restore read ``read_committed``.  A failed transaction is aborted and
+rolled back (states restored from the changelog, consumer sought back); a fenced producer stops
+the processor.  Transactional id: one per process (``kafka.transactional_id``, default
+``<group>-<instance or client id>-<random>``), as Kafka Streams' ``exactly_once_v2``: zombies
+are fenced by the group generation and the transaction timeout, and a partition's new owner
+waits until no transaction of its previous owner is open on the changelog before restoring.
+
 Records scored before any model exists (the very first mini-batch of a fresh run) get
 ``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
 core's warm-up, scores come from its provisional fit and the threshold may still be ``null``
