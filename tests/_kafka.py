@@ -7,9 +7,14 @@ import time
 from kafka import KafkaConsumer, TopicPartition
 
 
-def read_all(bootstrap: str, topic: str, timeout: float = 30.0) -> list:
-    """Every record of ``topic`` now, from the beginning of each partition (no group)."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+def read_all(
+    bootstrap: str, topic: str, timeout: float = 30.0, isolation_level: str = "read_uncommitted"
+) -> list:
+    """Every record of ``topic`` now, from the beginning of each partition (no group);
+    ``read_committed``: only committed transactions' records, up to the last stable offset."""
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation_level
+    )
     tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or ())]
     c.assign(tps)
     c.seek_to_beginning(*tps)

@@ -196,7 +196,12 @@ class Changelog:
             enable_auto_commit=False,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            # Only committed transactions' states (exactly_once); plain writes are visible
+            # either way.
+            isolation_level="read_committed",
         )
+        # The high watermark (read_uncommitted end offsets), to see open transactions.
+        self._hw_reader = None
         self.seq: dict[SourcePartition, int] = {}
         self.chunks: dict[tuple[SourcePartition, bytes], list[bytes]] = {}
         self._errors: list[BaseException] = []
@@ -241,6 +246,7 @@ class Changelog:
             by_topic.setdefault(sp.name, []).append(sp)
         out = {}
         for t, group in by_topic.items():
+            self.wait_stable(self.topics[t], group)
             got = read_changelog(self.reader, self.topics[t], group)
             for sp, ps in got.items():
                 self.seq[sp] = ps.seq
@@ -248,6 +254,48 @@ class Changelog:
                     self.chunks[(sp, mk)] = keys
             out.update(got)
         return out
+
+    def wait_stable(self, topic: str, sps: list[SourcePartition]) -> None:
+        """Wait until no transaction is open on the changelog partitions of ``sps``.
+
+        An open transaction there belongs to the partitions' previous owner (a dead instance,
+        or a zombie paused with its transaction open): restoring now would read the state
+        before it, and if it then committed, its outputs and the records this instance
+        re-processes would both be visible.  The broker ends it within the transaction timeout
+        (committed or aborted), so this waits at most that long plus a margin."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        if self._hw_reader is None:
+            self._hw_reader = KafkaConsumer(
+                bootstrap_servers=self.kafka.bootstrap_servers.split(","),
+                client_id=f"{self.kafka.client_id}-restore-hw",
+                enable_auto_commit=False,
+            )
+        tps = [TopicPartition(topic, sp.partition) for sp in sps]
+        limit = self.kafka.transaction_timeout_ms / 1000 + 30.0
+        t0 = time.monotonic()
+        logged = False
+        while True:
+            stable = self.reader.end_offsets(tps)  # read_committed: the last stable offset
+            high = self._hw_reader.end_offsets(tps)
+            open_ = [tp.partition for tp in tps if stable[tp] < high[tp]]
+            if not open_:
+                return
+            waited = time.monotonic() - t0
+            if waited > limit:
+                raise ChangelogError(
+                    f"changelog {topic} partitions {open_} kept a transaction open for "
+                    f"{waited:.0f} s (more than the transaction timeout)"
+                )
+            if not logged:
+                log.info(
+                    "changelog %s partitions %s have an open transaction of their previous "
+                    "owner: waiting for it to end before restoring",
+                    topic,
+                    open_,
+                )
+                logged = True
+            time.sleep(0.2)
 
     def write(
         self,
@@ -319,3 +367,6 @@ class Changelog:
 
         with contextlib.suppress(Exception):
             self.reader.close()
+        if self._hw_reader is not None:
+            with contextlib.suppress(Exception):
+                self._hw_reader.close()

@@ -72,6 +72,8 @@ _RUN_FLAGS = {
     "log_format": "log_format",
     "progress": "progress",
     "fresh": "fresh",
+    "processing_guarantee": "processing_guarantee",
+    "transactional_id": "kafka.transactional_id",
 }
 
 
@@ -205,6 +207,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     opt(g, "--group-id", "consumer group", metavar="GROUP")
     opt(g, "--max-poll-records", "records per poll at most", metavar="N")
+    opt(
+        g,
+        "--processing-guarantee",
+        "at_least_once: a crash repeats outputs since the last checkpoint; exactly_once: "
+        "outputs, dead letters, model state and offsets commit in one Kafka transaction per "
+        "checkpoint (read them with isolation.level read_committed)",
+    )
+    opt(
+        g,
+        "--transactional-id",
+        "exactly_once: the producer's transactional id, unique per instance and kept across "
+        "its restarts (a restart then fences its predecessor at once)",
+        default="<group>-<instance>-<random>",
+        metavar="ID",
+    )
     g = r.add_argument_group("records")
     opt(
         g,
@@ -561,6 +578,7 @@ def summarise_changelog(bootstrap: str, topic: str, group: str, changelog: str |
         enable_auto_commit=False,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
+        isolation_level="read_committed",  # exactly_once: not an aborted transaction's states
     )
     try:
         parts = sorted(c.partitions_for_topic(name) or ())

@@ -176,6 +176,11 @@ class KafkaConfig(_Strict):
     session_timeout_ms: int = Field(10000, ge=1000)
     linger_ms: int = Field(5, ge=0)
     producer_batch_size: int = Field(262144, ge=1024)
+    # processing_guarantee exactly_once: the producer's transactional id (None: group id,
+    # group instance id or client id, and a random suffix per process; see processor.py) and
+    # how long the broker lets an open transaction of a dead instance block its partitions.
+    transactional_id: str | None = None
+    transaction_timeout_ms: int = Field(10000, ge=1000)
 
     @field_validator("topics", mode="before")
     @classmethod
@@ -221,6 +226,9 @@ class ServiceConfig(_Strict):
     log_format: Literal["json", "text"] = "json"
     progress: bool | None = None
     fresh: bool = False
+    # Kafka Streams' names. exactly_once: outputs, dead letters, changelog state and consumed
+    # offsets are committed in one Kafka transaction per checkpoint (see processor.py).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
 
     @field_validator("features", mode="before")
     @classmethod
@@ -267,6 +275,29 @@ class ServiceConfig(_Strict):
             )
         if self.model.scope == "key" and not k.topics and self.key_field is None:
             raise ValueError("model.scope 'key' on a file needs key_field (the key's field)")
+        if self.processing_guarantee == "exactly_once":
+            files = [
+                name
+                for name, used in (
+                    ("input", not k.topics),
+                    ("output", self.output.path is not None or not k.output_topic),
+                    ("dead_letter", self.output.dead_letter is not None),
+                )
+                if used
+            ]
+            if files:
+                raise ValueError(
+                    "processing_guarantee 'exactly_once' needs Kafka input, a Kafka output topic "
+                    "and Kafka dead-letter topics (files cannot take part in a Kafka "
+                    f"transaction), but {' and '.join(files)} is a file or stdio: use "
+                    "'at_least_once' or Kafka topics"
+                )
+            if self.model.scope == "global":
+                raise ValueError(
+                    "processing_guarantee 'exactly_once' needs model.scope 'partition' or 'key' "
+                    "(their state moves with its partitions through the changelog inside the "
+                    "transaction; one global model per instance has no such place yet)"
+                )
         return self
 
     @property

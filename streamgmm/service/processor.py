@@ -27,6 +27,16 @@ the journal is lost (machine crash) or the partitions moved to another instance 
 regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
 reliability tests: :mod:`streamgmm.service.faults`.
 
+``processing_guarantee: exactly_once`` (Kafka in and out, scope ``partition``/``key``): the
+checkpoint's three steps end one Kafka transaction — outputs, dead letters, changelog states and
+the consumed offsets (sent with the consumer's group metadata, KIP-447) commit together; the
+input and the changelog restore read ``read_committed``.  A failed transaction is aborted and
+rolled back (states restored from the changelog, consumer sought back); a fenced producer stops
+the processor.  Transactional id: one per process (``kafka.transactional_id``, default
+``<group>-<instance or client id>-<random>``), as Kafka Streams' ``exactly_once_v2``: zombies
+are fenced by the group generation and the transaction timeout, and a partition's new owner
+waits until no transaction of its previous owner is open on the changelog before restoring.
+
 Records scored before any model exists (the very first mini-batch of a fresh run) get
 ``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
 core's warm-up, scores come from its provisional fit and the threshold may still be ``null``
@@ -173,6 +183,11 @@ class Processor:
         # topic and moves with its partitions (see changelog.py); no local checkpoint is read.
         self.changelog = None
         self._changelog_mode = cfg.mode == "kafka" and cfg.model.scope != "global"
+        # exactly_once: one Kafka transaction per checkpoint (see _commit_transaction).
+        self.exactly_once = cfg.processing_guarantee == "exactly_once"
+        self.transactions = 0  # committed
+        self.aborts = 0
+        self._fenced: BaseException | None = None
         self._written: dict[SourcePartition, int] = {}  # offset of each partition's last write
         self.store = (
             CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
@@ -334,7 +349,16 @@ class Processor:
         cfg = self.cfg
         k = cfg.kafka
         self.producer = None
-        if cfg.mode == "kafka" and (
+        if self.exactly_once:
+            tid = self.transactional_id = k.transactional_id or _default_transactional_id(k)
+            self.producer = make_producer(
+                k, transactional_id=tid, transaction_timeout_ms=k.transaction_timeout_ms
+            )
+            # Fences an older producer of the same id and ends its open transaction.
+            self.producer.init_transactions()
+            self.producer.begin_transaction()
+            log.info("exactly_once: transactional id %s", tid)
+        elif cfg.mode == "kafka" and (
             (k.output_topic and cfg.output.path is None) or self._changelog_mode
         ):
             self.producer = make_producer(k)
@@ -352,7 +376,13 @@ class Processor:
                 journal = self.store.journal()
                 journal.open(path, "a")
             self.source = KafkaSource(
-                cfg.kafka, self._on_assigned, self._on_revoked, self._on_lost, journal, plan
+                cfg.kafka,
+                self._on_assigned,
+                self._on_revoked,
+                self._on_lost,
+                journal,
+                plan,
+                isolation_level="read_committed" if self.exactly_once else "read_uncommitted",
             )
             self.metrics.broker_check = self.source.broker_connected
             self._watch_stop = threading.Event()
@@ -468,6 +498,8 @@ class Processor:
         offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
         if self.changelog is not None:
             self._forget(sps)  # their next owner restores them from the changelog
+        if self.exactly_once:
+            return {}  # committed inside the transaction already
         return offsets
 
     def _forget(self, sps: list[SourcePartition]) -> None:
@@ -489,12 +521,91 @@ class Processor:
 
     # -- checkpointing ---------------------------------------------------------------------------
     def _checkpoint(self, commit: bool = True) -> None:
-        """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee)."""
-        self.checkpointer.run(
-            self._flush, self._write_state, self.source.commit if commit else None
-        )
+        """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee).
+
+        exactly_once: the three steps end one Kafka transaction (offsets are committed through
+        it, also before partitions are revoked); a failed one is aborted and rolled back."""
+        if self._fenced is not None:
+            raise self._fenced
+        if self.exactly_once:
+            try:
+                self.checkpointer.run(self._flush, self._write_state, self._commit_transaction)
+            except Exception as e:
+                self._transaction_failed(e)
+                return
+        else:
+            self.checkpointer.run(
+                self._flush, self._write_state, self.source.commit if commit else None
+            )
         self.metrics.last_checkpoint = time.time()
         self.metrics.checkpoints.inc()
+
+    def _commit_transaction(self, positions: dict[SourcePartition, int]) -> None:
+        """exactly_once: the consumed offsets join the transaction, which commits; the next
+        one begins. Offsets go with the consumer's group metadata (generation, member id:
+        KIP-447), so the group coordinator refuses them from a member the group has moved on
+        from (a zombie), and then the whole transaction is aborted."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        offsets = {
+            TopicPartition(sp.name, sp.partition): OffsetAndMetadata(o, "", -1)
+            for sp, o in positions.items()
+            if sp.kind == "kafka"
+        }
+        if offsets:
+            self.producer.send_offsets_to_transaction(
+                offsets, self.source.consumer.group_metadata()
+            )
+        self.producer.commit_transaction()
+        self.transactions += 1
+        self.producer.begin_transaction()
+
+    def _transaction_failed(self, err: BaseException) -> None:
+        """Abort the transaction and roll back to its start: every assigned partition's state
+        is restored from the changelog (the last committed transaction's) and the consumer
+        seeks to the offsets stored with it, so the aborted records are processed again.
+        A fenced producer (another instance took over its transactional id or the broker
+        timed its transaction out) cannot go on: the processor stops."""
+        from kafka import TopicPartition
+        from kafka.errors import InvalidProducerEpochError, ProducerFencedError
+
+        fatal = isinstance(err, (ProducerFencedError, InvalidProducerEpochError))
+        if not fatal:
+            log.warning("transaction failed (%r): aborting and rolling back", err)
+            try:
+                self.producer.abort_transaction()
+            except Exception as e:
+                fatal, err = True, e
+        if fatal:
+            self._fenced = RuntimeError(
+                f"exactly_once: this instance's producer was fenced ({err!r}): another "
+                "instance has taken over its partitions or transactional id; stopping without "
+                "committing anything more"
+            )
+            self.stop()
+            raise self._fenced from err
+        self.aborts += 1
+        for sink in (self.out, self.dead):
+            if isinstance(sink, KafkaSink):
+                sink._errors.clear()  # of the aborted transaction
+        self.changelog._errors.clear()
+        consumer = self.source.consumer
+        mine = sorted(SourcePartition.kafka(tp.topic, tp.partition) for tp in consumer.assignment())
+        self._forget(sorted(set(self.offsets) | set(mine)))
+        self.source.forget(sp.tp for sp in mine)
+        seeks = self._restore(mine, {})
+        for sp in mine:
+            tp = TopicPartition(sp.name, sp.partition)
+            if sp in seeks:
+                consumer.seek(tp, seeks[sp])
+            elif self.cfg.kafka.auto_offset_reset == "earliest":
+                consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek_to_end(tp)
+        self.checkpointer.since = 0
+        self.producer.begin_transaction()
+        log.warning("rolled back to the last committed transaction: %s", seeks)
 
     def _flush(self) -> None:
         self.out.flush()
@@ -969,6 +1080,15 @@ class Processor:
             self.source.close()
         if self.changelog is not None:
             self.changelog.close()
+
+
+def _default_transactional_id(k) -> str:
+    """``<group>-<instance or client id>-<random>``: unique per process, as Kafka Streams'
+    exactly_once_v2 makes it; zombies are fenced by the group generation sent with the offsets
+    (and by the transaction timeout), not by reusing the id."""
+    import uuid
+
+    return f"{k.group_id}-{k.group_instance_id or k.client_id}-{uuid.uuid4().hex[:12]}"
 
 
 def _hint(reasons: list[tuple[str, int]], cfg: ServiceConfig) -> str:

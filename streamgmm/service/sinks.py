@@ -121,8 +121,9 @@ def is_regular_output(path: str) -> bool:
         return True
 
 
-def make_producer(cfg):
-    """A kafka-python producer tuned for throughput (batching, short linger)."""
+def make_producer(cfg, **extra):
+    """A kafka-python producer tuned for throughput (batching, short linger); ``extra``: more
+    producer settings (e.g. ``transactional_id``)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
@@ -131,6 +132,7 @@ def make_producer(cfg):
         linger_ms=cfg.linger_ms,
         batch_size=cfg.producer_batch_size,
         max_request_size=16 * 1024 * 1024,
+        **extra,
     )
 
 

@@ -379,6 +379,7 @@ class KafkaSource:
         on_lost: Callable[[list[SourcePartition]], None],
         journal=None,
         replay: list | None = None,
+        isolation_level: str = "read_uncommitted",
     ):
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
@@ -397,6 +398,7 @@ class KafkaSource:
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
+            isolation_level=isolation_level,  # read_committed: see processing_guarantee
         )
         source = self
 
