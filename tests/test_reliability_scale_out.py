@@ -24,6 +24,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from _instances import kill_while_producing
 from _kafka import read_all
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from test_service_scope import FEATURES, _digits
@@ -152,24 +153,10 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
     procs = [start() for _ in range(3)]
     producer = threading.Thread(target=produce)
     producer.start()
-    kills = self_kills = 0
     try:
-        while producer.is_alive() or kills < 10:
-            i = rng.randrange(3)
-            working(procs[i])
-            time.sleep(rng.uniform(0.1, 2.0))
-            died = [j for j, p in enumerate(procs) if p.poll() is not None]
-            for j in died:  # killed itself at a fault point
-                kills += 1
-                self_kills += 1
-                procs[j] = start()
-            if died:
-                continue
-            procs[i].send_signal(signal.SIGKILL)
-            procs[i].wait()
-            kills += 1
-            procs[i] = start()
-        producer.join()
+        kills, self_kills = kill_while_producing(
+            procs, start, working, producer, rng, min_kills=10, pause=(0.1, 2.0)
+        )
         for j, p in enumerate(procs):  # the last ones run without fault points to the end
             if p.pid in faulty or p.poll() is not None:
                 p.kill()

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 import pytest
+from _instances import kill_while_producing
 from _kafka import read_all
 from kafka import KafkaProducer
 from test_reliability_scale_out import _expected, _records
@@ -174,24 +175,10 @@ def test_exactly_once_three_instances_sigkilled_every_input_once(
     procs = [start() for _ in range(3)]
     producer = threading.Thread(target=_produce, args=(kafka_bootstrap, tin, records))
     producer.start()
-    kills = self_kills = 0
     try:
-        while producer.is_alive() or kills < 6:
-            i = rng.randrange(3)
-            _working(procs[i])
-            time.sleep(rng.uniform(0.2, 2.0))
-            died = [j for j, p in enumerate(procs) if p.poll() is not None]
-            for j in died:  # killed itself at a fault point
-                kills += 1
-                self_kills += 1
-                procs[j] = start()
-            if died:
-                continue
-            procs[i].send_signal(signal.SIGKILL)
-            procs[i].wait()
-            kills += 1
-            procs[i] = start()
-        producer.join()
+        kills, self_kills = kill_while_producing(
+            procs, start, _working, producer, rng, min_kills=6, pause=(0.2, 2.0)
+        )
         want = len(records)
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline:
