@@ -128,8 +128,11 @@ def test_kafka_config_without_a_broker_is_one_clear_message(tmp_path):
         STREAMGMM_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{_closed_port()}",
         STREAMGMM_CHECKPOINT__DIR=str(tmp_path / "ck"),
         STREAMGMM_METRICS_PORT="0",
+        STREAMGMM_KAFKA__BOOTSTRAP_TIMEOUT_MS="2000",
     )
+    t0 = time.monotonic()
     r = _cli("run", "--config", os.path.join(ROOT, "configs", "kafka.yaml"), env=env, timeout=90)
+    assert time.monotonic() - t0 < 20  # kafka.bootstrap_timeout_ms is honoured
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and "KafkaTimeoutError: KafkaTimeoutError" not in r.stderr
     [msg] = [s for s in r.stderr.splitlines() if "streamgmm:" in s or '"error"' in s]

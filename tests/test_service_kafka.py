@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from _kafka import read_all
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import CoordinatorNotAvailableError
 
 from streamgmm.service.checkpoint import latest_checkpoint
 from streamgmm.service.config import load_config
@@ -196,7 +197,11 @@ def _wait_for_members(admin, group, n, timeout=60.0):
     """Until the group is stable with n members that all hold partitions."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        g = admin.describe_groups([group]).get(group) or {}
+        try:
+            g = admin.describe_groups([group]).get(group) or {}
+        except CoordinatorNotAvailableError:  # a fresh broker still creating __consumer_offsets
+            time.sleep(0.2)
+            continue
         members = g.get("members") or []
         if (
             g.get("group_state") == "Stable"
@@ -213,11 +218,12 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     valid = _produce(kafka_bootstrap, tin, 15000, bad_every=200)
     procs = []
     for i in range(2):
-        # The idle timeout is long enough that the first instance, having drained the first
-        # half, still waits for the second one to start and join on a loaded 2-core machine.
+        # No idle timeout: the instances run until the test has seen every input answered and
+        # stops them (SIGTERM: flush, checkpoint, commit), so no instance leaves early on a
+        # loaded machine and the test does not sit out an idle timeout on a quiet one.
         cmd = _run_cmd(
             kafka_bootstrap, tin, tout, tdlq, "g-two", tmp_path / f"ck{i}",
-            "--max-poll-records", "100", "--idle-timeout", "12",
+            "--max-poll-records", "100",
         )  # fmt: skip
         procs.append(
             subprocess.Popen(
@@ -231,6 +237,17 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     # could otherwise drain the topic before the second one has even started.
     _wait_for_members(kafka_admin, "g-two", 2)
     valid += _produce(kafka_bootstrap, tin, 15000, seed=1, bad_every=200, start=15000)
+    inputs = _input_coords(tin, kafka_bootstrap)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        answered = _coords(read_all(kafka_bootstrap, tout)) + _coords(
+            read_all(kafka_bootstrap, tdlq)
+        )
+        if len(set(answered)) >= len(inputs) or any(p.poll() is not None for p in procs):
+            break
+        time.sleep(0.5)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
     errs = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], errs
     metas = [latest_checkpoint(tmp_path / f"ck{i}").meta for i in range(2)]
@@ -241,7 +258,7 @@ def test_kafka_two_instances_split_partitions(kafka_bootstrap, kafka_admin, new_
     assert owned[0] and owned[1] and not owned[0] & owned[1]
     outs, dead = read_all(kafka_bootstrap, tout), read_all(kafka_bootstrap, tdlq)
     got = _coords(outs) + _coords(dead)
-    assert sorted(set(got)) == _input_coords(tin, kafka_bootstrap)  # nothing lost
+    assert sorted(set(got)) == inputs  # nothing lost
     # a rebalance replays at most what was in flight, never learned twice by one model
     assert sum(m["n_samples_seen"] for m in metas) <= valid + (len(got) - len(set(got)))
 

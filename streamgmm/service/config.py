@@ -174,6 +174,10 @@ class KafkaConfig(_Strict):
     max_poll_records: int = Field(2000, ge=1)
     poll_timeout_ms: int = Field(200, ge=1)
     session_timeout_ms: int = Field(10000, ge=1000)
+    # How long to wait for the first broker to answer before "cannot reach Kafka" (exit 1).
+    # Shorter than kafka-python's 30 s: a newcomer without a broker should not wait half a
+    # minute for the message; a broker that is still starting usually answers within seconds.
+    bootstrap_timeout_ms: int = Field(15000, ge=100)
     linger_ms: int = Field(5, ge=0)
     producer_batch_size: int = Field(262144, ge=1024)
     # processing_guarantee exactly_once: the producer's transactional id (None: group id,

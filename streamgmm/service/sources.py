@@ -335,6 +335,7 @@ def committed_offsets(cfg, timeout_ms: int = 15_000) -> dict[tuple[str, int], in
         client_id=cfg.client_id,
         enable_auto_commit=False,
         request_timeout_ms=timeout_ms,
+        bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
     )
     try:
         tps = [TopicPartition(t, p) for t in cfg.topics for p in (c.partitions_for_topic(t) or ())]
@@ -395,6 +396,7 @@ class KafkaSource:
             auto_offset_reset=cfg.auto_offset_reset,
             max_poll_records=cfg.max_poll_records,
             session_timeout_ms=cfg.session_timeout_ms,
+            bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
