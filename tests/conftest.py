@@ -29,6 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import kafka_broker as kafka_broker_module
 
+# One BLAS thread in the tests and the CLI processes they start (set before numpy is first
+# imported; the variables are read when the BLAS library loads): the tests share 2 cores with
+# the broker's JVM and each other's subprocesses, and BLAS threads then only contend (measured
+# on a loaded machine: the wide-data gate test's 200x200 warm-up fits took 199 s with default
+# threads, 51 s with one).
+for _blas_threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_blas_threads, "1")
+
 
 @pytest.fixture(scope="session")
 def _managed_kafka_broker():

@@ -1,7 +1,8 @@
 """Crash recovery against the real broker: the real CLI, SIGKILLed twice in each of its 7 phases.
 
 The crash loop lives in ``scripts/fault_injection.py`` (also a stand-alone soak test); here it
-runs at CI scale (14 kills; the stand-alone soak runs more). What must hold after the SIGKILLs and a final run to the end of the topic:
+runs at CI scale (14 kills; the stand-alone soak runs more). What must hold after the SIGKILLs
+and a final run to the end of the topic:
 
 - zero lost: every input offset has an output or a dead letter;
 - duplicates (at-least-once outputs) are byte-identical to their first copy, key included: the
@@ -36,9 +37,7 @@ def _fault_injection():
 RECORDS, KILLS, PARTITIONS, BAD_EVERY = 200_000, 2 * 7, 4, 1000
 
 
-def test_sigkill_twice_in_every_phase_loses_nothing_learns_nothing_twice(
-    kafka_bootstrap, tmp_path
-):
+def test_sigkill_twice_in_every_phase_loses_nothing_learns_nothing_twice(kafka_bootstrap, tmp_path):
     fi = _fault_injection()
     f = fi.experiment(
         kafka_bootstrap,
