@@ -988,14 +988,14 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             raise NotFittedError("fold_increment needs a model past its warm-up")
         if inc.n_samples == 0:
             return
-        mine = self.group_statistics(inc.stats.center)
-        if inc.stats.s1.shape != mine.s1.shape or inc.stats.covariance_type != (
+        if inc.stats.s1.shape != self._means.shape or inc.stats.covariance_type != (
             self.covariance_type
         ):
             raise ValueError(
                 f"increment of {inc.stats.covariance_type} statistics {inc.stats.s1.shape} "
-                f"does not fit this {self.covariance_type} model {mine.s1.shape}"
+                f"does not fit this {self.covariance_type} model {self._means.shape}"
             )
+        mine = self.group_statistics(inc.stats.center)
         a_s = self._decay(self.n_samples_seen_, self.n_samples_seen_ + inc.n_samples)
         s0, means, cov = fold(mine, inc, a_s).moments()
         if not (np.isfinite(s0).all() and (s0 > 0).all()):
