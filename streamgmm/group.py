@@ -57,7 +57,8 @@ Example
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> base = MixtureStatistics.random(rng, k=2, d=3)
->>> local = base.scaled(0.9).plus(MixtureStatistics.random(rng, 2, 3, center=base.center).scaled(0.1))
+>>> rows = MixtureStatistics.random(rng, 2, 3, center=base.center)
+>>> local = base.scaled(0.9).plus(rows.scaled(0.1))
 >>> inc = increment(local, base, decay=0.9, n_samples=5)
 >>> np.allclose(fold(base, inc, decay=0.9).s2, local.s2)   # same steps: back to the local
 True

@@ -118,7 +118,7 @@ def test_statistics_about_a_center_round_trip(seed, ct, offset):
     w, means, cov = s.moments()
     means = means + offset
     stats = MixtureStatistics.from_moments(w, means, cov, ct, center=means + rng.normal(size=3))
-    w2, m2, c2 = stats.moments()
+    _, m2, c2 = stats.moments()
     np.testing.assert_allclose(m2, means, rtol=1e-12)
     np.testing.assert_allclose(c2, cov, rtol=1e-6, atol=1e-9)
 

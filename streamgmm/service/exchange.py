@@ -1,0 +1,322 @@
+"""One model across a consumer group: increments exchanged through a Kafka topic.
+
+With model scope ``global`` and ``model.exchange`` on (``--model-exchange``), every instance of
+the consumer group learns from its own partitions and the instances exchange what they learned
+through one topic, ``<group>-<input topic>-exchange`` (1 partition, created if missing,
+``retention.ms=-1``), so the group converges on one model whose components stay aligned.  The
+numbers are the core's (:mod:`streamgmm.group`); this module is the Kafka side.
+
+Messages (key: the sending process's id; value: the state codec's bytes, no pickle):
+
+``base``
+    a whole model (:meth:`~streamgmm.OnlineGaussianMixture.get_state`) with an id.  The first
+    base in the topic is *the* base: every instance adopts it.  An instance whose model
+    finishes its warm-up before it has seen a base publishes its own as a candidate; if another
+    candidate came first in the topic, it adopts that one and learns its own rows again on top
+    (it keeps the rows it learned until its candidacy is decided), so no record is lost and the
+    components are the same everywhere.
+``increment``
+    ``D = L - a R`` (:meth:`~streamgmm.OnlineGaussianMixture.increment_since`): what the
+    sender learned since its last exchange, with its decay ``a``, row count and the base id.
+    Every other instance folds it in (:meth:`~streamgmm.OnlineGaussianMixture.fold_increment`);
+    increments of another base are ignored (a lost candidate's: its rows are learned again).
+
+An exchange (a *tick*) happens at every checkpoint, in its middle: after the outputs are
+flushed, before the offsets are committed.  It sends the increment, then reads the topic to its
+end and folds the others' increments, then takes the new reference ``R``; no row is learned in
+between, so the next increment holds this instance's rows only.  While no record comes in, the
+topic is still read every ``checkpoint.every_seconds`` (an idle tick), so an idle instance keeps
+up with the others.
+
+No instance is special.  **Joining**: an instance starts (or restarts, on any machine) by
+reading the topic from the beginning -- the base, then every increment in topic order -- which
+is the group's model; its input positions are the group's committed offsets.  **Leaving**: its
+increments are in the topic already, up to its last committed offsets, so nothing is lost; the
+records after them are processed again by the partitions' next owner.  With
+``at_least_once`` a crash between sending an increment and committing the offsets makes that
+owner learn those records a second time (the outputs repeat anyway).  With ``exactly_once`` the
+increment is sent inside the checkpoint's transaction, with the outputs and the offsets, and
+the topic is read ``read_committed``: every record is learned by the group exactly once; an
+aborted transaction rolls the model back by reading the topic again.
+
+**Components.**  With ``n_components="auto"`` the component set must be the same for all: the
+base's components are frozen (:meth:`~streamgmm.OnlineGaussianMixture.freeze_components`: no
+birth, merge, death nor re-seeding; poorly explained rows are learned, not held back).  Choose
+``n_components`` (or let the base's BIC choice stand) knowing K will not follow the stream.
+
+Not done: the topic is never compacted or re-based (a new base that folds in the increments so
+far would let a joiner start there); it grows by one increment per instance per checkpoint
+(about ``K D^2`` doubles each), and a joiner reads all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import numpy as np
+
+from streamgmm.group import Increment, MixtureStatistics
+from streamgmm.persistence import decode_state, encode_state
+
+__all__ = ["ModelExchange", "exchange_topic"]
+
+log = logging.getLogger("streamgmm.service.exchange")
+
+#: Version of an exchange message's encoding.
+EXCHANGE_FORMAT_VERSION = 1
+#: Largest message (a base of K=10, D=100 full covariances is ~1.6 MB).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def exchange_topic(group_id: str, topic: str) -> str:
+    """The default exchange topic of a consumer group reading ``topic``."""
+    return f"{group_id}-{topic}-exchange"
+
+
+class ModelExchange:
+    """The exchange of one instance (see the module docstring).
+
+    Parameters
+    ----------
+    kafka
+        The :class:`~streamgmm.service.config.KafkaConfig`.
+    topic
+        The exchange topic (created if missing).
+    producer
+        The transactional producer (``exactly_once``: increments join the checkpoint's
+        transaction), or ``None``: the exchange sends through a producer of its own and waits
+        for the acknowledgement at each tick.
+    read_committed
+        Read only committed transactions' messages (``exactly_once``).
+    every_seconds
+        Least time between idle ticks.
+
+    Attributes
+    ----------
+    base_id
+        The base this instance's model comes from (``None``: none yet; warming up).
+    confirmed
+        Whether ``base_id`` is known to be the group's (first in the topic).
+    sent, folded
+        Increments sent and folded by this process.
+    """
+
+    def __init__(self, kafka, topic, producer=None, read_committed=False, every_seconds=1.0):
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.kafka = kafka
+        self.topic = topic
+        self.sender = uuid.uuid4().hex[:16]
+        self.every_seconds = float(every_seconds or 1.0)
+        self._own_producer = producer is None
+        if producer is None:
+            from .sinks import make_producer
+
+            producer = make_producer(kafka)
+        self.producer = producer
+        self._ensure_topic()
+        self.tp = TopicPartition(topic, 0)
+        self.reader = KafkaConsumer(
+            bootstrap_servers=kafka.bootstrap_servers.split(","),
+            client_id=f"{kafka.client_id}-exchange",
+            enable_auto_commit=False,
+            fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
+        )
+        self.reader.assign([self.tp])
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything read (before reading the topic again from its beginning)."""
+        self.reader.seek_to_beginning(self.tp)
+        self.base_id: str | None = None  # the base this model comes from
+        self.winner: str | None = None  # the first base in the topic
+        self.confirmed = False
+        self.ref: MixtureStatistics | None = None
+        self.own_rows: list[np.ndarray] = []  # learned while the base is not decided
+        self.sent = self.folded = 0
+        self.last_tick = time.monotonic()
+
+    def _ensure_topic(self) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(
+            bootstrap_servers=self.kafka.bootstrap_servers.split(","),
+            client_id=f"{self.kafka.client_id}-admin",
+        )
+        try:
+            if self.topic in set(admin.list_topics()):
+                return
+            try:
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            self.topic,
+                            1,
+                            1,
+                            topic_configs={
+                                "retention.ms": "-1",  # the base must stay
+                                "max.message.bytes": str(MAX_MESSAGE_BYTES),
+                            },
+                        )
+                    ]
+                )
+                log.info("created model exchange topic %s", self.topic)
+            except TopicAlreadyExistsError:
+                pass  # another instance created it meanwhile
+        finally:
+            admin.close()
+
+    # -- the hooks the processor calls ------------------------------------------------------
+    def restore(self, slot) -> None:
+        """Join: the group's model from the topic (base, then every increment in order)."""
+        t0 = time.perf_counter()
+        self.reset()
+        self._read(slot)
+        log.info(
+            "model exchange %s: %s, %d increments folded in %.3f s (%d rows learned)",
+            self.topic,
+            f"joined base {self.base_id}" if self.base_id else "no base yet",
+            self.folded,
+            time.perf_counter() - t0,
+            int(getattr(slot.model, "n_samples_seen_", 0)),
+        )
+
+    def learned(self, slot, X) -> None:
+        """Rows the model just learned: kept while its base is undecided (to learn them again
+        on the group's base if another candidate wins)."""
+        if not self.confirmed:
+            self.own_rows.append(np.array(X, dtype=np.float64, copy=True))
+
+    def tick(self, slot) -> None:
+        """Send this instance's increment (or its base candidate), then read and fold the
+        others'. Inside a checkpoint: after the outputs' flush, before the offsets' commit."""
+        model = slot.model
+        if self.base_id is not None:
+            inc = model.increment_since(self.ref, self.base_id)
+            if inc.n_samples:
+                self._send("increment", inc.stats.to_arrays(), self._inc_meta(inc))
+                self.sent += 1
+        elif getattr(model, "has_model_", False) and not model.warming_up_:
+            # Past the warm-up and no base seen: this model is a candidate.
+            model.freeze_components()
+            self.base_id = f"{self.sender}-{model.n_samples_seen_}"
+            arrays, meta = model.get_state()
+            self._send("base", arrays, {"id": self.base_id, "model_meta": meta})
+            log.info("model exchange: base candidate %s sent", self.base_id)
+        if self._own_producer:
+            self.producer.flush()  # acknowledged before the offsets are committed
+        self._read(slot)
+        self.last_tick = time.monotonic()
+
+    def idle_tick(self, slot) -> None:
+        """While no record comes in (nothing learned since the last tick): read and fold."""
+        if time.monotonic() - self.last_tick < self.every_seconds:
+            return
+        self._read(slot)
+        self.last_tick = time.monotonic()
+
+    def close(self) -> None:
+        self.reader.close()
+        if self._own_producer:
+            self.producer.close(timeout=10)
+
+    # -- internals ----------------------------------------------------------------------------
+    def _inc_meta(self, inc: Increment) -> dict:
+        return {
+            "base": inc.base_version,
+            "decay": inc.decay,
+            "n": inc.n_samples,
+            "covariance_type": inc.stats.covariance_type,
+        }
+
+    def _send(self, kind: str, arrays: dict, meta: dict) -> None:
+        blob = encode_state(
+            arrays,
+            {"type": kind, "sender": self.sender, **meta},
+            format_version=EXCHANGE_FORMAT_VERSION,
+        )
+        self.producer.send(self.topic, key=self.sender.encode(), value=blob, partition=0)
+
+    def _read(self, slot, timeout: float = 30.0) -> None:
+        """Every message up to the topic's end now, in order; then the new reference ``R``
+        (before any own rows learned again: those are the next increment)."""
+        end = self.reader.end_offsets([self.tp])[self.tp]
+        adopted = False
+        deadline = time.monotonic() + timeout
+        while self.reader.position(self.tp) < end:
+            if time.monotonic() > deadline:
+                log.warning("model exchange: topic not read to its end within %.0f s", timeout)
+                break
+            for msgs in self.reader.poll(timeout_ms=200, max_records=1000).values():
+                for msg in msgs:
+                    adopted |= self._message(slot, msg)
+        if self.base_id is not None:
+            self.ref = slot.model.group_statistics()
+        if adopted and self.own_rows:
+            # This instance's rows learned on a base that lost (or before any): learned again
+            # on the group's base, they are its next increment.
+            rows = np.concatenate(self.own_rows)
+            self.own_rows = []
+            slot.gate.score_and_learn(slot.model, rows)
+            log.info(
+                "model exchange: %d own rows learned again on base %s", len(rows), self.base_id
+            )
+        if self.confirmed:
+            self.own_rows = []
+
+    def _message(self, slot, msg) -> bool:
+        """Apply one message; True when it made this instance adopt a base."""
+        try:
+            arrays, meta = decode_state(
+                msg.value, accept_versions=(EXCHANGE_FORMAT_VERSION,), where="exchange message"
+            )
+        except ValueError as e:
+            log.error("model exchange: offset %d skipped: %s", msg.offset, e)
+            return False
+        kind = meta.get("type")
+        if kind == "base":
+            if self.winner is not None:
+                return False  # a candidate that came too late
+            self.winner = meta["id"]
+            self.confirmed = True
+            if self.base_id == self.winner:
+                log.info("model exchange: this instance's base %s is the group's", self.winner)
+                return False
+            self._adopt(slot, arrays, meta)
+            return True
+        if kind != "increment" or meta.get("base") != self.winner or self.winner is None:
+            return False
+        if meta.get("sender") == self.sender or self.base_id != self.winner:
+            return False  # this instance's own, already in its model
+        stats = MixtureStatistics.from_arrays(arrays, meta["covariance_type"])
+        inc = Increment(stats, float(meta["decay"]), int(meta["n"]), meta["base"])
+        try:
+            slot.model.fold_increment(inc)
+        except ValueError as e:
+            log.error("model exchange: increment at offset %d not folded: %s", msg.offset, e)
+            return False
+        self.folded += 1
+        return False
+
+    def _adopt(self, slot, arrays, meta) -> None:
+        from streamgmm import OnlineGaussianMixture
+
+        model = OnlineGaussianMixture.from_state(arrays, meta["model_meta"])
+        if not model.components_frozen_:
+            model.freeze_components()
+        slot.model = model
+        slot.dirty = True
+        if getattr(slot.gate, "calibrate", None) is not None:
+            slot.gate.calibrate(model)
+        self.base_id = self.winner
+        log.info(
+            "model exchange: adopted the group's base %s (%d rows, K=%d)",
+            self.base_id,
+            model.n_samples_seen_,
+            model.n_components_,
+        )
