@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
+from _instances import kill_while_producing
+from _kafka import read_all
 from river import datasets
 
 from streamgmm.service.checkpoint import CheckpointStore
@@ -205,3 +211,124 @@ def test_three_instances_share_one_model(kafka_bootstrap, new_topic, tmp_path):
         ex.close()
     assert slot.model.n_samples_seen_ == len(valid)
     assert abs(slot.model.score(test) - ll.mean()) < AGREE_LL
+
+
+def _committed_sources(bootstrap, topics) -> Counter:
+    seen = Counter()
+    for t in topics:
+        for m in read_all(bootstrap, t, timeout=20, isolation_level="read_committed"):
+            src = json.loads(m.value)["source"]
+            seen[(src["partition"], src["offset"])] += 1
+    return seen
+
+
+def test_exactly_once_group_model_sigkilled_learns_every_record_once(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """exactly_once with the model exchange: increments commit with the outputs and offsets.
+    Instances are SIGKILLed (once inside the transaction: increment sent, not committed) and
+    restarted with empty checkpoint directories: a read_committed reader finds exactly one
+    output or dead letter per input, and the group's model (read from the exchange topic)
+    learned exactly the valid records. Kills start once the group's base is decided: a
+    candidate that loses the base race keeps its warm-up rows in memory until its next
+    checkpoint (see exchange.py)."""
+    X = _bananas()[:3000]
+    records = _records(X)
+    n_valid = sum(b"not a" not in v for _, v in records)
+    tin, tout = new_topic(PARTITIONS), new_topic(PARTITIONS)
+    tdlq = tout + ".dlq"
+    group = "g-exchange-eos"
+    env = {
+        **os.environ,
+        "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "3000",
+        "STREAMGMM_KAFKA__TRANSACTION_TIMEOUT_MS": "4000",
+    }
+    extra = ["--processing-guarantee", "exactly_once", "--idle-timeout", "60",
+             "--checkpoint-interval", "0.5"]  # fmt: skip
+    n = 0
+
+    def start(fault=None):
+        nonlocal n
+        n += 1
+        log = open(tmp_path / f"log{n}.txt", "w")  # noqa: SIM115 - closed with the process
+        penv = {**env, "SGMM_FAULTS": fault} if fault else env
+        cmd = _cmd(kafka_bootstrap, tin, tout, group, tmp_path / f"ck{n}", extra)
+        p = subprocess.Popen(cmd, env=penv, stdout=log, stderr=log)
+        p.log_path = log.name
+        return p
+
+    def working(proc, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            text = _text(proc.log_path)
+            if "partitions assigned: ['" in text and "model exchange: " in text:
+                return
+            time.sleep(0.2)
+
+    procs = [start() for _ in range(3)]
+    base_decided = threading.Event()
+
+    def produce():
+        from kafka import KafkaProducer
+
+        prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
+        for i, (p, value) in enumerate(records):
+            prod.send(tin, value=value, partition=p)
+            if i % 300 == 299:
+                prod.flush()
+                if not base_decided.is_set():
+                    deadline = time.monotonic() + 30
+                    while time.monotonic() < deadline and not any(
+                        "is the group's" in _text(q.log_path) for q in procs
+                    ):
+                        time.sleep(0.2)
+                    base_decided.set()
+                time.sleep(1.0)
+        prod.flush()
+        prod.close()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    t0 = time.monotonic()
+    try:
+        base_decided.wait(60)
+        # One instance kills itself inside a transaction (increment sent, not committed).
+        procs[0].kill()
+        procs[0].wait()
+        procs[0] = start("commit:kill@2")
+        kills, _ = kill_while_producing(
+            procs, start, working, producer, random.Random(3), min_kills=3, pause=(0.5, 2.0)
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            for j, p in enumerate(procs):
+                if p.poll() is not None:
+                    procs[j] = start()
+            seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+            if len(seen) >= len(records):
+                break
+            time.sleep(1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    print(f"{kills + 1} kills, {time.monotonic() - t0:.1f} s")
+    seen = _committed_sources(kafka_bootstrap, (tout, tdlq))
+    dups = {k: c for k, c in seen.items() if c > 1}
+    assert not dups, f"{len(dups)} inputs with duplicate committed outputs"
+    assert len(seen) == len(records), f"{len(records) - len(seen)} inputs without output"
+    kcfg = KafkaConfig(bootstrap_servers=kafka_bootstrap, topics=[tin], group_id=group)
+    cfg = load_config(overrides={"kafka": {**kcfg.model_dump(), "output_topic": tout}}, env={})
+    slot = Slot(*build_model(cfg))
+    ex = ModelExchange(kcfg, exchange_topic(group, tin), read_committed=True)
+    try:
+        ex.restore(slot)
+    finally:
+        ex.close()
+    assert slot.model.n_samples_seen_ == n_valid

@@ -195,6 +195,8 @@ class ModelExchange:
     def tick(self, slot) -> None:
         """Send this instance's increment (or its base candidate), then read and fold the
         others'. Inside a checkpoint: after the outputs' flush, before the offsets' commit."""
+        if self.base_id is None:
+            self._read(slot)  # a base may have come meanwhile: join it rather than compete
         model = slot.model
         if self.base_id is not None:
             inc = model.increment_since(self.ref, self.base_id)

@@ -565,10 +565,13 @@ class Processor:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        # Only partitions this instance owns now: global scope keeps the positions of released
+        # ones (see _on_assigned), and committing those would move another owner's back.
+        mine = self.source.consumer.assignment()
         offsets = {
-            TopicPartition(sp.name, sp.partition): OffsetAndMetadata(o, "", -1)
+            tp: OffsetAndMetadata(o, "", -1)
             for sp, o in positions.items()
-            if sp.kind == "kafka"
+            if sp.kind == "kafka" and (tp := TopicPartition(sp.name, sp.partition)) in mine
         }
         if offsets:
             self.producer.send_offsets_to_transaction(
