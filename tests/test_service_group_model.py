@@ -332,3 +332,81 @@ def test_exactly_once_group_model_sigkilled_learns_every_record_once(
     finally:
         ex.close()
     assert slot.model.n_samples_seen_ == n_valid
+
+
+def test_exactly_once_group_model_failed_transaction_is_rolled_back(kafka_bootstrap, new_topic):
+    """A checkpoint fails after the increment was sent (inside the transaction): aborted, the
+    model is read again from the exchange topic and the input resumes at the committed offsets,
+    so every record is output once and learned once (in memory and in the topic)."""
+    from streamgmm.service import faults
+
+    X = _bananas()[:1500]
+    records = _records(X)
+    n_valid = sum(b"not a" not in v for _, v in records)
+    tin, tout = new_topic(PARTITIONS), new_topic(PARTITIONS)
+    _produce(kafka_bootstrap, tin, records)
+    group = "g-exchange-abort"
+    cfg = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "topics": [tin],
+                "output_topic": tout,
+                "dead_letter_topic": tout + ".dlq",
+                "group_id": group,
+                "max_poll_records": 100,
+            },
+            "features": FEATURES,
+            "model": {"n_components": 5, "warm_up": 200, "exchange": True},
+            "gate": {"enabled": False},
+            "checkpoint": {"every_records": 300, "every_seconds": None},
+            "idle_timeout": 3.0,
+            "processing_guarantee": "exactly_once",
+        },
+        env={},
+    )
+    faults.configure("commit:enospc@3")  # the third transaction fails before its commit
+    try:
+        proc = Processor(cfg, handle_signals=False)
+        proc.run()
+    finally:
+        faults.configure(None)
+    assert proc.aborts == 1 and proc.transactions >= 3
+    seen = _committed_sources(kafka_bootstrap, (tout, tout + ".dlq"))
+    assert max(seen.values()) == 1 and len(seen) == len(records)
+    assert proc.model.n_samples_seen_ == n_valid
+    kcfg = KafkaConfig(bootstrap_servers=kafka_bootstrap, topics=[tin], group_id=group)
+    slot = Slot(*build_model(cfg))
+    ex = ModelExchange(kcfg, exchange_topic(group, tin), read_committed=True)
+    try:
+        ex.restore(slot)
+    finally:
+        ex.close()
+    assert slot.model.n_samples_seen_ == n_valid
+
+
+@pytest.mark.parametrize(
+    ("over", "says"),
+    [
+        ({"processing_guarantee": "exactly_once"}, "model exchange"),
+        ({"model": {"exchange": True, "scope": "key"}}, "model.exchange"),
+    ],
+)
+def test_config_refuses_global_exactly_once_without_exchange_and_exchange_off_global(over, says):
+    from streamgmm.service.config import ConfigError
+
+    base = {
+        "kafka": {
+            "bootstrap_servers": "x:1",
+            "topics": ["in"],
+            "output_topic": "out",
+            "group_id": "g",
+        },
+    }
+    with pytest.raises(ConfigError, match=says):
+        load_config(overrides={**base, **over}, env={})
+    ok = load_config(
+        overrides={**base, "processing_guarantee": "exactly_once", "model": {"exchange": True}},
+        env={},
+    )
+    assert ok.model.exchange and "exchange" not in ok.model.estimator_params()

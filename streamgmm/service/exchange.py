@@ -108,7 +108,6 @@ class ModelExchange:
 
         self.kafka = kafka
         self.topic = topic
-        self.sender = uuid.uuid4().hex[:16]
         self.every_seconds = float(every_seconds or 1.0)
         self._own_producer = producer is None
         if producer is None:
@@ -131,6 +130,9 @@ class ModelExchange:
 
     def reset(self) -> None:
         """Forget everything read (before reading the topic again from its beginning)."""
+        # A new sender id: this instance's earlier increments are not in the model any more
+        # (a rollback rebuilds it), so they are folded like anyone's.
+        self.sender = uuid.uuid4().hex[:16]
         self.reader.seek_to_beginning(self.tp)
         self.base_id: str | None = None  # the base this model comes from
         self.winner: str | None = None  # the first base in the topic
