@@ -37,6 +37,12 @@ the processor.  Transactional id: one per process (``kafka.transactional_id``, d
 are fenced by the group generation and the transaction timeout, and a partition's new owner
 waits until no transaction of its previous owner is open on the changelog before restoring.
 
+``processing_guarantee: exactly_once`` with scope ``global`` needs ``model.exchange`` (one model
+across the group, :mod:`~streamgmm.service.exchange`): the model's increment joins the
+transaction instead of a changelog state, and a rollback reads the exchange topic again.  The
+exchange itself hooks in at two places only: the model step (:meth:`Processor._step` tells it
+the rows learned) and the checkpoint's state write (its tick: send, read, fold).
+
 Records scored before any model exists (the very first mini-batch of a fresh run) get
 ``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
 core's warm-up, scores come from its provisional fit and the threshold may still be ``null``
