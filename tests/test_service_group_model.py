@@ -74,28 +74,35 @@ def _cmd(bootstrap, tin, tout, group, ckdir, extra=()):
     ]  # fmt: skip
 
 
-def _start_group(bootstrap, tin, tout, group, tmp_path, n, extra=()):
+def _start_one(bootstrap, tin, tout, group, tmp_path, i, extra=()):
     env = {**os.environ, "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "6000"}
-    procs = []
-    for i in range(n):
-        log = open(tmp_path / f"log{i}.txt", "w")  # noqa: SIM115 - closed with the process
-        p = subprocess.Popen(
-            _cmd(bootstrap, tin, tout, group, tmp_path / f"ck{i}", extra),
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-        p.log_path = log.name
-        procs.append(p)
-    # Every instance owns partitions before the records come: each learns its share.
-    deadline = time.monotonic() + 40
+    log = open(tmp_path / f"log{i}.txt", "w")  # noqa: SIM115 - closed with the process
+    p = subprocess.Popen(
+        _cmd(bootstrap, tin, tout, group, tmp_path / f"ck{i}", extra),
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    p.log_path = log.name
+    p.ckdir = tmp_path / f"ck{i}"
+    return p
+
+
+def _owning(procs, timeout=40):
+    """Until every instance owns partitions since its last revocation."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         logs = [_text(p.log_path) for p in procs]
         if all("partitions assigned: ['" in t for t in logs) and all(
             t.rfind("partitions assigned: ['") > t.rfind("partitions revoked") for t in logs
         ):
-            break
+            return
         time.sleep(0.3)
+
+
+def _start_group(bootstrap, tin, tout, group, tmp_path, n, extra=()):
+    procs = [_start_one(bootstrap, tin, tout, group, tmp_path, i, extra) for i in range(n)]
+    _owning(procs)  # every instance owns partitions before the records come
     return procs
 
 
@@ -104,15 +111,20 @@ def _text(path) -> str:
         return f.read()
 
 
-def _produce(bootstrap, tin, records):
+def _produce(bootstrap, tin, records, at=None, then=None):
+    """Every record, over ~5 s (several exchanges while the stream flows); ``then()`` once
+    ``at`` records are out."""
     from kafka import KafkaProducer
 
     prod = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     for n, (p, value) in enumerate(records):
         prod.send(tin, value=value, partition=p)
-        if n % 500 == 499:  # over ~5 s: several exchanges while the stream flows
+        if n % 500 == 499:
             prod.flush()
             time.sleep(0.5)
+        if n + 1 == at:
+            prod.flush()
+            then()
     prod.flush()
     prod.close()
 
@@ -164,18 +176,35 @@ def test_three_instances_share_one_model(kafka_bootstrap, new_topic, tmp_path):
     group = "g-exchange"
     t0 = time.monotonic()
     procs = _start_group(kafka_bootstrap, tin, tout, group, tmp_path, 3)
-    _produce(kafka_bootstrap, tin, records)
+    left = []
+
+    def leave_and_join():
+        # One instance leaves mid-stream (SIGTERM: it finishes its batch, sends its last
+        # increment, commits) and a new one joins with an empty checkpoint directory: it reads
+        # the group's model from the exchange topic and continues from the committed offsets.
+        procs[2].send_signal(signal.SIGTERM)
+        procs[2].wait(timeout=60)
+        left.append(procs[2])
+        procs[2] = _start_one(kafka_bootstrap, tin, tout, group, tmp_path, 3)
+        _owning(procs)
+
+    _produce(kafka_bootstrap, tin, records, at=2000, then=leave_and_join)
     logs = _wait(procs, tmp_path)
     elapsed = time.monotonic() - t0
+    assert left[0].returncode == 0
+    assert "joined base" in logs[2], logs[2][-2000:]
 
     models = []
-    for i in range(3):
-        ck = CheckpointStore(tmp_path / f"ck{i}", 3).load_latest()
+    for p in procs:
+        ck = CheckpointStore(p.ckdir, 3).load_latest()
         models.append(model_from_checkpoint(ck)[0])
     assert all("model exchange" in t for t in logs)
     assert sum("base candidate" in t for t in logs) >= 1
     # Every instance read its own share of the stream (not one doing it all).
-    n_in = [int(re.search(r"run summary: (\d+) records in", t).group(1)) for t in logs]
+    n_in = [
+        int(re.search(r"run summary: (\d+) records in", t).group(1))
+        for t in [*logs, _text(left[0].log_path)]
+    ]
     assert min(n_in) > 0 and sum(n_in) >= len(records), n_in
     seen = [m.n_samples_seen_ for m in models]
     assert seen == [len(valid)] * 3, (seen, len(valid))

@@ -264,11 +264,15 @@ class ModelExchange:
         if adopted and self.own_rows:
             # This instance's rows learned on a base that lost (or before any): learned again
             # on the group's base, they are its next increment.
-            rows = np.concatenate(self.own_rows)
-            self.own_rows = []
-            slot.gate.score_and_learn(slot.model, rows)
+            # Batch by batch as first learned: one block of hundreds of rows early in the
+            # stream would be one huge step on responsibilities of the base alone.
+            batches, self.own_rows = self.own_rows, []
+            for rows in batches:
+                slot.gate.score_and_learn(slot.model, rows)
             log.info(
-                "model exchange: %d own rows learned again on base %s", len(rows), self.base_id
+                "model exchange: %d own rows learned again on base %s",
+                sum(len(b) for b in batches),
+                self.base_id,
             )
         if self.confirmed:
             self.own_rows = []
