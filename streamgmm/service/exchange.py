@@ -140,6 +140,7 @@ class ModelExchange:
         self.ref: MixtureStatistics | None = None
         self.own_rows: list[np.ndarray] = []  # learned while the base is not decided
         self.sent = self.folded = 0
+        self._positions: dict[str, int] = {}
         self.last_tick = time.monotonic()
 
     def _ensure_topic(self) -> None:
@@ -172,6 +173,9 @@ class ModelExchange:
                 pass  # another instance created it meanwhile
         finally:
             admin.close()
+        # Wait until the new topic's metadata has reached the brokers' caches: a consumer
+        # group joined in the same moment was seen to get an empty assignment and not rejoin.
+        self.producer.partitions_for(self.topic)
 
     # -- the hooks the processor calls ------------------------------------------------------
     def restore(self, slot) -> None:
@@ -194,9 +198,12 @@ class ModelExchange:
         if not self.confirmed:
             self.own_rows.append(np.array(X, dtype=np.float64, copy=True))
 
-    def tick(self, slot) -> None:
+    def tick(self, slot, positions=None) -> None:
         """Send this instance's increment (or its base candidate), then read and fold the
-        others'. Inside a checkpoint: after the outputs' flush, before the offsets' commit."""
+        others'. Inside a checkpoint: after the outputs' flush, before the offsets' commit.
+        ``positions`` (next input offset per partition label), sent along: where the sender's
+        model is (a base: every record of those partitions before them is in it)."""
+        self._positions = dict(positions or {})
         if self.base_id is None:
             self._read(slot)  # a base may have come meanwhile: join it rather than compete
         model = slot.model
@@ -241,7 +248,7 @@ class ModelExchange:
     def _send(self, kind: str, arrays: dict, meta: dict) -> None:
         blob = encode_state(
             arrays,
-            {"type": kind, "sender": self.sender, **meta},
+            {"type": kind, "sender": self.sender, "positions": self._positions, **meta},
             format_version=EXCHANGE_FORMAT_VERSION,
         )
         self.producer.send(self.topic, key=self.sender.encode(), value=blob, partition=0)

@@ -664,7 +664,8 @@ class Processor:
         if self.changelog is not None:
             self._write_changelog()
         if self.exchange is not None:
-            self.exchange.tick(self.states.only())  # the model's increment, the others' in
+            positions = {sp.label: o for sp, o in self.offsets.items()}
+            self.exchange.tick(self.states.only(), positions)  # send ours, fold the others'
         if self.store is None:
             return
         arrays, meta = store_to_checkpoint(self.states)
