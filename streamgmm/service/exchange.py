@@ -130,15 +130,19 @@ class ModelExchange:
 
     def reset(self) -> None:
         """Forget everything read (before reading the topic again from its beginning)."""
-        # A new sender id: this instance's earlier increments are not in the model any more
-        # (a rollback rebuilds it), so they are folded like anyone's.
+        # A new sender id: this instance's earlier messages are not in the model any more (a
+        # rollback rebuilds it), so they are folded like anyone's.
         self.sender = uuid.uuid4().hex[:16]
         self.reader.seek_to_beginning(self.tp)
         self.base_id: str | None = None  # the base this model comes from
         self.winner: str | None = None  # the first base in the topic
+        self.base_sender: str | None = None  # ... and who sent it
         self.confirmed = False
         self.ref: MixtureStatistics | None = None
-        self.own_rows: list[np.ndarray] = []  # learned while the base is not decided
+        # Own rows learned but in no message yet (while the group's base is undecided).
+        self.own_rows: list[np.ndarray] = []
+        # Rows messages read before the base was decided: (sender, rows), in topic order.
+        self.early_rows: list[tuple[str, np.ndarray]] = []
         self.sent = self.folded = 0
         self._positions: dict[str, int] = {}
         self.last_tick = time.monotonic()
@@ -193,14 +197,15 @@ class ModelExchange:
         )
 
     def learned(self, slot, X) -> None:
-        """Rows the model just learned: kept while its base is undecided (to learn them again
-        on the group's base if another candidate wins)."""
+        """Rows the model just learned: kept while the group's base is undecided (they go out
+        as a ``rows`` message, or are in this instance's base if it wins)."""
         if not self.confirmed:
             self.own_rows.append(np.array(X, dtype=np.float64, copy=True))
 
     def tick(self, slot, positions=None) -> None:
-        """Send this instance's increment (or its base candidate), then read and fold the
-        others'. Inside a checkpoint: after the outputs' flush, before the offsets' commit.
+        """Send this instance's increment (or its base candidate, or while it has none the rows
+        it learned), then read and fold the others'. Inside a checkpoint: after the outputs'
+        flush, before the offsets' commit, so what the committed offsets cover is in the topic.
         ``positions`` (next input offset per partition label), sent along: where the sender's
         model is (a base: every record of those partitions before them is in it)."""
         self._positions = dict(positions or {})
@@ -213,12 +218,17 @@ class ModelExchange:
                 self._send("increment", inc.stats.to_arrays(), self._inc_meta(inc))
                 self.sent += 1
         elif getattr(model, "has_model_", False) and not model.warming_up_:
-            # Past the warm-up and no base seen: this model is a candidate.
+            # Past the warm-up and no base seen: this model is a candidate. Its rows since its
+            # last rows message are in it; kept until the candidacy is decided.
             model.freeze_components()
             self.base_id = f"{self.sender}-{model.n_samples_seen_}"
             arrays, meta = model.get_state()
             self._send("base", arrays, {"id": self.base_id, "model_meta": meta})
             log.info("model exchange: base candidate %s sent", self.base_id)
+        elif self.own_rows:
+            # Still warming up: the rows go out as they are, so an instance that leaves now
+            # loses nothing (the group learns them once it has a base).
+            self._send_rows()
         if self._own_producer:
             self.producer.flush()  # acknowledged before the offsets are committed
         self._read(slot)
@@ -253,11 +263,16 @@ class ModelExchange:
         )
         self.producer.send(self.topic, key=self.sender.encode(), value=blob, partition=0)
 
+    def _send_rows(self) -> None:
+        rows = np.concatenate(self.own_rows)
+        self.own_rows = []
+        self._send("rows", {"rows": rows}, {"n": len(rows)})
+
     def _read(self, slot, timeout: float = 30.0) -> None:
         """Every message up to the topic's end now, in order; then the new reference ``R``
-        (before any own rows learned again: those are the next increment)."""
+        (after any rows learned from ``rows`` messages: those are nobody's increment)."""
         end = self.reader.end_offsets([self.tp])[self.tp]
-        adopted = False
+        decided = False
         deadline = time.monotonic() + timeout
         while self.reader.position(self.tp) < end:
             if time.monotonic() > deadline:
@@ -265,27 +280,41 @@ class ModelExchange:
                 break
             for msgs in self.reader.poll(timeout_ms=200, max_records=1000).values():
                 for msg in msgs:
-                    adopted |= self._message(slot, msg)
+                    decided |= self._message(slot, msg)
+        if decided:
+            self._settle(slot)
         if self.base_id is not None:
             self.ref = slot.model.group_statistics()
+
+    def _settle(self, slot) -> None:
+        """The group's base was just decided (adopted, or this instance's own won): learn the
+        rows messages that are not in it, in topic order, and this instance's rows that are in
+        no message yet (sent now as one, so the others learn them too)."""
+        adopted = self.base_sender != self.sender
+        early, self.early_rows = self.early_rows, []
+        n = 0
+        for sender, rows in early:
+            if sender != self.base_sender:
+                self._learn_rows(slot, rows)
+                n += len(rows)
         if adopted and self.own_rows:
-            # This instance's rows learned on a base that lost (or before any): learned again
-            # on the group's base, they are its next increment.
-            # Batch by batch as first learned: one block of hundreds of rows early in the
-            # stream would be one huge step on responsibilities of the base alone.
-            batches, self.own_rows = self.own_rows, []
-            for rows in batches:
-                slot.gate.score_and_learn(slot.model, rows)
+            batches = self.own_rows
+            self._send_rows()
+            for rows in batches:  # batch by batch as first learned: no huge early step
+                self._learn_rows(slot, rows)
+                n += len(rows)
+        self.own_rows = []
+        if n:
             log.info(
-                "model exchange: %d own rows learned again on base %s",
-                sum(len(b) for b in batches),
-                self.base_id,
+                "model exchange: %d rows learned on base %s from rows messages", n, self.winner
             )
-        if self.confirmed:
-            self.own_rows = []
+
+    def _learn_rows(self, slot, rows) -> None:
+        for i in range(0, len(rows), 100):
+            slot.gate.score_and_learn(slot.model, rows[i : i + 100])
 
     def _message(self, slot, msg) -> bool:
-        """Apply one message; True when it made this instance adopt a base."""
+        """Apply one message; True when it decided the group's base for this instance."""
         try:
             arrays, meta = decode_state(
                 msg.value, accept_versions=(EXCHANGE_FORMAT_VERSION,), where="exchange message"
@@ -293,20 +322,27 @@ class ModelExchange:
         except ValueError as e:
             log.error("model exchange: offset %d skipped: %s", msg.offset, e)
             return False
-        kind = meta.get("type")
+        kind, sender = meta.get("type"), meta.get("sender")
         if kind == "base":
             if self.winner is not None:
                 return False  # a candidate that came too late
-            self.winner = meta["id"]
+            self.winner, self.base_sender = meta["id"], sender
             self.confirmed = True
             if self.base_id == self.winner:
                 log.info("model exchange: this instance's base %s is the group's", self.winner)
-                return False
-            self._adopt(slot, arrays, meta)
+            else:
+                self._adopt(slot, arrays, meta)
             return True
-        if kind != "increment" or meta.get("base") != self.winner or self.winner is None:
+        if kind == "rows":
+            rows = np.asarray(arrays["rows"], dtype=np.float64)
+            if self.winner is None:
+                self.early_rows.append((sender, rows))  # learned once the base is decided
+            elif sender not in (self.base_sender, self.sender):
+                self._learn_rows(slot, rows)
             return False
-        if meta.get("sender") == self.sender or self.base_id != self.winner:
+        if kind != "increment" or self.winner is None or meta.get("base") != self.winner:
+            return False
+        if sender == self.sender or self.base_id != self.winner:
             return False  # this instance's own, already in its model
         stats = MixtureStatistics.from_arrays(arrays, meta["covariance_type"])
         inc = Increment(stats, float(meta["decay"]), int(meta["n"]), meta["base"])
@@ -326,6 +362,9 @@ class ModelExchange:
             model.freeze_components()
         slot.model = model
         slot.dirty = True
+        # This instance's earlier messages (rows it learned before) are not in the adopted
+        # model: a new id makes them foreign, learned like anyone's when read.
+        self.sender = uuid.uuid4().hex[:16]
         if getattr(slot.gate, "calibrate", None) is not None:
             slot.gate.calibrate(model)
         self.base_id = self.winner
