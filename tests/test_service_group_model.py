@@ -108,7 +108,18 @@ def _owning(procs, timeout=40):
 
 def _start_group(bootstrap, tin, tout, group, tmp_path, n, extra=()):
     procs = [_start_one(bootstrap, tin, tout, group, tmp_path, i, extra) for i in range(n)]
-    _owning(procs)  # every instance owns partitions before the records come
+    try:
+        _owning(procs, timeout=25)  # every instance owns partitions before the records come
+    except AssertionError:
+        # Seen on this broker with kafka-python, with or without the exchange: a member that
+        # joined with the others now and then never gets an assignment. Restart such members
+        # (before any record: nothing to lose) and wait again.
+        for i, p in enumerate(procs):
+            if "partitions assigned: ['" not in _text(p.log_path):
+                p.send_signal(signal.SIGTERM)
+                p.wait(timeout=60)
+                procs[i] = _start_one(bootstrap, tin, tout, group, tmp_path, 10 + i, extra)
+        _owning(procs)
     return procs
 
 
@@ -344,7 +355,7 @@ def test_exactly_once_group_model_sigkilled_learns_every_record_once(
             prod.send(tin, value=value, partition=p)
             if i % 300 == 299:
                 prod.flush()
-                if not base_decided.is_set():
+                if i >= 899 and not base_decided.is_set():  # ~300 rows each: warmed up
                     deadline = time.monotonic() + 30
                     while time.monotonic() < deadline and not any(
                         "is the group's" in _text(q.log_path) for q in procs
