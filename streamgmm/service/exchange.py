@@ -6,15 +6,20 @@ through one topic, ``<group>-<input topic>-exchange`` (1 partition, created if m
 ``retention.ms=-1``), so the group converges on one model whose components stay aligned.  The
 numbers are the core's (:mod:`streamgmm.group`); this module is the Kafka side.
 
-Messages (key: the sending process's id; value: the state codec's bytes, no pickle):
+Messages (key: the sending process's id; value: the state codec's bytes, no pickle; each
+carries the sender's input positions, next offset per partition, at the time it was sent):
 
 ``base``
     a whole model (:meth:`~streamgmm.OnlineGaussianMixture.get_state`) with an id.  The first
-    base in the topic is *the* base: every instance adopts it.  An instance whose model
-    finishes its warm-up before it has seen a base publishes its own as a candidate; if another
-    candidate came first in the topic, it adopts that one and learns its own rows again on top
-    (it keeps the rows it learned until its candidacy is decided), so no record is lost and the
-    components are the same everywhere.
+    base in the topic is *the* base: every instance adopts it, so the components are the same
+    everywhere.  An instance whose model finishes its warm-up before it has seen a base
+    publishes its own as a candidate.
+``rows``
+    rows as they are: what an instance learned while the group had no base yet (sent at every
+    checkpoint while it warms up, and when it adopts the base, its rows in no message yet).
+    Whoever adopts or wins the base learns every rows message not in it (not from the base's
+    sender), in topic order.  So no record is lost: not by a candidate that loses the race, nor
+    by an instance that leaves during its warm-up.
 ``increment``
     ``D = L - a R`` (:meth:`~streamgmm.OnlineGaussianMixture.increment_since`): what the
     sender learned since its last exchange, with its decay ``a``, row count and the base id.
