@@ -51,7 +51,11 @@ birth, merge, death nor re-seeding; poorly explained rows are learned, not held 
 
 Not done: the topic is never compacted or re-based (a new base that folds in the increments so
 far would let a joiner start there); it grows by one increment per instance per checkpoint
-(about ``K D^2`` doubles each), and a joiner reads all of it.
+(about ``K D^2`` doubles each), and a joiner reads all of it.  A candidate killed after
+committing its base and before learning that another base won loses the rows of its base that
+are in no rows message (those since its last checkpoint before the candidacy; start-up only).
+With the anomaly gate on, the rows of rows messages are gated by each receiver's own gate, so
+the instances' row counts may differ by the few rows gated differently.
 """
 
 from __future__ import annotations
