@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -37,6 +38,8 @@ STATE_VERSION = 1
 REFRESH_EVERY = 64
 # A single step never moves a component more than halfway to one sample.
 W_CAP = 0.5
+# Changes of the step floor remembered for the decay of past steps (streamgmm.group).
+FLOOR_HISTORY = 256
 # Large inputs are learned in mini-batches of this many rows: bounded memory, and the
 # outcome of one huge array matches that of a stream cut into ordinary batches.
 MAX_BATCH = 1000
@@ -542,6 +545,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         rho = float(rho)
         if not 0.0 <= rho < 1.0:
             raise ValueError(f"step_floor must be in [0, 1), got {rho}")
+        if rho != self._rho_floor:  # the group merge rule needs the decay of past steps
+            history = self._floor_history
+            history.append((int(self.n_samples_seen_), rho))
+            if len(history) > FLOOR_HISTORY:
+                del history[: len(history) - FLOOR_HISTORY]
         self._rho_floor = rho
 
     @property
@@ -912,6 +920,95 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
             cov = (1 - rho) * self._cov + rho * np.einsum("k,kij->ij", resp, spread)
         self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, 1)
 
+    # ------------------------------------------------------------------ group learning
+
+    def freeze_components(self) -> None:
+        """Keep the component set as it is: no birth, merge, death nor re-seeding from now on.
+
+        For a model shared by a group of learners (:mod:`streamgmm.group`): its increments are
+        linear statistics of fixed components, and a component created or removed by one
+        learner would not exist, or mean another thing, for the others.  With
+        ``n_components="auto"`` the life cycle stops entirely (poorly explained rows are
+        learned, not held back: nothing could be born from them).  Needs a model past its
+        warm-up.  Irreversible for this instance (it is kept in :meth:`get_state`)."""
+        self._check_fitted()
+        if self.warming_up_:
+            raise NotFittedError("freeze_components needs a model past its warm-up")
+        self._frozen = True
+        self._lifecycle = None
+
+    @property
+    def components_frozen_(self) -> bool:
+        """Whether :meth:`freeze_components` was called."""
+        return bool(getattr(self, "_frozen", False))
+
+    def _decay(self, t0, t1) -> float:
+        from streamgmm.group import log_decay
+
+        return math.exp(
+            log_decay(t0, t1, self.step_offset, self.step_exponent, self._floor_history)
+        )
+
+    def group_statistics(self, center=None):
+        """The model's sufficient statistics (:class:`streamgmm.group.MixtureStatistics`)
+        about ``center`` (K, D) (default: the current means), stamped with
+        ``n_samples_seen_``."""
+        from streamgmm.group import MixtureStatistics
+
+        self._check_fitted()
+        return MixtureStatistics.from_moments(
+            self._s0, self._means, self._cov, self.covariance_type, center, self.n_samples_seen_
+        )
+
+    def increment_since(self, base, base_version=None):
+        """What this model learned since its statistics were ``base`` (a
+        :meth:`group_statistics` of this model, taken earlier with nothing but its own learning
+        since): ``D = L - a R`` with ``a`` the decay of its steps in between
+        (:func:`streamgmm.group.increment`)."""
+        from streamgmm.group import increment
+
+        n = self.n_samples_seen_ - base.n_samples
+        if n < 0:
+            raise ValueError("base is newer than the model")
+        decay = self._decay(base.n_samples, self.n_samples_seen_)
+        local = self.group_statistics(base.center)
+        return increment(local, base, decay, n, base_version)
+
+    def fold_increment(self, inc) -> None:
+        """Fold another learner's :class:`streamgmm.group.Increment` into this model as if it
+        had learned the sender's rows itself (:func:`streamgmm.group.fold`): the statistics
+        become ``a_S S + c D``, ``n_samples_seen_`` advances by the sender's rows.
+
+        Raises ValueError for an increment of other components (shape) or one whose result is
+        not a valid mixture (the model is left unchanged)."""
+        from streamgmm.group import fold
+
+        self._check_fitted()
+        if self.warming_up_:
+            raise NotFittedError("fold_increment needs a model past its warm-up")
+        if inc.n_samples == 0:
+            return
+        if inc.stats.s1.shape != self._means.shape or inc.stats.covariance_type != (
+            self.covariance_type
+        ):
+            raise ValueError(
+                f"increment of {inc.stats.covariance_type} statistics {inc.stats.s1.shape} "
+                f"does not fit this {self.covariance_type} model {self._means.shape}"
+            )
+        mine = self.group_statistics(inc.stats.center)
+        a_s = self._decay(self.n_samples_seen_, self.n_samples_seen_ + inc.n_samples)
+        s0, means, cov = fold(mine, inc, a_s).moments()
+        if not (np.isfinite(s0).all() and (s0 > 0).all()):
+            raise ValueError("the folded increment leaves a component without weight")
+        before = self.n_samples_seen_
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a rollback is an error here
+            try:
+                self._commit(np.maximum(s0, _kernels.TINY_WEIGHT), means, cov, inc.n_samples)
+            except RuntimeWarning as e:
+                raise ValueError(f"the folded increment is not a valid mixture: {e}") from None
+        assert self.n_samples_seen_ == before + inc.n_samples
+
     # ------------------------------------------------------------------ state
 
     def get_state(self):
@@ -941,6 +1038,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
                 gross_rate=float(self._gross_rate),
                 n_components_in_use=int(self._k),
                 gross_at=int(self._gross_at),
+                frozen=bool(self._frozen),
                 has_model=self._has_model(),
                 feature_names_in=(
                     [str(f) for f in self.feature_names_in_]
@@ -982,6 +1080,7 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         model._provisional_n = int(meta["provisional_n"])
         model._gross_rate = float(meta.get("gross_rate", 0.0))
         model._gross_at = int(meta.get("gross_at", 0))
+        model._frozen = bool(meta.get("frozen", False))
         if meta.get("feature_names_in") is not None:
             model.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
         if meta["warming_up"]:
@@ -1050,6 +1149,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         self._provisional_n = 0
         self._since_refresh = 0
         self._rho_floor = half_life_step(self.half_life)
+        self._floor_history = [(0, self._rho_floor)]
+        self._frozen = False
         self._tied = self.covariance_type == "tied"
         self._spherical = self.covariance_type == "spherical"
         self._q_max = _kernels.influence_limit(n_features)
@@ -1299,6 +1400,8 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
 
     def _reseed_starving(self):
         """Replace a component holding under half a sample's weight by a split of the heaviest."""
+        if self._frozen:  # a group's shared components: see freeze_components
+            return
         if self._lifecycle is not None:  # "auto": a starving component dies instead
             self._lifecycle.remove_starving(self, self._steps(1)[0])
             return
@@ -1459,6 +1562,8 @@ _LEARNED_ATTRIBUTES = (
     "_seed",
     "_since_refresh",
     "_rho_floor",
+    "_floor_history",
+    "_frozen",
     "_tied",
     "_spherical",
     "_q_max",

@@ -55,6 +55,7 @@ _RUN_FLAGS = {
     "max_poll_records": "kafka.max_poll_records",
     "n_components": "model.n_components",
     "model_scope": "model.scope",
+    "model_exchange": "model.exchange",
     "max_live_keys": "model.max_live_keys",
     "covariance_type": "model.covariance_type",
     "half_life": "model.half_life",
@@ -281,6 +282,15 @@ def _parser() -> argparse.ArgumentParser:
         "model",
     )
     opt(g, "--max-live-keys", "per-key models kept decoded in memory", metavar="N")
+    opt(
+        g,
+        "--model-exchange",
+        "global scope on Kafka with several instances: one model across the consumer group "
+        "(instances exchange sufficient-statistics increments through the topic "
+        "<group>-<input topic>-exchange at every checkpoint)",
+        action="store_const",
+        const=True,
+    )
     opt(
         g,
         "--n-components",

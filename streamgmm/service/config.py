@@ -82,10 +82,15 @@ class ModelConfig(_Strict):
     # Not estimator parameters: how many models, and how many of them stay decoded in memory.
     scope: Literal["global", "partition", "key"] = "global"
     max_live_keys: int | None = Field(10000, ge=1)
+    # Global scope on Kafka: one model across the consumer group, increments exchanged through
+    # exchange_topic (None: "<group>-<first input topic>-exchange"); see service/exchange.py.
+    exchange: bool = False
+    exchange_topic: str | None = None
 
     def estimator_params(self) -> dict:
-        """The :class:`streamgmm.OnlineGaussianMixture` parameters (not scope, key bound)."""
-        return self.model_dump(exclude={"scope", "max_live_keys"})
+        """The :class:`streamgmm.OnlineGaussianMixture` parameters (not scope, key bound,
+        exchange)."""
+        return self.model_dump(exclude={"scope", "max_live_keys", "exchange", "exchange_topic"})
 
     @field_validator("n_components")
     @classmethod
@@ -296,12 +301,18 @@ class ServiceConfig(_Strict):
                     f"transaction), but {' and '.join(files)} is a file or stdio: use "
                     "'at_least_once' or Kafka topics"
                 )
-            if self.model.scope == "global":
+            if self.model.scope == "global" and not self.model.exchange:
                 raise ValueError(
-                    "processing_guarantee 'exactly_once' needs model.scope 'partition' or 'key' "
-                    "(their state moves with its partitions through the changelog inside the "
-                    "transaction; one global model per instance has no such place yet)"
+                    "processing_guarantee 'exactly_once' with model.scope 'global' needs the "
+                    "model exchange (model.exchange, --model-exchange: the model's increments "
+                    "join the transaction); or use model.scope 'partition' or 'key' (their "
+                    "state moves with its partitions through the changelog in the transaction)"
                 )
+        if self.model.exchange and (not k.topics or self.model.scope != "global"):
+            raise ValueError(
+                "model.exchange (one model across a consumer group) needs Kafka input and "
+                "model.scope 'global'"
+            )
         return self
 
     @property

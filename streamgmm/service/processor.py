@@ -37,6 +37,12 @@ the processor.  Transactional id: one per process (``kafka.transactional_id``, d
 are fenced by the group generation and the transaction timeout, and a partition's new owner
 waits until no transaction of its previous owner is open on the changelog before restoring.
 
+``processing_guarantee: exactly_once`` with scope ``global`` needs ``model.exchange`` (one model
+across the group, :mod:`~streamgmm.service.exchange`): the model's increment joins the
+transaction instead of a changelog state, and a rollback reads the exchange topic again.  The
+exchange itself hooks in at two places only: the model step (:meth:`Processor._step` tells it
+the rows learned) and the checkpoint's state write (its tick: send, read, fold).
+
 Records scored before any model exists (the very first mini-batch of a fresh run) get
 ``log_density``/``score`` ``null``, uniform probabilities and ``anomaly: false``; during the
 core's warm-up, scores come from its provisional fit and the threshold may still be ``null``
@@ -183,6 +189,10 @@ class Processor:
         # topic and moves with its partitions (see changelog.py); no local checkpoint is read.
         self.changelog = None
         self._changelog_mode = cfg.mode == "kafka" and cfg.model.scope != "global"
+        # Kafka, global scope, model.exchange: one model across the group; its durable state
+        # is the exchange topic (see exchange.py), a checkpoint file is only a copy.
+        self.exchange = None
+        self._exchange_mode = cfg.model.exchange
         # exactly_once: one Kafka transaction per checkpoint (see _commit_transaction).
         self.exactly_once = cfg.processing_guarantee == "exactly_once"
         self.transactions = 0  # committed
@@ -213,7 +223,9 @@ class Processor:
         self.source: Source | None = None
         self.restored_from: Path | None = None
         ck = None
-        if self.store is not None and not cfg.fresh:
+        # With the model exchange the model is the group's, read from the exchange topic.
+        exchange = self._exchange_mode
+        if self.store is not None and not cfg.fresh and not exchange:
             ck = self.store.load_latest()
         # Partitions this instance gave up (revoked, lost; kept across restarts in the
         # checkpoint): another instance may have processed them further, so a re-assignment
@@ -246,7 +258,7 @@ class Processor:
                 self._n_seen(),
                 off,
             )
-        elif self.store is not None and not cfg.fresh and cfg.mode == "kafka":
+        elif self.store is not None and not cfg.fresh and cfg.mode == "kafka" and not exchange:
             self._refuse_forgotten_model()
         self._ck_seq = ck.seq if ck is not None else 0
         self.decoder = Decoder(
@@ -366,9 +378,20 @@ class Processor:
             from .changelog import Changelog
 
             self.changelog = Changelog(k, self.producer)
+        if self._exchange_mode:
+            from .exchange import ModelExchange, exchange_topic
+
+            self.exchange = ModelExchange(
+                k,
+                cfg.model.exchange_topic or exchange_topic(k.group_id, k.topics[0]),
+                self.producer if self.exactly_once else None,
+                read_committed=self.exactly_once,
+                every_seconds=cfg.checkpoint.every_seconds,
+            )
+            self.exchange.restore(self.states.only())  # join: the group's model
         if cfg.mode == "kafka":
             journal, plan = None, []
-            if self.store is not None and not cfg.fresh:
+            if self.store is not None and not cfg.fresh and not self._exchange_mode:
                 # Batch journal: the grouping of every batch since the last checkpoint, so a
                 # restart replays the same batches and its duplicate outputs are identical.
                 start = {sp.tp: o for sp, o in self.offsets.items() if sp.kind == "kafka"}
@@ -548,10 +571,13 @@ class Processor:
         from kafka import TopicPartition
         from kafka.structs import OffsetAndMetadata
 
+        # Only partitions this instance owns now: global scope keeps the positions of released
+        # ones (see _on_assigned), and committing those would move another owner's back.
+        mine = self.source.consumer.assignment()
         offsets = {
-            TopicPartition(sp.name, sp.partition): OffsetAndMetadata(o, "", -1)
+            tp: OffsetAndMetadata(o, "", -1)
             for sp, o in positions.items()
-            if sp.kind == "kafka"
+            if sp.kind == "kafka" and (tp := TopicPartition(sp.name, sp.partition)) in mine
         }
         if offsets:
             self.producer.send_offsets_to_transaction(
@@ -589,12 +615,15 @@ class Processor:
         for sink in (self.out, self.dead):
             if isinstance(sink, KafkaSink):
                 sink._errors.clear()  # of the aborted transaction
-        self.changelog._errors.clear()
         consumer = self.source.consumer
         mine = sorted(SourcePartition.kafka(tp.topic, tp.partition) for tp in consumer.assignment())
-        self._forget(sorted(set(self.offsets) | set(mine)))
         self.source.forget(sp.tp for sp in mine)
-        seeks = self._restore(mine, {})
+        if self.exchange is not None:
+            seeks = self._rejoin(mine)
+        else:
+            self.changelog._errors.clear()
+            self._forget(sorted(set(self.offsets) | set(mine)))
+            seeks = self._restore(mine, {})
         for sp in mine:
             tp = TopicPartition(sp.name, sp.partition)
             if sp in seeks:
@@ -607,6 +636,23 @@ class Processor:
         self.producer.begin_transaction()
         log.warning("rolled back to the last committed transaction: %s", seeks)
 
+    def _rejoin(self, sps: list[SourcePartition]) -> dict:
+        """Model exchange: the model of the last committed transaction is the group's, read
+        from the exchange topic again; the input resumes at the group's committed offsets."""
+        slot = self.states.only()
+        slot.model, slot.gate = build_model(self.cfg)
+        self.exchange.restore(slot)
+        committed = self.source.consumer.committed
+        from kafka import TopicPartition
+
+        seeks = {}
+        for sp in sps:
+            self.offsets.pop(sp, None)
+            o = committed(TopicPartition(sp.name, sp.partition))
+            if o is not None:
+                self.offsets[sp] = seeks[sp] = o
+        return seeks
+
     def _flush(self) -> None:
         self.out.flush()
         self.dead.flush()
@@ -617,6 +663,9 @@ class Processor:
     def _write_state(self) -> None:
         if self.changelog is not None:
             self._write_changelog()
+        if self.exchange is not None:
+            positions = {sp.label: o for sp, o in self.offsets.items()}
+            self.exchange.tick(self.states.only(), positions)  # send ours, fold the others'
         if self.store is None:
             return
         arrays, meta = store_to_checkpoint(self.states)
@@ -764,6 +813,8 @@ class Processor:
         try:
             r = gate.score_and_learn(model, dec.X if whole else dec.X[learn])
             ok = learn
+            if self.exchange is not None:
+                self.exchange.learned(slot, dec.X if whole else dec.X[learn])
         except Exception as e:
             # The gate validates the whole batch before any state change; isolate the rows.
             log.warning("batch rejected by the model (%s); retrying row by row", e)
@@ -972,6 +1023,8 @@ class Processor:
                     break
                 if self.checkpointer.due():
                     self._checkpoint()
+                elif self.exchange is not None and not self.checkpointer.since:
+                    self.exchange.idle_tick(self.states.only())  # keep up with the group
         except Interrupted:
             pass
         finally:
@@ -1080,6 +1133,8 @@ class Processor:
             self.source.close()
         if self.changelog is not None:
             self.changelog.close()
+        if self.exchange is not None:
+            self.exchange.close()
 
 
 def _default_transactional_id(k) -> str:
