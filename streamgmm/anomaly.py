@@ -58,6 +58,9 @@ DRIFT_BLOCK = 5
 DRIFT_DELTA = 0.5
 # Consecutive refresh windows with an excessive flag rate before a warning.
 ALARM_WINDOWS = 3
+# Up to this many rows, a gate step goes row by row (score_and_learn_few): cheaper than a batch
+# step's arrays and segments for a model per key that sees a row or two per batch.
+FEW_ROWS = 3
 
 
 class GateResult(NamedTuple):
@@ -643,6 +646,83 @@ class AnomalyGate(BaseEstimator):
         probas = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in probas]
         proba = np.vstack(probas) if probas else np.zeros((0, width))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
+
+    def few_rows(self, model, n: int) -> bool:
+        """Whether :meth:`score_and_learn_few` serves ``n`` rows for ``model`` now: a handful
+        of rows of a model past its warm-up (a warming model refits on its buffer; the batch
+        step handles that)."""
+        return n <= FEW_ROWS and not getattr(model, "warming_up_", True) and model.has_model_
+
+    def score_and_learn_few(self, model, X) -> GateResult:
+        """:meth:`score_and_learn` for a few rows (see :meth:`few_rows`), one row at a time.
+
+        A model per key sees one to three rows per batch: the batch step's segment machinery
+        (arrays, a ``select`` callback, padding) costs far more than the rows themselves.  Each
+        row is judged by the model as it is after the rows before it — what a segment of one row
+        would do, in the same order: the reference refreshed if due, the row's log-density and
+        responsibilities (one compiled pass, :meth:`OnlineGaussianMixture.score_proba_one`),
+        the change detector fed before the decision (a change just detected opens the gate),
+        then learned (or only shown to the component life cycle) and accounted.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or (X.size and not np.abs(X).max() <= MAX_ABS_VALUE):
+            raise ValueError("X must be a 2-D array of finite values within the model's range")
+        n = X.shape[0]
+        log_density = np.empty(n)
+        tails = np.empty(n)
+        flags = np.zeros(n, dtype=bool)
+        learned = np.zeros(n, dtype=bool)
+        thresholds = np.empty(n)
+        probas = []
+        far = self.false_alarm_rate
+        for i in range(n):
+            x = X[i]
+            self.prepare(model)
+            was_adapting = bool(self._adapt_left)
+            watch = self._watching()
+            ld, resp = model.score_proba_one(x)
+            score = -ld
+            tail = self._tail_scalar(score)
+            if watch:
+                self._watch(tail)
+            if self.gating_ and score > self.exclusion_threshold_:
+                ok = False
+                model.observe_one(x, log_density=ld)
+            else:
+                ok = bool(model.learn_one(x, log_density=ld))
+            flag = tail < far
+            log_density[i], tails[i], flags[i], learned[i] = ld, tail, flag, ok
+            thresholds[i] = self.threshold_
+            probas.append(resp)
+            # _account_many for one row (the detector has seen it above).
+            self.n_observed_ += 1
+            self.n_flagged_ += flag
+            self.n_excluded_ += not ok
+            if not self._model_warming and math.isfinite(score):
+                self._recent[self._recent_pos] = score
+                self._recent_pos = (self._recent_pos + 1) % self.n_recent
+            self._window_n += 1
+            self._window_flagged += flag
+            if self._window_n >= self.refresh_every:
+                self._close_window()
+            if was_adapting:
+                self._count_down(1)
+        width = max(p.shape[0] for p in probas) if probas else model.n_components_
+        if any(p.shape[0] != width for p in probas):  # K changed between rows ("auto")
+            probas = [np.pad(p, (0, width - p.shape[0])) for p in probas]
+        proba = np.vstack(probas) if probas else np.zeros((0, width))
+        return GateResult(log_density, proba, tails, flags, learned, thresholds)
+
+    def _tail_scalar(self, score: float) -> float:
+        """:meth:`tail_probability` of one score, by the same numpy interpolation (no lists:
+        a gate per key must not carry :meth:`tail_probability_one`'s list copies)."""
+        if not self._ref.size or score != score:
+            return math.nan
+        if score >= self._tail_u:
+            t = self._tail_log_pu - (score - self._tail_u) / self._tail_beta
+        else:
+            t = float(np.interp(score, self._ref, self._log_p, left=self._log_p[0]))
+        return math.exp(self.tail_power_ * t)
 
     def _segment_length(self, model) -> int:
         """Rows until the next refresh, window end or end of adaptation (a few while unsure)."""

@@ -708,7 +708,7 @@ class Processor:
         """Score, flag and (gated) learn the decoded rows: per state, the gate's one step."""
         groups = self._groups(batch, dec)
         st = self.states
-        out: list[bytes | None] = [None] * len(dec.rows)
+        res = _Results(len(dec.rows))
         rejected: set[int] = set()
         if st.scope == "key":
             # Every valid row of a partition also trains the partition's pooled model: the
@@ -734,35 +734,41 @@ class Processor:
                     st.get(sk)
             for pk, js in pooled.items():
                 mine = sorted(own.get(pk, ()))
-                self._step(st.get(pk), batch, dec, sorted(js), mine, out, rejected)
+                self._step(st.get(pk), batch, dec, sorted(js), mine, res, rejected)
             groups = {sk: js for sk, js in groups.items() if sk.key is not None and sk in st}
         for sk, js in groups.items():
-            self._step(st.get(sk), batch, dec, js, js, out, rejected)
+            self._step(st.get(sk), batch, dec, js, js, res, rejected)
+        if res.gate is not None:
+            self.metrics.observe_gate(res.gate)
         if rejected:
             keep = [j for j in range(len(dec.rows)) if j not in rejected]
             dec.dead.sort()
             dec.rows = [dec.rows[j] for j in keep]
             dec.keys = [dec.keys[j] for j in keep]
             dec.timestamps = [dec.timestamps[j] for j in keep]
-            out = [out[j] for j in keep]
-        return out
+        else:
+            keep = None
+        return res.encode(batch, dec, keep)
 
-    def _step(self, slot, batch, dec, learn, emit, out, rejected) -> None:
-        """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the outputs of
-        rows ``emit`` (a subset, in order) go to ``out[j]``."""
+    def _step(self, slot, batch, dec, learn, emit, res, rejected) -> None:
+        """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the results of
+        rows ``emit`` (a subset, in order) go to ``res``."""
         if rejected:
             learn = [j for j in learn if j not in rejected]
         if slot.learned_to is not None:
-            learn, emit = self._already_learned(slot, batch, dec, learn, emit, out, rejected)
+            learn, emit = self._already_learned(slot, batch, dec, learn, emit, res, rejected)
             if not learn:
                 return
         model, gate = slot.model, slot.gate
         version = int(getattr(model, "n_samples_seen_", 0))
         gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
         slot.dirty = True
-        whole = len(learn) == len(dec.rows)
+        n = len(learn)
         try:
-            r = gate.score_and_learn(model, dec.X if whole else dec.X[learn])
+            if gate.few_rows(model, n):  # a key's row or two: no batch machinery
+                r = gate.score_and_learn_few(model, dec.X[learn])
+            else:
+                r = gate.score_and_learn(model, dec.X if n == len(dec.rows) else dec.X[learn])
             ok = learn
         except Exception as e:
             # The gate validates the whole batch before any state change; isolate the rows.
@@ -770,8 +776,8 @@ class Processor:
             r, ok = self._row_by_row(slot, dec, learn, rejected)
             if r is None:
                 return
-        emit_set = set(emit)
-        if len(emit_set) != len(ok):  # a pooled model: only rows without a key are its own
+        if len(emit) != len(ok):  # a pooled model: only rows without a key are its own
+            emit_set = set(emit)
             at = [i for i, j in enumerate(ok) if j in emit_set]
             if not at:
                 return
@@ -782,21 +788,9 @@ class Processor:
         self.metrics.anomalies.inc(n_anom)
         if self.states.scope == "global":
             self.metrics.samples_seen.set(int(getattr(model, "n_samples_seen_", 0)))
-        self.metrics.observe_gate(gate)
-        lines = encode_outputs(
-            batch,
-            dec if len(ok) == len(dec.rows) else _subset(dec, ok),
-            r.log_density,
-            r.proba,
-            r.threshold,
-            r.anomaly,
-            version,
-            tail_probability=r.tail_probability,
-        )
-        for j, line in zip(ok, lines, strict=True):
-            out[j] = line
+        res.put(ok, r, version, gate)
 
-    def _already_learned(self, slot, batch, dec, learn, emit, out, rejected):
+    def _already_learned(self, slot, batch, dec, learn, emit, res, rejected):
         """Rows before ``slot.learned_to`` are in the state already (it was written beyond its
         partition record before a crash): a throwaway copy scores them, the state does not
         learn them again. Returns the rows left to learn and emit."""
@@ -808,7 +802,7 @@ class Processor:
             model, gate, _ = decode_slot(encode_slot(slot.model, slot.gate))
             scratch = Slot(model, gate)
             order = [j for j in learn if j in done]
-            self._step(scratch, batch, dec, order, [j for j in emit if j in done], out, rejected)
+            self._step(scratch, batch, dec, order, [j for j in emit if j in done], res, rejected)
             learn = [j for j in learn if j not in done]
             emit = [j for j in emit if j not in done]
         if learn:
@@ -1120,13 +1114,50 @@ def _max_abs() -> float:
     return float(MAX_ABS_VALUE)
 
 
-def _subset(dec, sel: list[int]):
-    """The rows ``sel`` of a decoded batch (its dead letters stay with the whole)."""
-    from .codec import DecodedBatch
+class _Results:
+    """One batch's gate results, row by row, from any number of models (one per key): encoded
+    to output documents once for the whole batch, not once per model."""
 
-    return DecodedBatch(
-        dec.X[sel],
-        [dec.rows[j] for j in sel],
-        [dec.keys[j] for j in sel],
-        [dec.timestamps[j] for j in sel],
-    )
+    __slots__ = ("anomaly", "gate", "log_density", "proba", "tail", "threshold", "version")
+
+    def __init__(self, n: int) -> None:
+        self.log_density = np.full(n, np.nan)
+        self.tail = np.full(n, np.nan)
+        self.threshold = np.full(n, np.nan)
+        self.anomaly = np.zeros(n, dtype=bool)
+        self.version = [0] * n
+        self.proba: list = [None] * n
+        self.gate = None  # the last gate stepped: its rates go to the metrics
+
+    def put(self, rows: list[int], r, version: int, gate) -> None:
+        self.log_density[rows] = r.log_density
+        self.tail[rows] = r.tail_probability
+        self.threshold[rows] = r.threshold
+        self.anomaly[rows] = r.anomaly
+        version_, proba = self.version, self.proba
+        for i, j in enumerate(rows):
+            version_[j] = version
+            proba[j] = r.proba[i]
+        self.gate = gate
+
+    def encode(self, batch, dec, keep: list[int] | None) -> list[bytes]:
+        """The output documents of rows ``keep`` (all rows if None; ``dec`` holds just them)."""
+        ld, tail, thr, an, ver, pr = (
+            self.log_density,
+            self.tail,
+            self.threshold,
+            self.anomaly,
+            self.version,
+            self.proba,
+        )
+        if keep is not None:
+            ld, tail, thr, an = ld[keep], tail[keep], thr[keep], an[keep]
+            ver = [ver[j] for j in keep]
+            pr = [pr[j] for j in keep]
+        if not pr:
+            return []
+        if any(p is None for p in pr):  # every row kept has been stepped
+            raise RuntimeError("a valid row was not scored")
+        width = pr[0].shape[0]
+        proba = np.vstack(pr) if all(p.shape[0] == width for p in pr) else pr
+        return encode_outputs(batch, dec, ld, proba, thr, an, ver, tail_probability=tail)
