@@ -17,6 +17,7 @@ from river import drift
 from sklearn.base import BaseEstimator
 
 from streamgmm._gate_spec import GATE_DEFAULTS, gate_constraints, validate_gate_params
+from streamgmm._params import CachedParamNames
 from streamgmm.online import MAX_ABS_VALUE, half_life_step
 
 __all__ = ["AnomalyGate", "GateResult"]
@@ -74,7 +75,7 @@ class GateResult(NamedTuple):
     threshold: np.ndarray
 
 
-class AnomalyGate(BaseEstimator):
+class AnomalyGate(CachedParamNames, BaseEstimator):
     """Calibrated tail probability, anomaly threshold and learning gate of an online mixture.
 
     **Score and tail probability.**  The score of a record is ``-log p(x)`` under the model as

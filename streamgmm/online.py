@@ -22,6 +22,7 @@ from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
 from streamgmm._lifecycle import Lifecycle
 from streamgmm._mixture_spec import MIXTURE_DEFAULTS
+from streamgmm._params import CachedParamNames, validate_once
 from streamgmm._warm_up import (
     RECURRING_SHARE,
     feature_scales,
@@ -86,7 +87,7 @@ class ScoreResult(NamedTuple):
     learned: np.ndarray
 
 
-class OnlineGaussianMixture(DensityMixin, BaseEstimator):
+class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
     """Gaussian mixture learned online by stochastic-approximation EM.
 
     Each component keeps exponentially weighted sufficient statistics — a weight, a mean and a
@@ -655,6 +656,11 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if ld == -np.inf:  # no component gives the row a density: say so evenly
             resp = np.full(self._k, 1.0 / self._k)
         return resp
+
+    def _validate_params(self):
+        # Thousands of models per key are restored and built; a parameter set that passed once
+        # passes again (see streamgmm._params).
+        validate_once(type(self), self.get_params(deep=False), super()._validate_params)
 
     def score_proba_one(self, x) -> tuple[float, np.ndarray]:
         """``(log-density, responsibilities)`` of one complete row, from one compiled pass.

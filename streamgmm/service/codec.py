@@ -681,9 +681,7 @@ def encode_outputs(
         cl = pr.argmax(axis=1).tolist() if pr.shape[1] else [0] * len(ld)
     an = anomaly.tolist()
     thr_rows = np.broadcast_to(np.asarray(threshold, dtype=np.float64), len(ld)).tolist()
-    versions = (
-        [model_version] * len(ld) if isinstance(model_version, int) else list(model_version)
-    )
+    versions = [model_version] * len(ld) if isinstance(model_version, int) else list(model_version)
     tail = None if tail_probability is None else tail_probability.tolist()
     keys, stamps = decoded.keys, decoded.timestamps
     dumps, opt = _dumps, orjson.OPT_SERIALIZE_NUMPY
