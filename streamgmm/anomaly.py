@@ -25,7 +25,8 @@ __all__ = ["AnomalyGate", "GateResult"]
 log = logging.getLogger("streamgmm.anomaly")
 
 STATE_FORMAT = "streamgmm.AnomalyGate"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the reference as knots (+ their indices); 2 (the full sample) is read
+READ_STATE_VERSIONS = (2, 3)
 
 # Rows per model call in the batch step: a detected change takes effect within this many rows
 # (and a batch of several thousand rows would otherwise be judged by one stale model).
@@ -62,6 +63,10 @@ ALARM_WINDOWS = 3
 # Up to this many rows, a gate step goes row by row (score_and_learn_few): cheaper than a batch
 # step's arrays and segments for a model per key that sees a row or two per batch.
 FEW_ROWS = 3
+# The reference's bulk is kept as this many knots of its empirical survival curve (half evenly
+# spaced in rank, half in log survival, so the far tail where the thresholds lie stays dense):
+# a gate per key then holds ~1 KiB of reference instead of n_calibration scores.
+REF_KNOTS = 64
 
 
 class GateResult(NamedTuple):
@@ -195,6 +200,7 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
         self.calibration_source_: str | None = None
         self._ref = np.zeros(0)  # sorted reference scores up to the exponential tail
         self._ref_n = 0  # number of reference scores (including the tail's)
+        self._ref_index = np.zeros(0, dtype=np.int64)  # ranks of the knots kept in _ref
         self._ref_list: list | None = None  # the reference as lists, for the scalar path
         self._log_p: np.ndarray = np.zeros(0)
         self._log_p_list: list | None = None
@@ -276,7 +282,9 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
         # A (nearly) degenerate top: keep the tail decreasing, on the scale of the bulk.
         spread = float(ref[n - m] - ref[n // 2])
         beta = max(beta, 1e-3 * max(spread, 1.0), 1e-9)
-        self._ref, self._log_p, self._ref_n = ref[: n - m + 1], log_p[: n - m + 1], n
+        idx = _knots(n, n - m + 1)
+        self._ref, self._log_p, self._ref_n = ref[idx], log_p[idx], n
+        self._ref_index = idx
         self._ref_list = self._log_p_list = None  # built at the first scalar lookup
         self._ref_version += 1
         self._tail_u, self._tail_log_pu, self._tail_beta = u, float(log_p[n - m]), beta
@@ -791,24 +799,40 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
             "detector": det_state,
             "block": list(self._block),
         }
-        arrays = {"reference": self._ref.copy(), "recent": self._recent.copy()}
+        arrays = {
+            "reference": self._ref.copy(),
+            "reference_index": self._ref_index.astype(np.int64),
+            "recent": self._recent.copy(),
+        }
         return arrays, meta
 
     @classmethod
     def from_state(cls, arrays, meta) -> AnomalyGate:
         """Rebuild a gate from :meth:`get_state`'s output; ValueError if malformed."""
-        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+        if meta.get("format") != STATE_FORMAT or meta.get("version") not in READ_STATE_VERSIONS:
             raise ValueError("not a streamgmm AnomalyGate state (format/version mismatch)")
         gate = cls(**meta["params"])
         ref = np.asarray(arrays["reference"], dtype=np.float64)
         recent = np.asarray(arrays["recent"], dtype=np.float64)
         if ref.ndim != 1 or recent.shape != (gate.n_recent,):
             raise ValueError("AnomalyGate state: arrays have the wrong shape")
+        # Version 2 kept every reference score up to the tail (knots come at its next refresh).
+        v3 = meta["version"] >= 3
+        idx = np.asarray(arrays["reference_index"]) if v3 else np.arange(ref.size)
         if ref.size:
             u, log_pu, beta, n, gate.tail_power_ = meta["tail"]
+            if (
+                idx.shape != ref.shape
+                or idx.dtype.kind not in "iu"
+                or idx[0] < 0
+                or idx[-1] >= int(n)
+                or np.any(np.diff(idx) <= 0)
+            ):
+                raise ValueError("AnomalyGate state: the reference's ranks are malformed")
             gate._ref, gate._ref_n = ref.copy(), int(n)
+            gate._ref_index = idx.astype(np.int64)
             # The survival values exactly as _set_reference made them.
-            gate._log_p = np.log((n - np.arange(ref.size)) / (n + 1.0))
+            gate._log_p = np.log((n - gate._ref_index) / (n + 1.0))
             gate._ref_list = gate._log_p_list = None
             gate._ref_version += 1
             gate._tail_u = math.inf if u is None else float(u)
@@ -892,6 +916,22 @@ def _page_hinkley_up(det, values: list) -> int | None:
     if fired is not None:
         det._drift_detected = True
     return fired
+
+
+def _knots(n: int, size: int) -> np.ndarray:
+    """Ranks (0 .. size-1) of the reference scores kept as knots; all of them if few.
+
+    Half are evenly spaced in rank (the bulk), half evenly spaced in log survival
+    ``log((n - i) / (n + 1))`` (the upper tail, where the flag threshold is read); the first and
+    the last rank are always kept, so the interpolated survival curve spans the same range.
+    """
+    if size <= REF_KNOTS:
+        return np.arange(size, dtype=np.int64)
+    half = REF_KNOTS // 2
+    by_rank = np.linspace(0.0, size - 1, half)
+    by_tail = n - np.geomspace(n, n - size + 1, half)
+    idx = np.unique(np.rint(np.concatenate([by_rank, by_tail])).astype(np.int64))
+    return idx[(idx >= 0) & (idx < size)]
 
 
 def _finite_or_none(v):
