@@ -111,27 +111,36 @@ def store_from_checkpoint(ck, store: StateStore) -> None:
         model, gate = model_from_checkpoint(ck)
         store.live[StateKey(None, None)] = Slot(model, gate)
         return
-    packed, ends = ck.arrays.get("states.bytes"), ck.arrays.get("states.ends")
-    if packed is not None and (ends is None or len(ends) != len(ck.meta["states"])):
-        raise CheckpointError(f"{ck.path}: the states' bounds are missing")
-    data = None if packed is None else packed.tobytes()
-    start = 0
-    for i, entry in enumerate(ck.meta["states"]):
+    for entry, blob in zip(ck.meta["states"], checkpoint_blobs(ck), strict=True):
         part = entry.get("partition")
         sp = None if part is None else SourcePartition.parse(part, entry.get("kind", "kafka"))
-        if data is not None:  # format 3: the states' bytes back to back
-            end = int(ends[i])
-            if not start <= end <= len(data):
-                raise CheckpointError(f"{ck.path}: state {i} is out of bounds")
-            blob, start = data[start:end], end
-        else:  # formats 1-2: one array per state
-            arr = ck.arrays.get(f"state.{i}")
-            if arr is None:
-                raise CheckpointError(f"{ck.path}: state {i} is missing")
-            blob = arr.tobytes()
         store.put_encoded(StateKey(sp, entry.get("key")), blob)
     for label, kind, key, n in ck.meta.get("unborn", []):
         store.unborn[StateKey(SourcePartition.parse(label, kind), key)] = int(n)
+
+
+def checkpoint_blobs(ck) -> list[bytes]:
+    """The encoded states of a partition/key checkpoint, in ``meta["states"]`` order."""
+    entries = ck.meta["states"]
+    packed, ends = ck.arrays.get("states.bytes"), ck.arrays.get("states.ends")
+    if packed is None:  # formats 1-2: one array per state
+        blobs = []
+        for i in range(len(entries)):
+            arr = ck.arrays.get(f"state.{i}")
+            if arr is None:
+                raise CheckpointError(f"{ck.path}: state {i} is missing")
+            blobs.append(arr.tobytes())
+        return blobs
+    # Format 3: the states' bytes back to back, their ends beside them.
+    if ends is None or len(ends) != len(entries):
+        raise CheckpointError(f"{ck.path}: the states' bounds are missing")
+    data, blobs, start = packed.tobytes(), [], 0
+    for i, end in enumerate(ends.tolist()):
+        if not start <= end <= len(data):
+            raise CheckpointError(f"{ck.path}: state {i} is out of bounds")
+        blobs.append(data[start:end])
+        start = end
+    return blobs
 
 
 def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
