@@ -790,6 +790,7 @@ class Processor:
         version = int(getattr(model, "n_samples_seen_", 0))
         gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
         slot.dirty = True
+        slot.blob = None  # stale from here on: not kept alive beside the live state
         n = len(learn)
         try:
             if gate.few_rows(model, n):  # a key's row or two: no batch machinery
