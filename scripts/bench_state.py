@@ -4,19 +4,20 @@ keys), against a bare kafka-python consume -> produce pipe, in the same run; 1 v
 
 Each configuration runs in its own process (so its memory is its own) on the same records:
 K=3, D=8 JSON records, keyed ``s<i % keys>``, on a 6-partition topic (a key always on the same
-partition).  Reported per configuration, in the **steady state** (from the first batch that
-arrives, after the JVM, the process start-up and the consumer group's join, to the last batch
-handed to the producer; the bare pipe likewise from its first non-empty poll to its last send):
+partition).  Reported per configuration, in the **steady state**: from the first batch after
+``--skip`` records (default n/5: the JVM, the process start-up, the consumer group's join and
+the models' warm-up fits are behind) to the last batch handed to the producer; the bare pipe
+likewise, to its last send:
 records/s, CPU time per record (the process's, all threads), batch latency p50/p99 (a batch's
 poll return to its outputs handed to the producer: the records are a backlog, so this is the
 processing part of the output latency), RSS after the run and, for the key scopes, memory per
 key live and evicted (keys per GB).  With two instances (same group, started together) the
-rate is all records over the first batch of either to the last batch of either (it includes
-the rebalance when the second joins).  Also: the time to restore each partition's state from
+rate is their records over the first counted batch of either to the last batch of either
+(they join together, behind a barrier).  Also: the time to restore each partition's state from
 the changelog topic, and an estimate for 8 machines from the measured CPU per record.
 Target: every scope >= 0.7 of the bare pipe at 1,000 keys.
 
-    python scripts/bench_state.py [--n 30000] [--partitions 6]
+    python scripts/bench_state.py [--n 60000] [--partitions 6] [--skip N]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts a broker with scripts/kafka_broker.py and
 stops it (by its pid) at the end.
@@ -25,10 +26,12 @@ stops it (by its pid) at the end.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -68,22 +71,26 @@ def produce(bootstrap: str, topic: str, n: int, keys: int, partitions: int) -> N
 
 
 class _Window:
-    """Steady-state clock: from the first batch's start to the last batch's end."""
+    """Steady-state clock: from the start of the first batch after ``skip`` records (start-up,
+    the group join and the models' warm-up fits are behind) to the last batch's end."""
 
-    def __init__(self):
+    def __init__(self, skip: int = 0):
         self.first = self.last = None  # (perf_counter, wall time, process CPU)
+        self.skip = skip
+        self.seen = 0
         self.records_after_first = 0
         self.lat: list[float] = []
 
     def start(self):
-        if self.first is None:
+        if self.first is None and self.seen >= self.skip:
             self.first = (time.perf_counter(), time.time(), time.process_time())
-            return True
-        return False
+        return self.first is not None
 
-    def end(self, n: int, first: bool, t: float):
-        if not first:
-            self.records_after_first += n
+    def end(self, n: int, counting: bool, t: float):
+        self.seen += n
+        if not counting:
+            return
+        self.records_after_first += n
         self.lat.append(time.perf_counter() - t)
         self.last = (time.perf_counter(), time.time(), time.process_time())
 
@@ -123,21 +130,22 @@ def bare(args) -> dict:
     p = make_producer(KafkaConfig(bootstrap_servers=args.bootstrap))
     tout = args.topic + "-out-bare"
     send = p.send
-    w = _Window()
+    nparts = len(p.partitions_for(tout))  # routed as the processor routes: input % output
+    w = _Window(args.skip)
     seen = 0
     while seen < args.n:
         got = c.poll(timeout_ms=200, max_records=MAX_POLL)
         if not got:
             continue
         t = time.perf_counter()
-        first = w.start()
+        counting = w.start()
         m = 0
         for tp, msgs in got.items():
             for msg in msgs:
-                send(tout, value=msg.value, key=msg.key, partition=tp.partition)
+                send(tout, value=msg.value, key=msg.key, partition=tp.partition % nparts)
             m += len(msgs)
         seen += m
-        w.end(m, first, t)
+        w.end(m, counting, t)
     p.flush()
     c.close()
     p.close()
@@ -177,16 +185,21 @@ def one(args) -> dict:
         env={},
     )
     proc = Processor(cfg, handle_signals=False)
-    w = _Window()
+    # Two instances: the second skips the first's share of the warm-up.
+    w = _Window(args.skip // 2 if two else args.skip)
     inner = proc.process_batch
 
     def timed(batch):
         t = time.perf_counter()
-        first = w.start()
+        counting = w.start()
         inner(batch)
-        w.end(len(batch), first, t)
+        w.end(len(batch), counting, t)
 
     proc.process_batch = timed
+    if two:  # both instances join the group together (a barrier of files)
+        Path(f"{args.group_barrier}.{os.getpid()}").touch()
+        while not Path(f"{args.group_barrier}.go").exists():
+            time.sleep(0.01)
     proc.run()
     out = w.result()
     out.update(rss_mib=_rss_mib(), states=len(proc.states), live=len(proc.states.live))
@@ -212,9 +225,12 @@ def one(args) -> dict:
     return out
 
 
-def _cmd(args, scope, keys, topic, max_live=None, group=None, restore=False):
+def _cmd(args, scope, keys, topic, max_live=None, group=None, restore=False, barrier=None):
     cmd = [sys.executable, __file__, "--one", "--scope", scope, "--keys", str(keys)]
     cmd += ["--bootstrap", args.bootstrap, "--topic", topic, "--n", str(args.n)]
+    cmd += ["--skip", str(args.skip)]
+    if barrier:
+        cmd += ["--group-barrier", barrier]
     cmd += ["--partitions", str(args.partitions)]
     if max_live:
         cmd += ["--max-live", str(max_live)]
@@ -243,7 +259,16 @@ def main() -> int:
     ap.add_argument("--max-live", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--group", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--restore", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--group-barrier", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--skip",
+        type=int,
+        default=None,
+        help="records before the clock starts (start-up, group join, warm-up fits; n/5)",
+    )
     args = ap.parse_args()
+    if args.skip is None:
+        args.skip = args.n // 5
     if args.one:
         print(json.dumps(one(args)))
         return 0
@@ -286,11 +311,16 @@ def main() -> int:
         # Two instances of one group, started together, on the same records.
         for name, scope, keys in [("partition", "partition", 1000), ("key 1000", "key", 1000)]:
             group = f"bench2-{uuid.uuid4().hex[:6]}"
-            cmd = _cmd(args, scope, keys, topics[keys], group=group)
+            barrier = os.path.join(tempfile.mkdtemp(prefix="bench-state-"), "barrier")
+            cmd = _cmd(args, scope, keys, topics[keys], group=group, barrier=barrier)
             procs = [
                 subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                 for _ in range(2)
             ]
+            deadline = time.time() + 120
+            while len(glob.glob(barrier + ".[0-9]*")) < 2 and time.time() < deadline:
+                time.sleep(0.05)
+            Path(barrier + ".go").touch()
             parts = []
             for pr in procs:
                 out, err = pr.communicate()
@@ -298,7 +328,7 @@ def main() -> int:
             busy = [r for r in parts if r.get("records")]
             first = min(r["wall_first"] for r in busy)
             last = max(r["wall_last"] for r in busy)
-            total = sum(r["in"] for r in parts)
+            total = sum(r["records"] for r in busy)
             res = {
                 "name": name + " x2",
                 "scope": scope,
@@ -324,7 +354,10 @@ def main() -> int:
 
 def report(args, results: list[dict]) -> None:
     bare_rate = results[0]["rate"]
-    print(f"\n{args.n} records, K={K}, D={D}, {args.partitions} partitions; steady state")
+    print(
+        f"\n{args.n} records, K={K}, D={D}, {args.partitions} partitions; steady state: "
+        f"after the first {args.skip} records"
+    )
     head = f"{'run':<24}{'rec/s':>9}{'x bare':>8}{'CPU us/rec':>11}{'p50 ms':>8}{'p99 ms':>8}"
     print(head + f"{'RSS MiB':>9}")
     for r in results:
