@@ -109,9 +109,14 @@ def validate_gate_params(params: dict, caller: str = "AnomalyGate") -> None:
     """Raise ``ValueError`` (sklearn's ``InvalidParameterError``) naming a bad parameter."""
     from sklearn.utils._param_validation import validate_parameter_constraints
 
-    constraints = gate_constraints()
-    validate_parameter_constraints(
-        {name: constraints[name] for name in params if name in constraints},
-        params,
-        caller_name=caller,
-    )
+    from streamgmm._params import validate_once
+
+    def validate():
+        constraints = gate_constraints()
+        validate_parameter_constraints(
+            {name: constraints[name] for name in params if name in constraints},
+            params,
+            caller_name=caller,
+        )
+
+    validate_once(caller, params, validate)

@@ -17,6 +17,7 @@ from river import drift
 from sklearn.base import BaseEstimator
 
 from streamgmm._gate_spec import GATE_DEFAULTS, gate_constraints, validate_gate_params
+from streamgmm._params import CachedParamNames
 from streamgmm.online import MAX_ABS_VALUE, half_life_step
 
 __all__ = ["AnomalyGate", "GateResult"]
@@ -24,7 +25,8 @@ __all__ = ["AnomalyGate", "GateResult"]
 log = logging.getLogger("streamgmm.anomaly")
 
 STATE_FORMAT = "streamgmm.AnomalyGate"
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the reference as knots (+ their indices); 2 (the full sample) is read
+READ_STATE_VERSIONS = (2, 3)
 
 # Rows per model call in the batch step: a detected change takes effect within this many rows
 # (and a batch of several thousand rows would otherwise be judged by one stale model).
@@ -58,6 +60,13 @@ DRIFT_BLOCK = 5
 DRIFT_DELTA = 0.5
 # Consecutive refresh windows with an excessive flag rate before a warning.
 ALARM_WINDOWS = 3
+# Up to this many rows, a gate step goes row by row (score_and_learn_few): cheaper than a batch
+# step's arrays and segments for a model per key that sees a row or two per batch.
+FEW_ROWS = 3
+# The reference's bulk is kept as this many knots of its empirical survival curve (half evenly
+# spaced in rank, half in log survival, so the far tail where the thresholds lie stays dense):
+# a gate per key then holds ~1 KiB of reference instead of n_calibration scores.
+REF_KNOTS = 64
 
 
 class GateResult(NamedTuple):
@@ -71,7 +80,7 @@ class GateResult(NamedTuple):
     threshold: np.ndarray
 
 
-class AnomalyGate(BaseEstimator):
+class AnomalyGate(CachedParamNames, BaseEstimator):
     """Calibrated tail probability, anomaly threshold and learning gate of an online mixture.
 
     **Score and tail probability.**  The score of a record is ``-log p(x)`` under the model as
@@ -191,6 +200,7 @@ class AnomalyGate(BaseEstimator):
         self.calibration_source_: str | None = None
         self._ref = np.zeros(0)  # sorted reference scores up to the exponential tail
         self._ref_n = 0  # number of reference scores (including the tail's)
+        self._ref_index = np.zeros(0, dtype=np.int64)  # ranks of the knots kept in _ref
         self._ref_list: list | None = None  # the reference as lists, for the scalar path
         self._log_p: np.ndarray = np.zeros(0)
         self._log_p_list: list | None = None
@@ -272,7 +282,9 @@ class AnomalyGate(BaseEstimator):
         # A (nearly) degenerate top: keep the tail decreasing, on the scale of the bulk.
         spread = float(ref[n - m] - ref[n // 2])
         beta = max(beta, 1e-3 * max(spread, 1.0), 1e-9)
-        self._ref, self._log_p, self._ref_n = ref[: n - m + 1], log_p[: n - m + 1], n
+        idx = _knots(n, n - m + 1)
+        self._ref, self._log_p, self._ref_n = ref[idx], log_p[idx], n
+        self._ref_index = idx
         self._ref_list = self._log_p_list = None  # built at the first scalar lookup
         self._ref_version += 1
         self._tail_u, self._tail_log_pu, self._tail_beta = u, float(log_p[n - m]), beta
@@ -644,6 +656,83 @@ class AnomalyGate(BaseEstimator):
         proba = np.vstack(probas) if probas else np.zeros((0, width))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
 
+    def few_rows(self, model, n: int) -> bool:
+        """Whether :meth:`score_and_learn_few` serves ``n`` rows for ``model`` now: a handful
+        of rows of a model past its warm-up (a warming model refits on its buffer; the batch
+        step handles that)."""
+        return n <= FEW_ROWS and not getattr(model, "warming_up_", True) and model.has_model_
+
+    def score_and_learn_few(self, model, X) -> GateResult:
+        """:meth:`score_and_learn` for a few rows (see :meth:`few_rows`), one row at a time.
+
+        A model per key sees one to three rows per batch: the batch step's segment machinery
+        (arrays, a ``select`` callback, padding) costs far more than the rows themselves.  Each
+        row is judged by the model as it is after the rows before it — what a segment of one row
+        would do, in the same order: the reference refreshed if due, the row's log-density and
+        responsibilities (one compiled pass, :meth:`OnlineGaussianMixture.score_proba_one`),
+        the change detector fed before the decision (a change just detected opens the gate),
+        then learned (or only shown to the component life cycle) and accounted.
+        """
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or (X.size and not np.abs(X).max() <= MAX_ABS_VALUE):
+            raise ValueError("X must be a 2-D array of finite values within the model's range")
+        n = X.shape[0]
+        log_density = np.empty(n)
+        tails = np.empty(n)
+        flags = np.zeros(n, dtype=bool)
+        learned = np.zeros(n, dtype=bool)
+        thresholds = np.empty(n)
+        probas = []
+        far = self.false_alarm_rate
+        for i in range(n):
+            x = X[i]
+            self.prepare(model)
+            was_adapting = bool(self._adapt_left)
+            watch = self._watching()
+            ld, resp = model.score_proba_one(x)
+            score = -ld
+            tail = self._tail_scalar(score)
+            if watch:
+                self._watch(tail)
+            if self.gating_ and score > self.exclusion_threshold_:
+                ok = False
+                model.observe_one(x, log_density=ld)
+            else:
+                ok = bool(model.learn_one(x, log_density=ld))
+            flag = tail < far
+            log_density[i], tails[i], flags[i], learned[i] = ld, tail, flag, ok
+            thresholds[i] = self.threshold_
+            probas.append(resp)
+            # _account_many for one row (the detector has seen it above).
+            self.n_observed_ += 1
+            self.n_flagged_ += flag
+            self.n_excluded_ += not ok
+            if not self._model_warming and math.isfinite(score):
+                self._recent[self._recent_pos] = score
+                self._recent_pos = (self._recent_pos + 1) % self.n_recent
+            self._window_n += 1
+            self._window_flagged += flag
+            if self._window_n >= self.refresh_every:
+                self._close_window()
+            if was_adapting:
+                self._count_down(1)
+        width = max(p.shape[0] for p in probas) if probas else model.n_components_
+        if any(p.shape[0] != width for p in probas):  # K changed between rows ("auto")
+            probas = [np.pad(p, (0, width - p.shape[0])) for p in probas]
+        proba = np.vstack(probas) if probas else np.zeros((0, width))
+        return GateResult(log_density, proba, tails, flags, learned, thresholds)
+
+    def _tail_scalar(self, score: float) -> float:
+        """:meth:`tail_probability` of one score, by the same numpy interpolation (no lists:
+        a gate per key must not carry :meth:`tail_probability_one`'s list copies)."""
+        if not self._ref.size or score != score:
+            return math.nan
+        if score >= self._tail_u:
+            t = self._tail_log_pu - (score - self._tail_u) / self._tail_beta
+        else:
+            t = float(np.interp(score, self._ref, self._log_p, left=self._log_p[0]))
+        return math.exp(self.tail_power_ * t)
+
     def _segment_length(self, model) -> int:
         """Rows until the next refresh, window end or end of adaptation (a few while unsure)."""
         if self._model_warming:
@@ -710,24 +799,40 @@ class AnomalyGate(BaseEstimator):
             "detector": det_state,
             "block": list(self._block),
         }
-        arrays = {"reference": self._ref.copy(), "recent": self._recent.copy()}
+        arrays = {
+            "reference": self._ref.copy(),
+            "reference_index": self._ref_index.astype(np.int64),
+            "recent": self._recent.copy(),
+        }
         return arrays, meta
 
     @classmethod
     def from_state(cls, arrays, meta) -> AnomalyGate:
         """Rebuild a gate from :meth:`get_state`'s output; ValueError if malformed."""
-        if meta.get("format") != STATE_FORMAT or meta.get("version") != STATE_VERSION:
+        if meta.get("format") != STATE_FORMAT or meta.get("version") not in READ_STATE_VERSIONS:
             raise ValueError("not a streamgmm AnomalyGate state (format/version mismatch)")
         gate = cls(**meta["params"])
         ref = np.asarray(arrays["reference"], dtype=np.float64)
         recent = np.asarray(arrays["recent"], dtype=np.float64)
         if ref.ndim != 1 or recent.shape != (gate.n_recent,):
             raise ValueError("AnomalyGate state: arrays have the wrong shape")
+        # Version 2 kept every reference score up to the tail (knots come at its next refresh).
+        v3 = meta["version"] >= 3
+        idx = np.asarray(arrays["reference_index"]) if v3 else np.arange(ref.size)
         if ref.size:
             u, log_pu, beta, n, gate.tail_power_ = meta["tail"]
+            if (
+                idx.shape != ref.shape
+                or idx.dtype.kind not in "iu"
+                or idx[0] < 0
+                or idx[-1] >= int(n)
+                or np.any(np.diff(idx) <= 0)
+            ):
+                raise ValueError("AnomalyGate state: the reference's ranks are malformed")
             gate._ref, gate._ref_n = ref.copy(), int(n)
+            gate._ref_index = idx.astype(np.int64)
             # The survival values exactly as _set_reference made them.
-            gate._log_p = np.log((n - np.arange(ref.size)) / (n + 1.0))
+            gate._log_p = np.log((n - gate._ref_index) / (n + 1.0))
             gate._ref_list = gate._log_p_list = None
             gate._ref_version += 1
             gate._tail_u = math.inf if u is None else float(u)
@@ -811,6 +916,22 @@ def _page_hinkley_up(det, values: list) -> int | None:
     if fired is not None:
         det._drift_detected = True
     return fired
+
+
+def _knots(n: int, size: int) -> np.ndarray:
+    """Ranks (0 .. size-1) of the reference scores kept as knots; all of them if few.
+
+    Half are evenly spaced in rank (the bulk), half evenly spaced in log survival
+    ``log((n - i) / (n + 1))`` (the upper tail, where the flag threshold is read); the first and
+    the last rank are always kept, so the interpolated survival curve spans the same range.
+    """
+    if size <= REF_KNOTS:
+        return np.arange(size, dtype=np.int64)
+    half = REF_KNOTS // 2
+    by_rank = np.linspace(0.0, size - 1, half)
+    by_tail = n - np.geomspace(n, n - size + 1, half)
+    idx = np.unique(np.rint(np.concatenate([by_rank, by_tail])).astype(np.int64))
+    return idx[(idx >= 0) & (idx < size)]
 
 
 def _finite_or_none(v):

@@ -23,6 +23,7 @@ from streamgmm import _covariance as cov_ops
 from streamgmm import _kernels
 from streamgmm._lifecycle import Lifecycle
 from streamgmm._mixture_spec import MIXTURE_DEFAULTS
+from streamgmm._params import CachedParamNames, validate_once
 from streamgmm._warm_up import (
     RECURRING_SHARE,
     feature_scales,
@@ -89,7 +90,7 @@ class ScoreResult(NamedTuple):
     learned: np.ndarray
 
 
-class OnlineGaussianMixture(DensityMixin, BaseEstimator):
+class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
     """Gaussian mixture learned online by stochastic-approximation EM.
 
     Each component keeps exponentially weighted sufficient statistics — a weight, a mean and a
@@ -663,6 +664,38 @@ class OnlineGaussianMixture(DensityMixin, BaseEstimator):
         if ld == -np.inf:  # no component gives the row a density: say so evenly
             resp = np.full(self._k, 1.0 / self._k)
         return resp
+
+    def _validate_params(self):
+        # Thousands of models per key are restored and built; a parameter set that passed once
+        # passes again (see streamgmm._params).
+        validate_once(type(self), self.get_params(deep=False), super()._validate_params)
+
+    def score_proba_one(self, x) -> tuple[float, np.ndarray]:
+        """``(log-density, responsibilities)`` of one complete row, from one compiled pass.
+
+        :meth:`score_one` and :meth:`predict_proba_one` in one call (a caller that needs both,
+        as the anomaly gate's few-rows step, pays one E-step).  No state change.  A row whose
+        density underflows gets ``-inf`` and even responsibilities.
+        """
+        if (
+            type(x) is np.ndarray
+            and x.dtype is _FLOAT64
+            and x.shape == self._row_shape
+            and x.strides == _ROW_STRIDES
+            and self._s0 is not None
+        ):  # the hot path: the compiled kernel checks the values
+            resp = np.empty(self._k)
+            ld = self._one(x, resp)
+            if ld == ld:  # NaN: an invalid value, the checks below say which
+                if ld == -np.inf:
+                    resp = np.full(self._k, 1.0 / self._k)
+                return float(ld), resp
+        x, _ = self._check_one(x)
+        self._check_fitted()
+        ld, resp = self._proba_one(x)
+        if ld == -np.inf:
+            resp = np.full(self._k, 1.0 / self._k)
+        return float(ld), resp
 
     def _check_one(self, x, observed=None, learning=False):
         """``(x, observed)`` validated; ``observed`` is None for a complete row.

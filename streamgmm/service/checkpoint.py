@@ -61,9 +61,10 @@ __all__ = [
 ]
 
 #: Version 2: one or many model states per checkpoint (``meta["states"]``, model scopes);
-#: version 1 (one global model, arrays ``model.*``/``gate.*``) is still read.
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+#: version 1 (one global model, arrays ``model.*``/``gate.*``) is still read.  Version 3: the
+#: states' bytes back to back in one array (``states.bytes``/``states.ends``); 2 is still read.
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 _NAME = re.compile(r"^ckpt-(\d+)\.npz$")
 _JOURNAL = re.compile(r"^batches-(\d+)\.jsonl$")
 _META, _SUM = "__meta__", "__sha256__"

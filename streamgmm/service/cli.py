@@ -491,7 +491,7 @@ def _describe(e: BaseException) -> str:
 
 def summarise(ck) -> dict:
     """JSON-able summary of a loaded checkpoint (what ``inspect --json`` prints)."""
-    from .processor import model_from_checkpoint
+    from .processor import checkpoint_blobs, model_from_checkpoint
 
     if ck.meta.get("states") is not None:  # model scope partition/key: one entry per state
         return {
@@ -504,8 +504,8 @@ def summarise(ck) -> dict:
             "offsets": ck.meta.get("offsets"),
             "counts": ck.meta.get("counts"),
             "states": [
-                {**entry, **summarise_state(ck.arrays[f"state.{i}"].tobytes())}
-                for i, entry in enumerate(ck.meta["states"])
+                {**entry, **summarise_state(blob)}
+                for entry, blob in zip(ck.meta["states"], checkpoint_blobs(ck), strict=True)
             ],
         }
     model, gate = model_from_checkpoint(ck)

@@ -658,7 +658,7 @@ def encode_outputs(
     proba: np.ndarray,
     threshold: float | np.ndarray,
     anomaly: np.ndarray,
-    model_version: int,
+    model_version: int | Sequence[int],
     tail_probability: np.ndarray | None = None,
 ) -> list[bytes]:
     """One JSON document (UTF-8 bytes, no newline) per valid row of ``decoded``, in order.
@@ -666,15 +666,22 @@ def encode_outputs(
     Fields: ``source``, ``key``, ``probabilities``, ``cluster``, ``log_density``, ``score``,
     ``anomaly``, ``threshold``, ``model_version`` and ``timestamp`` if the input has one;
     ``tail_probability`` (the probability that a normal record scores at least as high) after
-    ``score`` when given.  ``threshold`` is one value for the batch or one per row.
+    ``score`` when given.  ``threshold`` and ``model_version`` are one value for the batch or
+    one per row (rows of several models, one per key).  ``proba`` is an (n, K) array, or a list
+    of one 1-D array per row (models of different K).
     """
     ld = log_density.tolist()
     # Rows of the array go to orjson as they are (untracked views; per-row lists from tolist()
     # would live through the batch and burden the garbage collector).
-    pr = np.ascontiguousarray(proba, dtype=np.float64)
+    if isinstance(proba, list):
+        pr = proba
+        cl = [int(p.argmax()) if p.size else 0 for p in pr]
+    else:
+        pr = np.ascontiguousarray(proba, dtype=np.float64)
+        cl = pr.argmax(axis=1).tolist() if pr.shape[1] else [0] * len(ld)
     an = anomaly.tolist()
-    cl = pr.argmax(axis=1).tolist() if pr.shape[1] else [0] * len(ld)
     thr_rows = np.broadcast_to(np.asarray(threshold, dtype=np.float64), len(ld)).tolist()
+    versions = [model_version] * len(ld) if isinstance(model_version, int) else list(model_version)
     tail = None if tail_probability is None else tail_probability.tolist()
     keys, stamps = decoded.keys, decoded.timestamps
     dumps, opt = _dumps, orjson.OPT_SERIALIZE_NUMPY
@@ -701,7 +708,7 @@ def encode_outputs(
             **({} if tail is None else {"tail_probability": tail[j]}),
             "anomaly": an[j],
             "threshold": thr_rows[j],
-            "model_version": model_version,
+            "model_version": versions[j],
         }
         ts = stamps[j]
         if ts is not None:

@@ -117,22 +117,45 @@ def store_from_checkpoint(ck, store: StateStore) -> None:
         model, gate = model_from_checkpoint(ck)
         store.live[StateKey(None, None)] = Slot(model, gate)
         return
-    for i, entry in enumerate(ck.meta["states"]):
+    for entry, blob in zip(ck.meta["states"], checkpoint_blobs(ck), strict=True):
         part = entry.get("partition")
         sp = None if part is None else SourcePartition.parse(part, entry.get("kind", "kafka"))
-        blob = ck.arrays.get(f"state.{i}")
-        if blob is None:
-            raise CheckpointError(f"{ck.path}: state {i} is missing")
-        store.put_encoded(StateKey(sp, entry.get("key")), blob.tobytes())
+        store.put_encoded(StateKey(sp, entry.get("key")), blob)
     for label, kind, key, n in ck.meta.get("unborn", []):
         store.unborn[StateKey(SourcePartition.parse(label, kind), key)] = int(n)
+
+
+def checkpoint_blobs(ck) -> list[bytes]:
+    """The encoded states of a partition/key checkpoint, in ``meta["states"]`` order."""
+    entries = ck.meta["states"]
+    packed, ends = ck.arrays.get("states.bytes"), ck.arrays.get("states.ends")
+    if packed is None:  # formats 1-2: one array per state
+        blobs = []
+        for i in range(len(entries)):
+            arr = ck.arrays.get(f"state.{i}")
+            if arr is None:
+                raise CheckpointError(f"{ck.path}: state {i} is missing")
+            blobs.append(arr.tobytes())
+        return blobs
+    # Format 3: the states' bytes back to back, their ends beside them.
+    if ends is None or len(ends) != len(entries):
+        raise CheckpointError(f"{ck.path}: the states' bounds are missing")
+    data, blobs, start = packed.tobytes(), [], 0
+    for i, end in enumerate(ends.tolist()):
+        if not start <= end <= len(data):
+            raise CheckpointError(f"{ck.path}: state {i} is out of bounds")
+        blobs.append(data[start:end])
+        start = end
+    return blobs
 
 
 def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
     """``(arrays, meta)`` of every state of ``store`` for a checkpoint file.
 
     A global store keeps the layout of format 1 (``model.*``/``gate.*`` arrays), which
-    ``inspect`` and older tools read; other scopes store each state's encoded bytes."""
+    ``inspect`` and older tools read; other scopes store every state's encoded bytes back to
+    back in one array (``states.bytes``, with their ends in ``states.ends``): one zip entry
+    instead of one per key, ten thousand of which cost seconds per checkpoint."""
     if store.scope == "global":
         slot = store.only()
         m_arrays, m_meta = slot.model.get_state()
@@ -140,9 +163,9 @@ def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
         arrays = {f"model.{k}": v for k, v in m_arrays.items()}
         arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
         return arrays, {"model_meta": m_meta, "gate_meta": g_meta}
-    arrays, states = {}, []
-    for i, (sk, blob) in enumerate(store.encoded()):
-        arrays[f"state.{i}"] = as_uint8(blob)
+    blobs, states = [], []
+    for sk, blob in store.encoded():
+        blobs.append(blob)
         sp = sk.partition
         states.append(
             {
@@ -151,6 +174,10 @@ def store_to_checkpoint(store: StateStore) -> tuple[dict, dict]:
                 "key": sk.key,
             }
         )
+    arrays = {
+        "states.bytes": as_uint8(b"".join(blobs)),
+        "states.ends": np.cumsum([len(b) for b in blobs], dtype=np.int64),
+    }
     return arrays, {"states": states}
 
 
@@ -757,7 +784,7 @@ class Processor:
         """Score, flag and (gated) learn the decoded rows: per state, the gate's one step."""
         groups = self._groups(batch, dec)
         st = self.states
-        out: list[bytes | None] = [None] * len(dec.rows)
+        res = _Results(len(dec.rows))
         rejected: set[int] = set()
         if st.scope == "key":
             # Every valid row of a partition also trains the partition's pooled model: the
@@ -783,35 +810,42 @@ class Processor:
                     st.get(sk)
             for pk, js in pooled.items():
                 mine = sorted(own.get(pk, ()))
-                self._step(st.get(pk), batch, dec, sorted(js), mine, out, rejected)
+                self._step(st.get(pk), batch, dec, sorted(js), mine, res, rejected)
             groups = {sk: js for sk, js in groups.items() if sk.key is not None and sk in st}
         for sk, js in groups.items():
-            self._step(st.get(sk), batch, dec, js, js, out, rejected)
+            self._step(st.get(sk), batch, dec, js, js, res, rejected)
+        if res.gate is not None:
+            self.metrics.observe_gate(res.gate)
         if rejected:
             keep = [j for j in range(len(dec.rows)) if j not in rejected]
             dec.dead.sort()
             dec.rows = [dec.rows[j] for j in keep]
             dec.keys = [dec.keys[j] for j in keep]
             dec.timestamps = [dec.timestamps[j] for j in keep]
-            out = [out[j] for j in keep]
-        return out
+        else:
+            keep = None
+        return res.encode(batch, dec, keep)
 
-    def _step(self, slot, batch, dec, learn, emit, out, rejected) -> None:
-        """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the outputs of
-        rows ``emit`` (a subset, in order) go to ``out[j]``."""
+    def _step(self, slot, batch, dec, learn, emit, res, rejected) -> None:
+        """The gate's step of ``slot`` on rows ``learn`` (indices into ``dec``); the results of
+        rows ``emit`` (a subset, in order) go to ``res``."""
         if rejected:
             learn = [j for j in learn if j not in rejected]
         if slot.learned_to is not None:
-            learn, emit = self._already_learned(slot, batch, dec, learn, emit, out, rejected)
+            learn, emit = self._already_learned(slot, batch, dec, learn, emit, res, rejected)
             if not learn:
                 return
         model, gate = slot.model, slot.gate
         version = int(getattr(model, "n_samples_seen_", 0))
         gate.gating = self.cfg.gate.enabled  # the configuration decides, also after a restore
         slot.dirty = True
-        whole = len(learn) == len(dec.rows)
+        slot.blob = None  # stale from here on: not kept alive beside the live state
+        n = len(learn)
         try:
-            r = gate.score_and_learn(model, dec.X if whole else dec.X[learn])
+            if gate.few_rows(model, n):  # a key's row or two: no batch machinery
+                r = gate.score_and_learn_few(model, dec.X[learn])
+            else:
+                r = gate.score_and_learn(model, dec.X if n == len(dec.rows) else dec.X[learn])
             ok = learn
             if self.exchange is not None:
                 self.exchange.learned(slot, dec.X if whole else dec.X[learn])
@@ -821,8 +855,8 @@ class Processor:
             r, ok = self._row_by_row(slot, dec, learn, rejected)
             if r is None:
                 return
-        emit_set = set(emit)
-        if len(emit_set) != len(ok):  # a pooled model: only rows without a key are its own
+        if len(emit) != len(ok):  # a pooled model: only rows without a key are its own
+            emit_set = set(emit)
             at = [i for i, j in enumerate(ok) if j in emit_set]
             if not at:
                 return
@@ -833,21 +867,9 @@ class Processor:
         self.metrics.anomalies.inc(n_anom)
         if self.states.scope == "global":
             self.metrics.samples_seen.set(int(getattr(model, "n_samples_seen_", 0)))
-        self.metrics.observe_gate(gate)
-        lines = encode_outputs(
-            batch,
-            dec if len(ok) == len(dec.rows) else _subset(dec, ok),
-            r.log_density,
-            r.proba,
-            r.threshold,
-            r.anomaly,
-            version,
-            tail_probability=r.tail_probability,
-        )
-        for j, line in zip(ok, lines, strict=True):
-            out[j] = line
+        res.put(ok, r, version, gate)
 
-    def _already_learned(self, slot, batch, dec, learn, emit, out, rejected):
+    def _already_learned(self, slot, batch, dec, learn, emit, res, rejected):
         """Rows before ``slot.learned_to`` are in the state already (it was written beyond its
         partition record before a crash): a throwaway copy scores them, the state does not
         learn them again. Returns the rows left to learn and emit."""
@@ -859,7 +881,7 @@ class Processor:
             model, gate, _ = decode_slot(encode_slot(slot.model, slot.gate))
             scratch = Slot(model, gate)
             order = [j for j in learn if j in done]
-            self._step(scratch, batch, dec, order, [j for j in emit if j in done], out, rejected)
+            self._step(scratch, batch, dec, order, [j for j in emit if j in done], res, rejected)
             learn = [j for j in learn if j not in done]
             emit = [j for j in emit if j not in done]
         if learn:
@@ -1175,13 +1197,50 @@ def _max_abs() -> float:
     return float(MAX_ABS_VALUE)
 
 
-def _subset(dec, sel: list[int]):
-    """The rows ``sel`` of a decoded batch (its dead letters stay with the whole)."""
-    from .codec import DecodedBatch
+class _Results:
+    """One batch's gate results, row by row, from any number of models (one per key): encoded
+    to output documents once for the whole batch, not once per model."""
 
-    return DecodedBatch(
-        dec.X[sel],
-        [dec.rows[j] for j in sel],
-        [dec.keys[j] for j in sel],
-        [dec.timestamps[j] for j in sel],
-    )
+    __slots__ = ("anomaly", "gate", "log_density", "proba", "tail", "threshold", "version")
+
+    def __init__(self, n: int) -> None:
+        self.log_density = np.full(n, np.nan)
+        self.tail = np.full(n, np.nan)
+        self.threshold = np.full(n, np.nan)
+        self.anomaly = np.zeros(n, dtype=bool)
+        self.version = [0] * n
+        self.proba: list = [None] * n
+        self.gate = None  # the last gate stepped: its rates go to the metrics
+
+    def put(self, rows: list[int], r, version: int, gate) -> None:
+        self.log_density[rows] = r.log_density
+        self.tail[rows] = r.tail_probability
+        self.threshold[rows] = r.threshold
+        self.anomaly[rows] = r.anomaly
+        version_, proba = self.version, self.proba
+        for i, j in enumerate(rows):
+            version_[j] = version
+            proba[j] = r.proba[i]
+        self.gate = gate
+
+    def encode(self, batch, dec, keep: list[int] | None) -> list[bytes]:
+        """The output documents of rows ``keep`` (all rows if None; ``dec`` holds just them)."""
+        ld, tail, thr, an, ver, pr = (
+            self.log_density,
+            self.tail,
+            self.threshold,
+            self.anomaly,
+            self.version,
+            self.proba,
+        )
+        if keep is not None:
+            ld, tail, thr, an = ld[keep], tail[keep], thr[keep], an[keep]
+            ver = [ver[j] for j in keep]
+            pr = [pr[j] for j in keep]
+        if not pr:
+            return []
+        if any(p is None for p in pr):  # every row kept has been stepped
+            raise RuntimeError("a valid row was not scored")
+        width = pr[0].shape[0]
+        proba = np.vstack(pr) if all(p.shape[0] == width for p in pr) else pr
+        return encode_outputs(batch, dec, ld, proba, thr, an, ver, tail_probability=tail)

@@ -48,7 +48,10 @@ __all__ = [
 ]
 
 #: Version of one encoded model+gate state (a checkpoint entry or a changelog message).
-SLOT_FORMAT_VERSION = 1
+#: 2: the state codec's raw container (a header, the arrays' bytes, a CRC-32: a fraction of the
+#: cost of 1's npz + SHA-256 for a small per-key state).  1 is still read.
+SLOT_FORMAT_VERSION = 2
+READ_SLOT_VERSIONS = (1, 2)
 
 
 class SourcePartition(NamedTuple):
@@ -105,7 +108,9 @@ def encode_slot(model, gate, extra: dict | None = None, *, compress: bool = Fals
     arrays = {f"model.{k}": v for k, v in m_arrays.items()}
     arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
     meta = {"model_meta": m_meta, "gate_meta": g_meta, **(extra or {})}
-    return encode_state(arrays, meta, format_version=SLOT_FORMAT_VERSION, compress=compress)
+    return encode_state(
+        arrays, meta, format_version=SLOT_FORMAT_VERSION, compress=compress, raw=True
+    )
 
 
 def split_arrays(arrays: dict, prefix: str) -> dict:
@@ -135,7 +140,7 @@ def copy_pair(model, gate):
 
 def decode_slot(blob: bytes, where: str = "state"):
     """``(model, gate, meta)`` from :func:`encode_slot`'s bytes (raises ValueError)."""
-    arrays, meta = decode_state(blob, accept_versions=(SLOT_FORMAT_VERSION,), where=where)
+    arrays, meta = decode_state(blob, accept_versions=READ_SLOT_VERSIONS, where=where)
     try:
         model, gate = restore_pair(arrays, meta["model_meta"], meta["gate_meta"])
     except (KeyError, TypeError) as e:
@@ -225,6 +230,7 @@ class StateStore:
         self.unborn: dict[StateKey, int] = {}
         self.evictions = 0
         self.restores = 0
+        self._pooled_live = 0  # live pooled models: not counted against max_live
 
     # -- addressing ---------------------------------------------------------------------------
     def key_for(self, partition: SourcePartition, record_key) -> StateKey:
@@ -272,6 +278,8 @@ class StateStore:
         else:
             slot = self._new(sk)
         self.live[sk] = slot
+        if sk.key is None:
+            self._pooled_live += 1
         self._evict()
         return slot
 
@@ -293,8 +301,8 @@ class StateStore:
     def _evict(self) -> None:
         if self.max_live is None or self.scope != "key":
             return
-        while len(self.live) > self.max_live:
-            # Pooled models stay: every record of their partition needs them.
+        # Pooled models stay, and do not count: every record of their partition needs them.
+        while len(self.live) - self._pooled_live > self.max_live:
             sk = next((k for k in self.live if k.key is not None), None)
             if sk is None:
                 return
@@ -309,7 +317,8 @@ class StateStore:
     # -- bulk ------------------------------------------------------------------------------------
     def put_encoded(self, sk: StateKey, blob: bytes, learned_to: int | None = None) -> None:
         """Install a state from its bytes (restore); decoded on first use."""
-        self.live.pop(sk, None)
+        if self.live.pop(sk, None) is not None and sk.key is None:
+            self._pooled_live -= 1
         self.unsaved.discard(sk)
         self.cold[sk] = blob
         if learned_to is not None:
@@ -339,6 +348,7 @@ class StateStore:
             for sk in [k for k in d if k.partition == partition]:
                 del d[sk]
         self.unsaved = {k for k in self.unsaved if k.partition != partition}
+        self._pooled_live = sum(1 for k in self.live if k.key is None)
 
     def only(self) -> Slot | None:
         """The state of a global store (created if needed); ``None`` for other scopes."""
