@@ -561,8 +561,7 @@ def summarise_state(blob: bytes) -> dict:
         "rows_own": seen - int(meta.get("seen_at_birth", 0)) + int(meta.get("pre_birth", 0)),
         # Offered but not learned (n_components="auto": held back while a component may be
         # forming): rows_own + held_back_own is every valid record the state was given.
-        "held_back_own": int(getattr(model, "n_held_back_", 0))
-        - int(meta.get("held_at_birth", 0)),
+        "held_back_own": int(getattr(model, "n_held_back_", 0)) - int(meta.get("held_at_birth", 0)),
         "warming_up": bool(getattr(model, "warming_up_", True)),
         "threshold": thr if math.isfinite(thr) else None,
         "means": means,

@@ -194,9 +194,16 @@ class Processor:
             if cfg.checkpoint.dir and not self._changelog_mode
             else None
         )
+        # Changelog mode: the checkpoint directory is a cache of the changelog, used on an
+        # assignment when it holds the newest write (see changelog.LocalCache).
+        self.cache = None
+        self._fresh_done: set[SourcePartition] = set()  # --fresh: partitions wiped this run
         if cfg.checkpoint.dir and self._changelog_mode:
+            from .changelog import LocalCache
+
+            self.cache = LocalCache(cfg.checkpoint.dir)
             log.info(
-                "model scope %r on Kafka: state is kept in the changelog topic, not in %s",
+                "model scope %r on Kafka: state is kept in the changelog topic; %s caches it",
                 cfg.model.scope,
                 cfg.checkpoint.dir,
             )
@@ -457,7 +464,25 @@ class Processor:
         """Changelog mode: each assigned partition's states from its changelog partition, and
         the offset stored with them to seek to (whatever this instance had: it may be stale)."""
         t0 = time.perf_counter()
-        restored = self.changelog.restore(sps)
+        if self.cfg.fresh:
+            # --fresh: the old states of partitions new to this run are tombstoned, not
+            # restored; their models start new from the group's committed offsets.
+            new = [sp for sp in sps if sp not in self._fresh_done]
+            if new:
+                n = self.changelog.wipe(new)
+                self._fresh_done.update(new)
+                log.info(
+                    "--fresh: %d changelog messages of %s tombstoned; their models start new",
+                    n,
+                    [sp.label for sp in new],
+                )
+                for sp in new:
+                    self.states.drop_partition(sp)
+                    self.offsets.pop(sp, None)
+                    self._written.pop(sp, None)
+                sps = [sp for sp in sps if sp not in new]
+        read_before = self.changelog.messages_read
+        restored = self.changelog.restore(sps, self.cache)
         seeks = {}
         for sp in sps:
             ps = restored[sp]
@@ -482,11 +507,15 @@ class Processor:
                     )
         if sps:
             self._assigned_at = time.monotonic()
+        cached = [sp.label for sp in sps if restored[sp].source == "cache"]
         log.info(
-            "partitions assigned: %s; restored %d states from the changelog in %.3f s; seeking %s",
+            "partitions assigned: %s; restored %d states in %.3f s (%d changelog messages "
+            "read; from the local cache: %s); seeking %s",
             [sp.label for sp in sps],
             sum(len(restored[sp].states) for sp in sps),
             time.perf_counter() - t0,
+            self.changelog.messages_read - read_before,
+            cached,
             {sp.label: o for sp, o in seeks.items()},
         )
         return seeks
@@ -648,13 +677,23 @@ class Processor:
     def _write_changelog(self) -> None:
         """Changed states and the partition record of every partition that moved on, then one
         flush: all acknowledged before the offsets are committed."""
+        records = {}
         for sp, offset in list(self.offsets.items()):
             changed = self.states.changed(sp)
             if changed or self._written.get(sp) != offset:
                 unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
-                self.changelog.write(sp, changed, offset, {"unborn": unborn} if unborn else None)
+                records[sp] = self.changelog.write(
+                    sp, changed, offset, {"unborn": unborn} if unborn else None
+                )
                 self._written[sp] = offset
         self.changelog.flush()
+        if self.cache is not None:
+            # After the flush: a cache is never ahead of an acknowledged write (exactly_once:
+            # if the transaction then aborts, the record's id differs from the changelog's
+            # and the copy is not used).
+            for sp, rec in records.items():
+                chunks = {mk: keys for (p, mk), keys in self.changelog.chunks.items() if p == sp}
+                self.cache.save(sp, rec, self.states.partition_states(sp), chunks)
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:

@@ -353,6 +353,19 @@ class StateStore:
             self.unsaved.discard(sk)
         return out
 
+    def partition_states(
+        self, partition: SourcePartition
+    ) -> list[tuple[StateKey, bytes, int | None]]:
+        """``(key, bytes, learned_to)`` of every state of ``partition`` (a full copy)."""
+        out = []
+        for sk, slot in self.live.items():
+            if sk.partition == partition:
+                out.append((sk, slot.encode(), slot.learned_to))
+        for sk, blob in self.cold.items():
+            if sk.partition == partition:
+                out.append((sk, blob, self.learned_to.get(sk)))
+        return out
+
     def encoded(self) -> Iterator[tuple[StateKey, bytes]]:
         """Every state's bytes (live ones re-encoded only if they changed)."""
         for sk, slot in self.live.items():
