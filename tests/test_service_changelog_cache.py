@@ -86,3 +86,49 @@ def test_fresh_tombstones_the_changelog_states_and_starts_new(
     # The old states are gone from the changelog: a later instance restores the new ones.
     later = _run(_cfg(kafka_bootstrap, tin, group, tmp_path / "c"))
     assert _counts(later.states) == _expected(k2, p2, "key")
+
+
+def test_a_replay_after_a_crash_repeats_the_outputs_byte_for_byte(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """at_least_once, scope partition: an instance killed after flushing outputs but before
+    writing its state; the next instance (empty directory, another batch size) replays those
+    batches from the changelog's batch journal, so every duplicate output is the same bytes."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_service_scope import FEATURES
+
+    tin, tout = new_topic(3), new_topic(3)
+    _produce_keyed(kafka_bootstrap, tin, 3)
+
+    def run(ckdir, max_poll, fault=None):
+        cmd = [
+            sys.executable, "-m", "streamgmm.service.cli", "run",
+            "--bootstrap-servers", kafka_bootstrap, "--topic", tin, "--output-topic", tout,
+            "--dead-letter-topic", tout + ".dlq", "--group-id", "g-replay",
+            "--checkpoint-dir", str(ckdir), "--features", ",".join(FEATURES),
+            "--model-scope", "partition", "--covariance-type", "diag", "--warm-up", "40",
+            "--no-gate", "--checkpoint-every", "300", "--max-poll-records", str(max_poll),
+            "--idle-timeout", "3", "--log-format", "text",
+        ]  # fmt: skip
+        env = {**os.environ, "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "3000"}
+        if fault:
+            env["SGMM_FAULTS"] = fault
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+
+    first = run(tmp_path / "a", 50, "flush:kill@3")  # outputs flushed, state not written
+    assert first.returncode != 0, first.stderr[-2000:]
+    second = run(tmp_path / "b", 37)
+    assert second.returncode == 0, second.stderr[-2000:]
+    copies: dict[tuple, set] = {}
+    for m in read_all(kafka_bootstrap, tout):
+        src = json.loads(m.value)["source"]
+        copies.setdefault((src["partition"], src["offset"]), set()).add(m.value)
+    differ = {k: v for k, v in copies.items() if len(v) > 1}
+    assert not differ, f"{len(differ)} inputs with differing duplicate outputs"
+    outputs = len(read_all(kafka_bootstrap, tout))
+    assert outputs > len(copies), "the crash left no duplicate outputs: nothing was replayed"
+    assert "journaled batches" in second.stderr

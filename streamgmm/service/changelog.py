@@ -75,6 +75,7 @@ log = logging.getLogger("streamgmm.service.changelog")
 #: Largest value sent as one message (Kafka's default ``max.message.bytes`` is 1 MiB).
 CHUNK_BYTES = 512 * 1024
 PARTITION_KEY = b"\x00partition"
+JOURNAL_KEY = b"\x00journal"
 _POOLED, _KEYED, _CHUNK_SEP = b"\x01", b"\x02", b"\x1f"
 
 
@@ -117,6 +118,7 @@ class PartitionState:
     record: dict = field(default_factory=dict)
     chunk_keys: dict[bytes, list[bytes]] = field(default_factory=dict)
     keys: list[bytes] = field(default_factory=list)  # every live message key
+    journal: list[list[int]] | None = None  # the batch journal's segments, if any
     source: str = "changelog"  # or "cache"
 
 
@@ -161,6 +163,9 @@ def read_changelog(
         ps = PartitionState(sp)
         msgs = latest[tp]
         ps.keys = list(msgs)
+        jm = msgs.get(JOURNAL_KEY)
+        if jm is not None:
+            ps.journal = json.loads(jm.value)["segments"]
         rec = msgs.get(PARTITION_KEY)
         if rec is not None:
             ps.record = json.loads(rec.value)
@@ -195,10 +200,11 @@ def read_changelog(
 
 def newest_record(
     consumer, topic: str, sp: SourcePartition, counter: list[int], timeout: float = 30.0
-) -> dict | None:
-    """The newest partition record of ``sp``'s changelog partition, read from its tail (a
-    window before the end, widened until one is found): a partition record ends each write,
-    followed only by the tombstones of replaced chunks, so a few messages usually suffice."""
+) -> tuple[dict | None, list | None]:
+    """The newest partition record of ``sp``'s changelog partition and the batch journal
+    written after it, read from its tail (a window before the end, widened until a record is
+    found): a partition record ends each write, followed only by the tombstones of replaced
+    chunks and the journal of later batches, so a few messages usually suffice."""
     from kafka import TopicPartition
 
     tp = TopicPartition(topic, sp.partition)
@@ -210,7 +216,7 @@ def newest_record(
         while True:
             start = max(begin, end - window)
             consumer.seek(tp, start)
-            found = None
+            found = journal = None
             deadline = time.monotonic() + timeout
             while consumer.position(tp) < end:
                 if time.monotonic() > deadline:
@@ -219,11 +225,13 @@ def newest_record(
                     counter[0] += len(msgs)
                     for m in msgs:
                         if m.key == PARTITION_KEY and m.value is not None:
-                            found = m
+                            found, journal = m, None
+                        elif m.key == JOURNAL_KEY and m.value is not None:
+                            journal = json.loads(m.value)["segments"]
             if found is not None:
-                return json.loads(found.value)
+                return json.loads(found.value), journal
             if start == begin:
-                return None
+                return None, None
             window *= 8
     finally:
         consumer.assign([])
@@ -382,12 +390,13 @@ class Changelog:
             for sp in group:
                 ps = cache.load(sp) if cache is not None else None
                 if ps is not None:
-                    rec = newest_record(self.reader, self.topics[t], sp, self._read)
+                    rec, journal = newest_record(self.reader, self.topics[t], sp, self._read)
                     same = rec is not None and (rec.get("seq"), rec.get("id")) == (
                         ps.seq,
                         ps.record.get("id"),
                     )
                     if same:
+                        ps.journal = journal
                         got[sp] = ps
                         continue
                     log.info(
@@ -528,6 +537,14 @@ class Changelog:
             send(topic, key=ck, value=None, partition=part).add_errback(failed)
         self.seq[sp] = seq
         return record
+
+    def journal(self, sp: SourcePartition, segments: list[list[int]]):
+        """Send ``sp``'s batch journal (its segments since its last partition record); the
+        send's future (the caller waits for it before the batch's outputs go out)."""
+        value = json.dumps({"segments": segments}).encode()
+        return self.producer.send(
+            self.topics[sp.name], key=JOURNAL_KEY, value=value, partition=sp.partition
+        )
 
     def flush(self) -> None:
         """Wait for every write's acknowledgement; :class:`ChangelogError` if one failed."""

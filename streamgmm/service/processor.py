@@ -189,6 +189,12 @@ class Processor:
         self.aborts = 0
         self._fenced: BaseException | None = None
         self._written: dict[SourcePartition, int] = {}  # offset of each partition's last write
+        # at_least_once in changelog mode: each partition's batch journal since its last
+        # write (see changelog.py), acknowledged before a batch's outputs are sent.
+        self._journal_on = self._changelog_mode and not self.exactly_once
+        self._segments: dict[SourcePartition, list[list[int]]] = {}
+        self._journal_sent: list = []
+        self._journal_failed = False
         self.store = (
             CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
             if cfg.checkpoint.dir and not self._changelog_mode
@@ -382,6 +388,8 @@ class Processor:
                 plan, path = self.store.journal_replay(self._ck_seq, start)
                 journal = self.store.journal()
                 journal.open(path, "a")
+            if self._journal_on:
+                journal = _ChangelogJournal(self)
             self.source = KafkaSource(
                 cfg.kafka,
                 self._on_assigned,
@@ -493,9 +501,11 @@ class Processor:
             for key, n in ps.record.get("unborn", {}).items():
                 self.states.unborn[StateKey(sp, key)] = int(n)
             self._written.pop(sp, None)
+            self._segments.pop(sp, None)
             if ps.offset is not None:
                 self.offsets[sp] = seeks[sp] = ps.offset
                 self._written[sp] = ps.offset
+                self._replay_journal(sp, ps)
             else:
                 self.offsets.pop(sp, None)
                 if committed.get(sp) is not None:
@@ -520,6 +530,46 @@ class Processor:
         )
         return seeks
 
+    def _replay_journal(self, sp: SourcePartition, ps) -> None:
+        """Queue the batches the partition's previous owner processed after its last write
+        (its journal), each as a batch of its own: the replay's outputs are then the same
+        bytes as the first ones."""
+        if not self._journal_on or not ps.journal:
+            return
+        segs = [[int(a), int(b)] for a, b in ps.journal if a >= ps.offset]
+        at = ps.offset
+        for a, b in segs:
+            if a != at or b <= a:  # not contiguous from the record: not a journal of it
+                return
+            at = b
+        if segs:
+            self._segments[sp] = segs  # still this partition's journal until its next write
+            self.source.replay([[(sp.name, sp.partition, a, b)] for a, b in segs])
+            log.info("%s: replaying %d journaled batches from %d", sp.label, len(segs), ps.offset)
+
+    def _journal_append(self, segs) -> None:
+        for t, p, start, end in segs:
+            sp = SourcePartition.kafka(t, p)
+            lst = self._segments.setdefault(sp, [])
+            lst.append([int(start), int(end)])
+            self._journal_sent.append(self.changelog.journal(sp, lst))
+
+    def _journal_wait(self) -> None:
+        """The batch's journal entries are acknowledged before its outputs go out: no output
+        can be visible whose batch a replay would not know."""
+        sent, self._journal_sent = self._journal_sent, []
+        for fut in sent:
+            try:
+                fut.get(timeout=60)
+            except Exception as e:
+                if not self._journal_failed:
+                    log.warning(
+                        "batch journal not acknowledged (%r): after a crash, duplicate outputs "
+                        "of these batches may differ slightly from the first ones",
+                        e,
+                    )
+                self._journal_failed = True
+
     def _on_revoked(self, sps: list[SourcePartition]) -> dict:
         log.info("partitions revoked: %s", [sp.label for sp in sps])
         self._released.update(sps)
@@ -532,10 +582,17 @@ class Processor:
         return offsets
 
     def _forget(self, sps: list[SourcePartition]) -> None:
+        gone = {sp.tp for sp in sps}
+        plan = getattr(self.source, "plan", None)
+        if plan:  # their journaled batches are the next owner's to replay
+            kept = [e for e in plan if not any((t, p) in gone for t, p, _, _ in e)]
+            plan.clear()
+            plan.extend(kept)
         for sp in sps:
             self.states.drop_partition(sp)
             self.offsets.pop(sp, None)
             self._written.pop(sp, None)
+            self._segments.pop(sp, None)
         self.changelog.forget(sps)
 
     def _on_lost(self, sps: list[SourcePartition]) -> None:
@@ -686,6 +743,7 @@ class Processor:
                     sp, changed, offset, {"unborn": unborn} if unborn else None
                 )
                 self._written[sp] = offset
+                self._segments.pop(sp, None)  # the record supersedes the journal
         self.changelog.flush()
         if self.cache is not None:
             # After the flush: a cache is never ahead of an acknowledged write (exactly_once:
@@ -705,6 +763,8 @@ class Processor:
         faults.point("score")
         if dec.rows:
             lines = self._score_and_learn(batch, dec)
+        if self._journal_sent:
+            self._journal_wait()
         dead = dec.dead
         if dead:
             self._dead_reasons.update(why[:100] for _, why in dead)
@@ -1119,6 +1179,19 @@ class Processor:
             self.source.close()
         if self.changelog is not None:
             self.changelog.close()
+
+
+class _ChangelogJournal:
+    """The source's journal hook in changelog mode: batches go to the changelog."""
+
+    def __init__(self, proc: Processor) -> None:
+        self.proc = proc
+
+    def append(self, segs) -> None:
+        self.proc._journal_append(segs)
+
+    def close(self) -> None:
+        pass
 
 
 def _default_transactional_id(k) -> str:
