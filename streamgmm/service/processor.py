@@ -22,9 +22,13 @@ checkpoint directory, written before the batch is processed, not fsynced) and a 
 those batches first, so duplicate outputs are byte-identical after a process crash.  The
 journals are normalised against the checkpoint's offsets first (see
 :func:`~streamgmm.service.checkpoint.replay_plan`), so a batch journaled twice or partly is
-replayed once, and a replay that cannot progress is given up rather than waited on.  Only if
-the journal is lost (machine crash) or the partitions moved to another instance does a replay
-regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
+replayed once, and a replay that cannot progress is given up rather than waited on.  In
+changelog mode (scope ``partition``/``key`` on Kafka) each partition's journal is a message of
+its changelog partition instead (see :mod:`~streamgmm.service.changelog`), acknowledged before
+the batch's outputs are sent, so the partition's next owner on any machine replays the same
+batches; the checkpoint directory is then only the changelog's local cache.  Only if a journal
+is lost (machine crash of the global scope's disk) does a replay regroup records, and then
+agrees within the core's batch-size tolerance.  Fault points for the
 reliability tests: :mod:`streamgmm.service.faults`.
 
 ``processing_guarantee: exactly_once`` (Kafka in and out, scope ``partition``/``key``): the
