@@ -177,6 +177,12 @@ def latency_run(admin, bootstrap, partitions, system, rate, seconds) -> tuple[fl
         prod.send(tin, value=v, key=k)
     prod.flush()
     wait_for(warm, 120)
+    if not all(k in seen for k in warm):
+        print(f"  (warm-up: {sum(k in seen for k in warm)} of {n_warm} outputs seen in 120 s)")
+        if os.environ.get("BENCH_DEBUG"):
+            import faulthandler
+
+            faulthandler.dump_traceback(all_threads=True)
     sent: dict[bytes, float] = {}
     n = int(rate * seconds)
     t0 = time.perf_counter()
@@ -211,6 +217,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--rate", type=int, default=1000, help="latency: records/s paced")
     ap.add_argument("--seconds", type=float, default=8.0, help="latency: paced stream length")
+    ap.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     a = ap.parse_args()
     intervals = [float(x) for x in a.intervals.split(",")]
     broker = None
@@ -224,10 +231,11 @@ def main() -> int:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
         tin = f"eos-in-{uuid.uuid4().hex[:6]}"
         admin.create_topics([NewTopic(tin, a.partitions, 1)])
-        bk.produce(bootstrap, tin, bk.make_records(a.n))
-        run_processor(bootstrap, tin, min(a.n, 5000), "at_least_once", 5.0)  # warm-up: imports
+        if not a.latency_only:
+            bk.produce(bootstrap, tin, bk.make_records(a.n))
+            run_processor(bootstrap, tin, min(a.n, 5000), "at_least_once", 5.0)  # warm-up
         times: dict[str, list[float]] = {}
-        for _ in range(a.rounds):
+        for _ in range(0 if a.latency_only else a.rounds):
             tout = f"bare-{uuid.uuid4().hex[:6]}"
             admin.create_topics([NewTopic(tout, a.partitions, 1)])
             times.setdefault("bare pipe", []).append(
@@ -239,10 +247,11 @@ def main() -> int:
                         run_processor(bootstrap, tin, a.n, g, s)
                     )
         rate = {k: a.n / statistics.median(v) for k, v in times.items()}
-        print(f"{a.n} records, {a.partitions} partitions, scope partition, {a.rounds} round(s)")
+        if rate:
+            print(f"{a.n} records, {a.partitions} partitions, scope partition, {a.rounds} round(s)")
         for k, r in rate.items():
             print(f"{k:24s} {r:10,.0f} records/s  ({r / rate['bare pipe']:.2f} x bare pipe)")
-        for s in intervals:
+        for s in intervals if rate else ():
             ratio = rate[f"exactly_once @{s:g}s"] / rate[f"at_least_once @{s:g}s"]
             print(f"exactly_once / at_least_once @{s:g}s: {ratio:.2f}")
         print(

@@ -208,6 +208,8 @@ class Processor:
         # assignment when it holds the newest write (see changelog.LocalCache).
         self.cache = None
         self._fresh_done: set[SourcePartition] = set()  # --fresh: partitions wiped this run
+        self._records: dict[SourcePartition, dict] = {}  # the last changelog record written
+        self._cached: dict[SourcePartition, str] = {}  # id of the record each cache copy holds
         if cfg.checkpoint.dir and self._changelog_mode:
             from .changelog import LocalCache
 
@@ -506,10 +508,20 @@ class Processor:
                 self.states.unborn[StateKey(sp, key)] = int(n)
             self._written.pop(sp, None)
             self._segments.pop(sp, None)
+            self._records.pop(sp, None)
+            self._cached.pop(sp, None)
+            if ps.record.get("id"):  # a graceful stop caches it, even without a new write
+                self._records[sp] = ps.record
+                if ps.source == "cache":
+                    self._cached[sp] = ps.record["id"]
             if ps.offset is not None:
                 self.offsets[sp] = seeks[sp] = ps.offset
                 self._written[sp] = ps.offset
-                self._replay_journal(sp, ps)
+                self._replay_journal(sp, ps, ps.offset)
+            elif ps.journal and self._replay_journal(sp, ps, int(ps.journal[0][0])):
+                # Batches processed before the partition's first write (its first owner died
+                # before a checkpoint): replay them from where that owner started.
+                seeks[sp] = int(ps.journal[0][0])
             else:
                 self.offsets.pop(sp, None)
                 if committed.get(sp) is not None:
@@ -534,22 +546,23 @@ class Processor:
         )
         return seeks
 
-    def _replay_journal(self, sp: SourcePartition, ps) -> None:
+    def _replay_journal(self, sp: SourcePartition, ps, base: int) -> bool:
         """Queue the batches the partition's previous owner processed after its last write
-        (its journal), each as a batch of its own: the replay's outputs are then the same
-        bytes as the first ones."""
+        (its journal, contiguous from ``base``), each as a batch of its own: the replay's
+        outputs are then the same bytes as the first ones. Whether any were queued."""
         if not self._journal_on or not ps.journal:
-            return
-        segs = [[int(a), int(b)] for a, b in ps.journal if a >= ps.offset]
-        at = ps.offset
+            return False
+        segs = [[int(a), int(b)] for a, b in ps.journal if a >= base]
+        at = base
         for a, b in segs:
             if a != at or b <= a:  # not contiguous from the record: not a journal of it
-                return
+                return False
             at = b
         if segs:
             self._segments[sp] = segs  # still this partition's journal until its next write
             self.source.replay([[(sp.name, sp.partition, a, b)] for a, b in segs])
-            log.info("%s: replaying %d journaled batches from %d", sp.label, len(segs), ps.offset)
+            log.info("%s: replaying %d journaled batches from %d", sp.label, len(segs), base)
+        return bool(segs)
 
     def _journal_append(self, segs) -> None:
         for t, p, start, end in segs:
@@ -577,7 +590,7 @@ class Processor:
     def _on_revoked(self, sps: list[SourcePartition]) -> dict:
         log.info("partitions revoked: %s", [sp.label for sp in sps])
         self._released.update(sps)
-        self._checkpoint(commit=False)
+        self._checkpoint(commit=False, cache=True)
         offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
         if self.changelog is not None:
             self._forget(sps)  # their next owner restores them from the changelog
@@ -597,6 +610,8 @@ class Processor:
             self.offsets.pop(sp, None)
             self._written.pop(sp, None)
             self._segments.pop(sp, None)
+            self._records.pop(sp, None)
+            self._cached.pop(sp, None)
         self.changelog.forget(sps)
 
     def _on_lost(self, sps: list[SourcePartition]) -> None:
@@ -610,11 +625,13 @@ class Processor:
         self._released.update(sps)
 
     # -- checkpointing ---------------------------------------------------------------------------
-    def _checkpoint(self, commit: bool = True) -> None:
+    def _checkpoint(self, commit: bool = True, cache: bool = False) -> None:
         """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee).
 
         exactly_once: the three steps end one Kafka transaction (offsets are committed through
-        it, also before partitions are revoked); a failed one is aborted and rolled back."""
+        it, also before partitions are revoked); a failed one is aborted and rolled back.
+        ``cache``: then copy the partitions' newest states to the local cache (changelog mode;
+        at a graceful stop and before partitions are revoked)."""
         if self._fenced is not None:
             raise self._fenced
         if self.exactly_once:
@@ -629,6 +646,22 @@ class Processor:
             )
         self.metrics.last_checkpoint = time.time()
         self.metrics.checkpoints.inc()
+        if cache and self.cache is not None:
+            self._save_cache()
+
+    def _save_cache(self) -> None:
+        """Copy every owned partition's states to the local cache, under the changelog record
+        this instance wrote last (committed by now), unless that copy is there already.
+
+        Only at graceful points: a full copy of a partition's states at every checkpoint would
+        cost as much as the changelog write itself with many keys. After a crash the cache is
+        older than the changelog and is ignored; after a graceful stop (a rolling restart, a
+        deploy) it is the newest copy and spares reading the changelog."""
+        for sp, rec in list(self._records.items()):
+            if sp in self.offsets and self._cached.get(sp) != rec["id"]:
+                chunks = {mk: keys for (p, mk), keys in self.changelog.chunks.items() if p == sp}
+                self.cache.save(sp, rec, self.states.partition_states(sp), chunks)
+                self._cached[sp] = rec["id"]
 
     def _commit_transaction(self, positions: dict[SourcePartition, int]) -> None:
         """exactly_once: the consumed offsets join the transaction, which commits; the next
@@ -738,24 +771,16 @@ class Processor:
     def _write_changelog(self) -> None:
         """Changed states and the partition record of every partition that moved on, then one
         flush: all acknowledged before the offsets are committed."""
-        records = {}
         for sp, offset in list(self.offsets.items()):
             changed = self.states.changed(sp)
             if changed or self._written.get(sp) != offset:
                 unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
-                records[sp] = self.changelog.write(
+                self._records[sp] = self.changelog.write(
                     sp, changed, offset, {"unborn": unborn} if unborn else None
                 )
                 self._written[sp] = offset
                 self._segments.pop(sp, None)  # the record supersedes the journal
         self.changelog.flush()
-        if self.cache is not None:
-            # After the flush: a cache is never ahead of an acknowledged write (exactly_once:
-            # if the transaction then aborts, the record's id differs from the changelog's
-            # and the copy is not used).
-            for sp, rec in records.items():
-                chunks = {mk: keys for (p, mk), keys in self.changelog.chunks.items() if p == sp}
-                self.cache.save(sp, rec, self.states.partition_states(sp), chunks)
 
     # -- one batch -------------------------------------------------------------------------------
     def process_batch(self, batch: list[RawRecord]) -> None:
@@ -969,7 +994,7 @@ class Processor:
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
             self._open()
             self._loop()
-            self._checkpoint()
+            self._checkpoint(cache=True)
             return self._report()
         finally:
             self.metrics.running = False
