@@ -176,9 +176,9 @@ def latency_run(admin, bootstrap, partitions, system, rate, seconds) -> tuple[fl
     for k, v in zip(warm, values, strict=False):
         prod.send(tin, value=v, key=k)
     prod.flush()
-    wait_for(warm, 120)
+    wait_for(warm, 60)
     if not all(k in seen for k in warm):
-        print(f"  (warm-up: {sum(k in seen for k in warm)} of {n_warm} outputs seen in 120 s)")
+        print(f"  (warm-up: {sum(k in seen for k in warm)} of {n_warm} outputs seen in 60 s)")
         if os.environ.get("BENCH_DEBUG"):
             import faulthandler
 
@@ -207,6 +207,16 @@ def latency_run(admin, bootstrap, partitions, system, rate, seconds) -> tuple[fl
     if not lat:
         return float("nan"), float("nan"), missing
     return lat[len(lat) // 2], lat[min(len(lat) - 1, int(0.99 * len(lat)))], missing
+
+
+def latency(admin, bootstrap, partitions, system, rate, seconds):
+    """:func:`latency_run`, once more on new topics if the first never got through its
+    warm-up (seen now and then on the loaded 2-core machine: said in the output)."""
+    p50, p99, missing = latency_run(admin, bootstrap, partitions, system, rate, seconds)
+    if missing == int(rate * seconds):
+        print("  (no output seen: run again on new topics)")
+        p50, p99, missing = latency_run(admin, bootstrap, partitions, system, rate, seconds)
+    return p50, p99, missing
 
 
 def main() -> int:
@@ -263,9 +273,7 @@ def main() -> int:
             for g in ("at_least_once", "exactly_once"):
                 systems[f"{g} @{s:g}s"] = processor_system(g, s)
         for name, system in systems.items():
-            p50, p99, missing = latency_run(
-                admin, bootstrap, a.partitions, system, a.rate, a.seconds
-            )
+            p50, p99, missing = latency(admin, bootstrap, a.partitions, system, a.rate, a.seconds)
             print(
                 f"{name:24s} p50 {1000 * p50:8.1f} ms   p99 {1000 * p99:8.1f} ms"
                 + (f"   ({missing} outputs not seen)" if missing else "")

@@ -37,8 +37,9 @@ the message layout stay.)
 *Local cache.*  With a checkpoint directory, every partition's states are also written there
 at a graceful stop and before the partition is revoked (:class:`LocalCache`), under the
 partition's newest record's ``seq`` and random ``id``.  On assignment only the changelog
-partition's *tail* is read to find its newest partition record; if it is the one the cache holds (same ``seq`` and ``id``), the cache is the
-newest copy and the changelog is not read further.  Otherwise (another instance wrote since, a
+partition's *tail* is read to find its newest partition record; if it is the one the cache
+holds (same ``seq`` and ``id``), the cache is the newest copy and the changelog is not read
+further.  Otherwise (another instance wrote since, a
 transaction was aborted, the changelog was re-created) the cache is stale and ignored: the
 changelog is read whole.
 
