@@ -192,6 +192,14 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
     n_features_in_ : int
     n_samples_seen_ : int
         Exact number of rows learned.
+    n_held_back_ : int
+        Exact number of rows offered for learning (:meth:`partial_fit`, :meth:`learn_one`,
+        :meth:`score_and_learn`) that the model itself did not learn: poorly explained rows held
+        back by the component life cycle while a new component may be forming
+        (``n_components="auto"``), rare gross values, rows of zero density, a non-finite update
+        rolled back.  Rows a caller keeps out (``threshold``, ``select``: an anomaly gate) are
+        not offered.  So ``n_samples_seen_ + n_held_back_`` is every row offered, exactly; this
+        is what lets a delivery guarantee be checked with ``"auto"``.
     warming_up_ : bool
         True while the warm-up buffer is filling.
 
@@ -350,8 +358,18 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
     def partial_fit(self, X, y=None):
         """Learn from one row or a mini-batch (2-D array); returns self."""
         X = self._check_rows(X)
-        self._learn_rows(X)
+        self._learn_counted(X.shape[0], self._learn_rows, X)
         return self
+
+    def _learn_counted(self, offered, learn, *args):
+        """``learn(*args)``, counting the offered rows it did not learn as held back (the
+        difference of ``n_samples_seen_``: exact whichever rule kept a row out)."""
+        if not hasattr(self, "n_features_in_"):
+            return learn(*args)  # the first rows set the model up, counters included
+        before = self.n_samples_seen_
+        out = learn(*args)
+        self.n_held_back_ += offered - (self.n_samples_seen_ - before)
+        return out
 
     def score_and_learn(self, X, threshold=None, select=None) -> ScoreResult:
         """Score a batch with the model as it is, then learn from it (prequential).
@@ -381,16 +399,22 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             proba = np.full((n, self._k), 1.0 / self._k)
             learned = np.ones(n, dtype=bool)
             diff = None
+        # Rows the caller keeps out are not offered; the model's own refusals (zero density,
+        # the life cycle's hold-back, gross values) are counted in n_held_back_.
+        offered = np.ones(n, dtype=bool)
         if threshold is not None:
-            learned &= ~(-log_density > threshold)
+            offered &= ~(-log_density > threshold)
         if select is not None:
-            learned &= np.asarray(select(log_density), dtype=bool)
+            offered &= np.asarray(select(log_density), dtype=bool)
+        learned &= offered
         lifecycle = self._lifecycle if not self.warming_up_ else None
         if lifecycle is not None:  # every scored row counts as evidence, learned or not
             learned &= ~lifecycle.observe(self, X, log_density)
             self._lc_quiet = True
         try:
+            before = self.n_samples_seen_
             self._learn_scored(X, learned, proba, diff)
+            self.n_held_back_ += int(offered.sum()) - (self.n_samples_seen_ - before)
         finally:
             self._lc_quiet = False
         if lifecycle is not None:
@@ -592,10 +616,20 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             and x.strides == _ROW_STRIDES
             and not self.warming_up_
         ):  # the hot path: the compiled kernel checks the values (see _learn_one_status)
-            return self._learn_one_status(x, log_density)[1]
+            if self._learn_one_status(x, log_density)[1]:
+                return True
+            self.n_held_back_ += 1
+            return False
         x, observed = self._check_one(x, observed, learning=True)
         if observed is None:
-            return self._learn_one_status(x, None if self.warming_up_ else log_density)[1]
+            learned = self._learn_one_status(x, None if self.warming_up_ else log_density)[1]
+        else:
+            learned = self._learn_partial(x, observed)
+        if not learned:
+            self.n_held_back_ += 1
+        return learned
+
+    def _learn_partial(self, x, observed) -> bool:
         if self.warming_up_:
             return False
         obs = np.flatnonzero(observed)
@@ -604,11 +638,12 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             return False
         from streamgmm._missing import learn_one_partial
 
+        before = self.n_samples_seen_
         try:
             learn_one_partial(self, x, observed)
         except FloatingPointError:
             return False
-        return True
+        return self.n_samples_seen_ > before
 
     def score_one(self, x, observed=None) -> float:
         """Log-density of one row (marginal over the observed coordinates if ``observed``)."""
@@ -1063,6 +1098,7 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             meta.update(
                 n_features_in=int(self.n_features_in_),
                 n_samples_seen=int(self.n_samples_seen_),
+                n_held_back=int(self.n_held_back_),
                 warming_up=bool(self.warming_up_),
                 since_refresh=int(self._since_refresh),
                 seed=int(self._seed),
@@ -1109,6 +1145,7 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             k=meta.get("n_components_in_use"),
         )
         model.n_samples_seen_ = int(meta["n_samples_seen"])
+        model.n_held_back_ = int(meta.get("n_held_back", 0))  # absent in older states
         model._since_refresh = int(meta["since_refresh"])
         model._provisional_n = int(meta["provisional_n"])
         model._gross_rate = float(meta.get("gross_rate", 0.0))
@@ -1174,6 +1211,7 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         self.n_features_in_ = n_features
         self._row_shape = (n_features,)
         self.n_samples_seen_ = 0
+        self.n_held_back_ = 0
         self.warming_up_ = True
         self._seed = seed
         self._warm_up_size = warm_up_size
@@ -1587,6 +1625,7 @@ _LEARNED_ATTRIBUTES = (
     "_row_shape",
     "feature_names_in_",
     "n_samples_seen_",
+    "n_held_back_",
     "warming_up_",
     "_buffer",
     "_n_buffered",

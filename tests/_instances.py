@@ -16,10 +16,12 @@ def kill_while_producing(
     rng,
     min_kills: int,
     pause: tuple[float, float],
+    after_kill: Callable[[int], None] | None = None,
 ) -> tuple[int, int]:
     """SIGKILL a random working instance and restart it (``start()``) until the producer is
     done and at least ``min_kills`` instances died; an instance that killed itself at a fault
-    point is restarted instead. Returns ``(kills, self_kills)``."""
+    point is restarted instead. ``after_kill(kills)`` runs after every kill (e.g. to restart
+    the broker once, mid-run). Returns ``(kills, self_kills)``."""
     kills = self_kills = 0
     while producer.is_alive() or kills < min_kills:
         i = rng.randrange(len(procs))
@@ -30,11 +32,15 @@ def kill_while_producing(
             kills += 1
             self_kills += 1
             procs[j] = start()
+            if after_kill is not None:
+                after_kill(kills)
         if died:
             continue
         procs[i].send_signal(signal.SIGKILL)
         procs[i].wait()
         kills += 1
         procs[i] = start()
+        if after_kill is not None:
+            after_kill(kills)
     producer.join()
     return kills, self_kills

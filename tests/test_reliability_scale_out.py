@@ -64,6 +64,16 @@ def _expected(records, scope):
     return dict(per)
 
 
+def _accounted(bootstrap: str, tin: str, group: str) -> tuple[dict, int]:
+    """Per (partition, key) in the changelog: rows learned + rows held back (the core's
+    ``n_held_back_``: with ``n_components="auto"`` poorly explained rows are held back while a
+    component may be forming), and the rows held back in all."""
+    state = summarise_changelog(bootstrap, tin, group, None)
+    sts = [(p["partition"], st) for p in state["partitions"] for st in p["states"]]
+    given = {(p, st["key"]): st["rows_own"] + st["held_back_own"] for p, st in sts}
+    return given, sum(st["held_back_own"] for _, st in sts)
+
+
 def _wait_committed_to_end(bootstrap: str, group: str, topic: str, timeout: float) -> None:
     """Until ``group`` has committed the end offset of every partition of ``topic``."""
     # A consumer that names the group but subscribes to nothing only asks; it never joins.
@@ -89,7 +99,6 @@ def _cmd(bootstrap, tin, tout, tdlq, group, ckdir, scope) -> list[str]:
         "--dead-letter-topic", tdlq, "--group-id", group,
         "--checkpoint-dir", str(ckdir), "--features", ",".join(FEATURES),
         "--model-scope", scope, "--covariance-type", "diag", "--warm-up", "40", "--no-gate",
-        "--n-components", "1",  # fixed K: "auto" holds back poorly explained rows by design
         "--checkpoint-every", "150", "--checkpoint-interval", "1", "--max-poll-records", "100",
         "--idle-timeout", "60", "--log-format", "text", "--log-level", "INFO",
     ]  # fmt: skip
@@ -139,14 +148,14 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
                     return
             time.sleep(0.2)
 
-    # Records arrive over ~25 s while instances are killed and restarted.
+    # Records arrive over ~19 s while instances are killed and restarted.
     def produce():
         prod = KafkaProducer(bootstrap_servers=kafka_bootstrap, linger_ms=5)
         for n, (p, key, value) in enumerate(records):
             prod.send(tin, key=key.encode(), value=value, partition=p)
             if n % 200 == 199:
                 prod.flush()
-                time.sleep(1.1)
+                time.sleep(0.7)
         prod.flush()
         prod.close()
 
@@ -155,7 +164,7 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
     producer.start()
     try:
         kills, self_kills = kill_while_producing(
-            procs, start, working, producer, rng, min_kills=10, pause=(0.1, 2.0)
+            procs, start, working, producer, rng, min_kills=10, pause=(0.1, 1.2)
         )
         for j, p in enumerate(procs):  # the last ones run without fault points to the end
             if p.pid in faulty or p.poll() is not None:
@@ -193,21 +202,23 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
                 p.kill()
                 p.wait()
     assert kills >= 10 and self_kills >= 2, (kills, self_kills)
+    # n_components="auto" (the default): learned + held back is exactly the valid records.
+    given, held = _accounted(kafka_bootstrap, tin, group)
+    assert given == _expected(records, scope)
+    print(f"{kills} kills ({self_kills} at fault points); {held} rows held back")
     state = summarise_changelog(kafka_bootstrap, tin, group, None)
-    learned = {
-        (p["partition"], st["key"]): st["rows_own"]
-        for p in state["partitions"]
-        for st in p["states"]
-    }
-    assert learned == _expected(records, scope)
 
     if scope != "key":
         return
     # The same input through one uninterrupted instance: each key's model agrees within the
     # batch tolerance. Batches are grouped differently after every restart, and with them the
     # moment a key is born as a copy of its partition's pooled model (the first batch after the
-    # pooled model's warm-up). A key's model starts with the pooled model's sample count, so
-    # its prior weighs heavily and the birth moment shows: measured 0.03-0.12 feature spreads.
+    # pooled model's warm-up) and the moments components are born or merged ("auto"), so the
+    # mixtures' overall means (sum of weight x mean: the same whatever K) are compared. A key's
+    # model starts with the pooled model's sample count, so its prior weighs heavily and the
+    # birth moment shows; with "auto" on these lattice-valued pixels the pooled model changes
+    # more early on (births, held-back rows), so the tolerance is wider than with K=1 (measured
+    # 0.15-0.32 feature spreads with "auto", 0.03-0.12 with K=1).
     cfg = load_config(
         overrides={
             "kafka": {
@@ -219,12 +230,7 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
                 "max_poll_records": 100,
             },
             "features": FEATURES,
-            "model": {
-                "scope": "key",
-                "n_components": 1,
-                "covariance_type": "diag",
-                "warm_up": 40,
-            },
+            "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40},
             "gate": {"enabled": False},
             "idle_timeout": 3.0,
         },
@@ -232,15 +238,20 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
     )
     ref = Processor(cfg, handle_signals=False)
     ref.run()
-    ref_means = {
-        (sk.partition.partition, sk.key): ref.states.get(sk).model.means_
-        for sk in ref.states.state_keys()
-    }
+
+    def overall(weights, means):
+        return np.asarray(weights) @ np.asarray(means)
+
+    ref_means = {}
+    for sk in ref.states.state_keys():
+        m = ref.states.get(sk).model
+        ref_means[(sk.partition.partition, sk.key)] = overall(m.weights_, m.means_)
     spread = np.std(_digits()[0], axis=0) + 1e-9
     worst = 0.0
     for p in state["partitions"]:
         for st in p["states"]:
-            diff = np.abs(np.asarray(st["means"]) - ref_means[(p["partition"], st["key"])])
+            mine = overall(st["weights"], st["means"])
+            diff = np.abs(mine - ref_means[(p["partition"], st["key"])])
             worst = max(worst, float(np.max(diff / spread)))
     print(f"worst key mean difference: {worst:.4f} feature spreads")
-    assert worst < 0.2, f"a key's means differ by {worst:.3f} feature spreads"
+    assert worst < 0.4, f"a key's means differ by {worst:.3f} feature spreads"

@@ -33,6 +33,19 @@ record's offset: they carry ``learned_to``, and records before it are scored by 
 but not learned again, so no model update is applied twice.  (With Kafka transactions the
 states, the partition record, the outputs and the offsets become one atomic write; the order and
 the message layout stay.)
+
+*Local cache.*  With a checkpoint directory, every partition's states are also written there
+at a graceful stop and before the partition is revoked (:class:`LocalCache`), under the
+partition's newest record's ``seq`` and random ``id``.  On assignment only the changelog
+partition's *tail* is read to find its newest partition record; if it is the one the cache
+holds (same ``seq`` and ``id``), the cache is the newest copy and the changelog is not read
+further.  Otherwise (another instance wrote since, a
+transaction was aborted, the changelog was re-created) the cache is stale and ignored: the
+changelog is read whole.
+
+*Fresh start* (``--fresh``): a partition's changelog states are not restored but tombstoned
+(every live message key of the partition gets a ``null`` value), once per partition per run, so
+its models start new from the group's committed offsets and compaction removes the old states.
 """
 
 from __future__ import annotations
@@ -41,8 +54,10 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .state import SourcePartition, StateKey
 
@@ -50,6 +65,7 @@ __all__ = [
     "CHUNK_BYTES",
     "Changelog",
     "ChangelogError",
+    "LocalCache",
     "PartitionState",
     "changelog_topic",
     "read_changelog",
@@ -60,6 +76,7 @@ log = logging.getLogger("streamgmm.service.changelog")
 #: Largest value sent as one message (Kafka's default ``max.message.bytes`` is 1 MiB).
 CHUNK_BYTES = 512 * 1024
 PARTITION_KEY = b"\x00partition"
+JOURNAL_KEY = b"\x00journal"
 _POOLED, _KEYED, _CHUNK_SEP = b"\x01", b"\x02", b"\x1f"
 
 
@@ -101,6 +118,9 @@ class PartitionState:
     seq: int = 0
     record: dict = field(default_factory=dict)
     chunk_keys: dict[bytes, list[bytes]] = field(default_factory=dict)
+    keys: list[bytes] = field(default_factory=list)  # every live message key
+    journal: list[list[int]] | None = None  # the batch journal's segments, if any
+    source: str = "changelog"  # or "cache"
 
 
 def _headers(msg) -> dict[str, bytes]:
@@ -108,7 +128,11 @@ def _headers(msg) -> dict[str, bytes]:
 
 
 def read_changelog(
-    consumer, topic: str, sps: Iterable[SourcePartition], timeout: float = 60.0
+    consumer,
+    topic: str,
+    sps: Iterable[SourcePartition],
+    timeout: float = 60.0,
+    counter: list[int] | None = None,
 ) -> dict[SourcePartition, PartitionState]:
     """Read the changelog partitions of ``sps`` (input partitions of one input topic) to their
     end offsets with ``consumer`` (no group) and assemble each partition's latest states."""
@@ -128,6 +152,8 @@ def read_changelog(
             raise ChangelogError(f"changelog {topic} could not be read to its end in {timeout} s")
         for tp, msgs in consumer.poll(timeout_ms=500, max_records=10_000).items():
             d = latest[tp]
+            if counter is not None:
+                counter[0] += len(msgs)
             for m in msgs:
                 if m.value is None:
                     d.pop(m.key, None)  # tombstone
@@ -137,6 +163,10 @@ def read_changelog(
     for tp, sp in tps.items():
         ps = PartitionState(sp)
         msgs = latest[tp]
+        ps.keys = list(msgs)
+        jm = msgs.get(JOURNAL_KEY)
+        if jm is not None:
+            ps.journal = json.loads(jm.value)["segments"]
         rec = msgs.get(PARTITION_KEY)
         if rec is not None:
             ps.record = json.loads(rec.value)
@@ -167,6 +197,111 @@ def read_changelog(
         out[sp] = ps
     consumer.assign([])
     return out
+
+
+def newest_record(
+    consumer, topic: str, sp: SourcePartition, counter: list[int], timeout: float = 30.0
+) -> tuple[dict | None, list | None]:
+    """The newest partition record of ``sp``'s changelog partition and the batch journal
+    written after it, read from its tail (a window before the end, widened until a record is
+    found): a partition record ends each write, followed only by the tombstones of replaced
+    chunks and the journal of later batches, so a few messages usually suffice."""
+    from kafka import TopicPartition
+
+    tp = TopicPartition(topic, sp.partition)
+    consumer.assign([tp])
+    end = consumer.end_offsets([tp])[tp]
+    begin = consumer.beginning_offsets([tp])[tp]
+    window = 16
+    try:
+        while True:
+            start = max(begin, end - window)
+            consumer.seek(tp, start)
+            found = journal = None
+            deadline = time.monotonic() + timeout
+            while consumer.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise ChangelogError(f"changelog {topic}[{sp.partition}]: tail not readable")
+                for msgs in consumer.poll(timeout_ms=500, max_records=10_000).values():
+                    counter[0] += len(msgs)
+                    for m in msgs:
+                        if m.key == PARTITION_KEY and m.value is not None:
+                            found, journal = m, None
+                        elif m.key == JOURNAL_KEY and m.value is not None:
+                            journal = json.loads(m.value)["segments"]
+            if found is not None:
+                return json.loads(found.value), journal
+            if start == begin:
+                return None, None
+            window *= 8
+    finally:
+        consumer.assign([])
+
+
+class LocalCache:
+    """Each partition's states in the checkpoint directory: a copy of what the changelog
+    holds after a write, used on assignment when it is the newest (see the module docstring).
+
+    One file per input partition (``changelog-cache/<topic>-<partition>.state``), written with
+    the state codec (no pickle, checksummed) to a temporary file and renamed."""
+
+    def __init__(self, directory) -> None:
+        self.dir = Path(directory) / "changelog-cache"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sp: SourcePartition) -> Path:
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in sp.name)
+        return self.dir / f"{safe}-{sp.partition}.state"
+
+    def save(self, sp: SourcePartition, record: dict, states, chunk_keys) -> None:
+        """``states``: ``[(StateKey, bytes, learned_to or None)]``, every state of ``sp``."""
+        import numpy as np
+
+        from streamgmm.persistence import encode_state
+
+        arrays, entries = {}, []
+        for i, (sk, blob, learned_to) in enumerate(states):
+            arrays[f"state.{i}"] = np.frombuffer(blob, dtype=np.uint8)
+            entries.append({"key": sk.key, "learned_to": learned_to})
+        chunks = {
+            mk.decode("latin-1"): [k.decode("latin-1") for k in keys]
+            for mk, keys in chunk_keys.items()
+        }
+        meta = {"record": record, "states": entries, "chunks": chunks, "topic": sp.name}
+        path = self._path(sp)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(encode_state(arrays, meta))
+        tmp.replace(path)
+
+    def load(self, sp: SourcePartition) -> PartitionState | None:
+        """The cached copy of ``sp``, or None (none, or unreadable: then it is not used)."""
+        from streamgmm.persistence import decode_state
+
+        path = self._path(sp)
+        try:
+            arrays, meta = decode_state(path.read_bytes(), where=str(path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            log.warning("local state cache %s unreadable (%s): not used", path, e)
+            return None
+        if meta.get("topic") != sp.name:
+            return None
+        ps = PartitionState(sp, source="cache")
+        ps.record = meta["record"]
+        ps.offset, ps.seq = int(ps.record["offset"]), int(ps.record["seq"])
+        for i, e in enumerate(meta["states"]):
+            sk = StateKey(sp, e["key"])
+            learned_to = e["learned_to"]
+            ps.states[sk] = (
+                arrays[f"state.{i}"].tobytes(),
+                ps.offset if learned_to is None else int(learned_to),
+            )
+        ps.chunk_keys = {
+            k.encode("latin-1"): [c.encode("latin-1") for c in v]
+            for k, v in meta.get("chunks", {}).items()
+        }
+        return ps
 
 
 class Changelog:
@@ -205,6 +340,7 @@ class Changelog:
         self.seq: dict[SourcePartition, int] = {}
         self.chunks: dict[tuple[SourcePartition, bytes], list[bytes]] = {}
         self._errors: list[BaseException] = []
+        self._read = [0]  # changelog messages read (restores)
 
     def ensure_topics(self) -> None:
         """Create missing changelog topics: compacted, as many partitions as their input."""
@@ -239,21 +375,67 @@ class Changelog:
         finally:
             admin.close()
 
-    def restore(self, sps: Iterable[SourcePartition]) -> dict[SourcePartition, PartitionState]:
-        """Each partition's latest states and partition record, read to the end."""
+    def restore(
+        self, sps: Iterable[SourcePartition], cache: LocalCache | None = None
+    ) -> dict[SourcePartition, PartitionState]:
+        """Each partition's latest states and partition record: from ``cache`` where it holds
+        the changelog's newest write (only the changelog's tail is read), else the changelog
+        read to its end.  ``messages_read`` counts the changelog messages read."""
         by_topic: dict[str, list[SourcePartition]] = {}
         for sp in sps:
             by_topic.setdefault(sp.name, []).append(sp)
         out = {}
         for t, group in by_topic.items():
             self.wait_stable(self.topics[t], group)
-            got = read_changelog(self.reader, self.topics[t], group)
+            got, rest = {}, []
+            for sp in group:
+                ps = cache.load(sp) if cache is not None else None
+                if ps is not None:
+                    rec, journal = newest_record(self.reader, self.topics[t], sp, self._read)
+                    same = rec is not None and (rec.get("seq"), rec.get("id")) == (
+                        ps.seq,
+                        ps.record.get("id"),
+                    )
+                    if same:
+                        ps.journal = journal
+                        got[sp] = ps
+                        continue
+                    log.info(
+                        "local state cache of %s is stale (seq %d; changelog %s): reading "
+                        "the changelog",
+                        sp.label,
+                        ps.seq,
+                        None if rec is None else rec.get("seq"),
+                    )
+                rest.append(sp)
+            if rest:
+                got.update(read_changelog(self.reader, self.topics[t], rest, counter=self._read))
             for sp, ps in got.items():
                 self.seq[sp] = ps.seq
                 for mk, keys in ps.chunk_keys.items():
                     self.chunks[(sp, mk)] = keys
             out.update(got)
         return out
+
+    @property
+    def messages_read(self) -> int:
+        return self._read[0]
+
+    def wipe(self, sps: Iterable[SourcePartition]) -> int:
+        """Tombstone every live message of the changelog partitions of ``sps`` (a fresh
+        start): compaction then removes the old states.  Returns the number of tombstones
+        sent (flushed by the next checkpoint, with the new states)."""
+        n = 0
+        for sp, ps in self.restore(sps).items():
+            topic = self.topics[sp.name]
+            for mk in ps.keys:
+                self.producer.send(topic, key=mk, value=None, partition=sp.partition).add_errback(
+                    self._errors.append
+                )
+                n += 1
+            for k in [k for k in self.chunks if k[0] == sp]:
+                del self.chunks[k]
+        return n
 
     def wait_stable(self, topic: str, sps: list[SourcePartition]) -> None:
         """Wait until no transaction is open on the changelog partitions of ``sps``.
@@ -339,13 +521,31 @@ class Changelog:
                 ).add_errback(failed)
                 self.chunks[(sp, mk)] = keys
             stale.extend(old)
-        record = {"seq": seq, "offset": int(offset), "written": time.time(), **(extra or {})}
+        # The id tells this write from another instance's write of the same seq (a transaction
+        # aborted here, then the partition's next owner continued the sequence): a local cache
+        # is the newest copy only if seq and id both match.
+        record = {
+            "seq": seq,
+            "offset": int(offset),
+            "written": time.time(),
+            "id": uuid.uuid4().hex,
+            **(extra or {}),
+        }
         send(
             topic, key=PARTITION_KEY, value=json.dumps(record).encode(), partition=part
         ).add_errback(failed)
         for ck in stale:  # after the manifests that replace them: compaction may drop them
             send(topic, key=ck, value=None, partition=part).add_errback(failed)
         self.seq[sp] = seq
+        return record
+
+    def journal(self, sp: SourcePartition, segments: list[list[int]]):
+        """Send ``sp``'s batch journal (its segments since its last partition record); the
+        send's future (the caller waits for it before the batch's outputs go out)."""
+        value = json.dumps({"segments": segments}).encode()
+        return self.producer.send(
+            self.topics[sp.name], key=JOURNAL_KEY, value=value, partition=sp.partition
+        )
 
     def flush(self) -> None:
         """Wait for every write's acknowledgement; :class:`ChangelogError` if one failed."""

@@ -561,16 +561,21 @@ def summarise_state(blob: bytes) -> dict:
     except Exception:
         thr = math.nan
     seen = int(getattr(model, "n_samples_seen_", 0))
-    means = None
+    means = weights = None
     if seen:
         with contextlib.suppress(AttributeError, ValueError):
             means = [[float(v) for v in row] for row in model.means_]
+            weights = [float(w) for w in model.weights_]
     return {
         "n_samples_seen": seen,
         "rows_own": seen - int(meta.get("seen_at_birth", 0)) + int(meta.get("pre_birth", 0)),
+        # Offered but not learned (n_components="auto": held back while a component may be
+        # forming): rows_own + held_back_own is every valid record the state was given.
+        "held_back_own": int(getattr(model, "n_held_back_", 0)) - int(meta.get("held_at_birth", 0)),
         "warming_up": bool(getattr(model, "warming_up_", True)),
         "threshold": thr if math.isfinite(thr) else None,
         "means": means,
+        "weights": weights,
         "bytes": len(blob),
     }
 
@@ -626,6 +631,7 @@ def _print_changelog(s: dict) -> None:
             thr = st["threshold"]
             print(
                 f"  {who:<24} {st['rows_own']} rows learned"
+                + (f", {st['held_back_own']} held back" if st["held_back_own"] else "")
                 + (" (warming up)" if st["warming_up"] else "")
                 + (f", threshold {thr:.4g}" if thr is not None else "")
             )
@@ -683,7 +689,8 @@ def _inspect(ns) -> int:
         print(f"scope        {s['scope']}, {len(s['states'])} states")
         for st in s["states"]:
             who = "(pooled model)" if st["key"] is None else f"key {st['key']}"
-            print(f"  {who:<24} {st['rows_own']} rows learned")
+            held = f", {st['held_back_own']} held back" if st["held_back_own"] else ""
+            print(f"  {who:<24} {st['rows_own']} rows learned{held}")
         return 0
     print(
         f"model        {s['n_components']} components, {s['covariance_type']} covariance, "

@@ -22,9 +22,13 @@ checkpoint directory, written before the batch is processed, not fsynced) and a 
 those batches first, so duplicate outputs are byte-identical after a process crash.  The
 journals are normalised against the checkpoint's offsets first (see
 :func:`~streamgmm.service.checkpoint.replay_plan`), so a batch journaled twice or partly is
-replayed once, and a replay that cannot progress is given up rather than waited on.  Only if
-the journal is lost (machine crash) or the partitions moved to another instance does a replay
-regroup records, and then agrees within the core's batch-size tolerance.  Fault points for the
+replayed once, and a replay that cannot progress is given up rather than waited on.  In
+changelog mode (scope ``partition``/``key`` on Kafka) each partition's journal is a message of
+its changelog partition instead (see :mod:`~streamgmm.service.changelog`), acknowledged before
+the batch's outputs are sent, so the partition's next owner on any machine replays the same
+batches; the checkpoint directory is then only the changelog's local cache.  Only if a journal
+is lost (machine crash of the global scope's disk) does a replay regroup records, and then
+agrees within the core's batch-size tolerance.  Fault points for the
 reliability tests: :mod:`streamgmm.service.faults`.
 
 ``processing_guarantee: exactly_once`` (Kafka in and out, scope ``partition``/``key``): the
@@ -226,14 +230,29 @@ class Processor:
         self.aborts = 0
         self._fenced: BaseException | None = None
         self._written: dict[SourcePartition, int] = {}  # offset of each partition's last write
+        # at_least_once in changelog mode: each partition's batch journal since its last
+        # write (see changelog.py), acknowledged before a batch's outputs are sent.
+        self._journal_on = self._changelog_mode and not self.exactly_once
+        self._segments: dict[SourcePartition, list[list[int]]] = {}
+        self._journal_sent: list = []
+        self._journal_failed = False
         self.store = (
             CheckpointStore(cfg.checkpoint.dir, cfg.checkpoint.keep)
             if cfg.checkpoint.dir and not self._changelog_mode
             else None
         )
+        # Changelog mode: the checkpoint directory is a cache of the changelog, used on an
+        # assignment when it holds the newest write (see changelog.LocalCache).
+        self.cache = None
+        self._fresh_done: set[SourcePartition] = set()  # --fresh: partitions wiped this run
+        self._records: dict[SourcePartition, dict] = {}  # the last changelog record written
+        self._cached: dict[SourcePartition, str] = {}  # id of the record each cache copy holds
         if cfg.checkpoint.dir and self._changelog_mode:
+            from .changelog import LocalCache
+
+            self.cache = LocalCache(cfg.checkpoint.dir)
             log.info(
-                "model scope %r on Kafka: state is kept in the changelog topic, not in %s",
+                "model scope %r on Kafka: state is kept in the changelog topic; %s caches it",
                 cfg.model.scope,
                 cfg.checkpoint.dir,
             )
@@ -425,6 +444,8 @@ class Processor:
                 plan, path = self.store.journal_replay(self._ck_seq, start)
                 journal = self.store.journal()
                 journal.open(path, "a")
+            if self._journal_on:
+                journal = _ChangelogJournal(self)
             self.source = KafkaSource(
                 cfg.kafka,
                 self._on_assigned,
@@ -507,7 +528,25 @@ class Processor:
         """Changelog mode: each assigned partition's states from its changelog partition, and
         the offset stored with them to seek to (whatever this instance had: it may be stale)."""
         t0 = time.perf_counter()
-        restored = self.changelog.restore(sps)
+        if self.cfg.fresh:
+            # --fresh: the old states of partitions new to this run are tombstoned, not
+            # restored; their models start new from the group's committed offsets.
+            new = [sp for sp in sps if sp not in self._fresh_done]
+            if new:
+                n = self.changelog.wipe(new)
+                self._fresh_done.update(new)
+                log.info(
+                    "--fresh: %d changelog messages of %s tombstoned; their models start new",
+                    n,
+                    [sp.label for sp in new],
+                )
+                for sp in new:
+                    self.states.drop_partition(sp)
+                    self.offsets.pop(sp, None)
+                    self._written.pop(sp, None)
+                sps = [sp for sp in sps if sp not in new]
+        read_before = self.changelog.messages_read
+        restored = self.changelog.restore(sps, self.cache)
         seeks = {}
         for sp in sps:
             ps = restored[sp]
@@ -518,9 +557,21 @@ class Processor:
             for key, n in ps.record.get("unborn", {}).items():
                 self.states.unborn[StateKey(sp, key)] = int(n)
             self._written.pop(sp, None)
+            self._segments.pop(sp, None)
+            self._records.pop(sp, None)
+            self._cached.pop(sp, None)
+            if ps.record.get("id"):  # a graceful stop caches it, even without a new write
+                self._records[sp] = ps.record
+                if ps.source == "cache":
+                    self._cached[sp] = ps.record["id"]
             if ps.offset is not None:
                 self.offsets[sp] = seeks[sp] = ps.offset
                 self._written[sp] = ps.offset
+                self._replay_journal(sp, ps, ps.offset)
+            elif ps.journal and self._replay_journal(sp, ps, int(ps.journal[0][0])):
+                # Batches processed before the partition's first write (its first owner died
+                # before a checkpoint): replay them from where that owner started.
+                seeks[sp] = int(ps.journal[0][0])
             else:
                 self.offsets.pop(sp, None)
                 if committed.get(sp) is not None:
@@ -532,19 +583,64 @@ class Processor:
                     )
         if sps:
             self._assigned_at = time.monotonic()
+        cached = [sp.label for sp in sps if restored[sp].source == "cache"]
         log.info(
-            "partitions assigned: %s; restored %d states from the changelog in %.3f s; seeking %s",
+            "partitions assigned: %s; restored %d states in %.3f s (%d changelog messages "
+            "read; from the local cache: %s); seeking %s",
             [sp.label for sp in sps],
             sum(len(restored[sp].states) for sp in sps),
             time.perf_counter() - t0,
+            self.changelog.messages_read - read_before,
+            cached,
             {sp.label: o for sp, o in seeks.items()},
         )
         return seeks
 
+    def _replay_journal(self, sp: SourcePartition, ps, base: int) -> bool:
+        """Queue the batches the partition's previous owner processed after its last write
+        (its journal, contiguous from ``base``), each as a batch of its own: the replay's
+        outputs are then the same bytes as the first ones. Whether any were queued."""
+        if not self._journal_on or not ps.journal:
+            return False
+        segs = [[int(a), int(b)] for a, b in ps.journal if a >= base]
+        at = base
+        for a, b in segs:
+            if a != at or b <= a:  # not contiguous from the record: not a journal of it
+                return False
+            at = b
+        if segs:
+            self._segments[sp] = segs  # still this partition's journal until its next write
+            self.source.replay([[(sp.name, sp.partition, a, b)] for a, b in segs])
+            log.info("%s: replaying %d journaled batches from %d", sp.label, len(segs), base)
+        return bool(segs)
+
+    def _journal_append(self, segs) -> None:
+        for t, p, start, end in segs:
+            sp = SourcePartition.kafka(t, p)
+            lst = self._segments.setdefault(sp, [])
+            lst.append([int(start), int(end)])
+            self._journal_sent.append(self.changelog.journal(sp, lst))
+
+    def _journal_wait(self) -> None:
+        """The batch's journal entries are acknowledged before its outputs go out: no output
+        can be visible whose batch a replay would not know."""
+        sent, self._journal_sent = self._journal_sent, []
+        for fut in sent:
+            try:
+                fut.get(timeout=60)
+            except Exception as e:
+                if not self._journal_failed:
+                    log.warning(
+                        "batch journal not acknowledged (%r): after a crash, duplicate outputs "
+                        "of these batches may differ slightly from the first ones",
+                        e,
+                    )
+                self._journal_failed = True
+
     def _on_revoked(self, sps: list[SourcePartition]) -> dict:
         log.info("partitions revoked: %s", [sp.label for sp in sps])
         self._released.update(sps)
-        self._checkpoint(commit=False)
+        self._checkpoint(commit=False, cache=True)
         offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
         if self.changelog is not None:
             self._forget(sps)  # their next owner restores them from the changelog
@@ -553,10 +649,19 @@ class Processor:
         return offsets
 
     def _forget(self, sps: list[SourcePartition]) -> None:
+        gone = {sp.tp for sp in sps}
+        plan = getattr(self.source, "plan", None)
+        if plan:  # their journaled batches are the next owner's to replay
+            kept = [e for e in plan if not any((t, p) in gone for t, p, _, _ in e)]
+            plan.clear()
+            plan.extend(kept)
         for sp in sps:
             self.states.drop_partition(sp)
             self.offsets.pop(sp, None)
             self._written.pop(sp, None)
+            self._segments.pop(sp, None)
+            self._records.pop(sp, None)
+            self._cached.pop(sp, None)
         self.changelog.forget(sps)
 
     def _on_lost(self, sps: list[SourcePartition]) -> None:
@@ -570,11 +675,13 @@ class Processor:
         self._released.update(sps)
 
     # -- checkpointing ---------------------------------------------------------------------------
-    def _checkpoint(self, commit: bool = True) -> None:
+    def _checkpoint(self, commit: bool = True, cache: bool = False) -> None:
         """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee).
 
         exactly_once: the three steps end one Kafka transaction (offsets are committed through
-        it, also before partitions are revoked); a failed one is aborted and rolled back."""
+        it, also before partitions are revoked); a failed one is aborted and rolled back.
+        ``cache``: then copy the partitions' newest states to the local cache (changelog mode;
+        at a graceful stop and before partitions are revoked)."""
         if self._fenced is not None:
             raise self._fenced
         if self.exactly_once:
@@ -589,6 +696,22 @@ class Processor:
             )
         self.metrics.last_checkpoint = time.time()
         self.metrics.checkpoints.inc()
+        if cache and self.cache is not None:
+            self._save_cache()
+
+    def _save_cache(self) -> None:
+        """Copy every owned partition's states to the local cache, under the changelog record
+        this instance wrote last (committed by now), unless that copy is there already.
+
+        Only at graceful points: a full copy of a partition's states at every checkpoint would
+        cost as much as the changelog write itself with many keys. After a crash the cache is
+        older than the changelog and is ignored; after a graceful stop (a rolling restart, a
+        deploy) it is the newest copy and spares reading the changelog."""
+        for sp, rec in list(self._records.items()):
+            if sp in self.offsets and self._cached.get(sp) != rec["id"]:
+                chunks = {mk: keys for (p, mk), keys in self.changelog.chunks.items() if p == sp}
+                self.cache.save(sp, rec, self.states.partition_states(sp), chunks)
+                self._cached[sp] = rec["id"]
 
     def _commit_transaction(self, positions: dict[SourcePartition, int]) -> None:
         """exactly_once: the consumed offsets join the transaction, which commits; the next
@@ -728,8 +851,11 @@ class Processor:
             changed = self.states.changed(sp)
             if changed or self._written.get(sp) != offset:
                 unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
-                self.changelog.write(sp, changed, offset, {"unborn": unborn} if unborn else None)
+                self._records[sp] = self.changelog.write(
+                    sp, changed, offset, {"unborn": unborn} if unborn else None
+                )
                 self._written[sp] = offset
+                self._segments.pop(sp, None)  # the record supersedes the journal
         self.changelog.flush()
 
     # -- one batch -------------------------------------------------------------------------------
@@ -742,6 +868,8 @@ class Processor:
         faults.point("score")
         if dec.rows:
             lines = self._score_and_learn(batch, dec)
+        if self._journal_sent:
+            self._journal_wait()
         dead = dec.dead
         if dead:
             self._dead_reasons.update(why[:100] for _, why in dead)
@@ -939,7 +1067,7 @@ class Processor:
                 log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, server.port)
             self._open()
             self._loop()
-            self._checkpoint()
+            self._checkpoint(cache=True)
             return self._report()
         finally:
             self.metrics.running = False
@@ -1157,6 +1285,19 @@ class Processor:
             self.changelog.close()
         if self.exchange is not None:
             self.exchange.close()
+
+
+class _ChangelogJournal:
+    """The source's journal hook in changelog mode: batches go to the changelog."""
+
+    def __init__(self, proc: Processor) -> None:
+        self.proc = proc
+
+    def append(self, segs) -> None:
+        self.proc._journal_append(segs)
+
+    def close(self) -> None:
+        pass
 
 
 def _default_transactional_id(k) -> str:

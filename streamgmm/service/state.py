@@ -154,11 +154,21 @@ class Slot:
     ``learned_to``: input offset this state has learned up to, if beyond where its partition
     resumes (see :mod:`~streamgmm.service.changelog`).  ``seen_at_birth`` is the copied
     prior's ``n_samples_seen_`` (0 unless the state started as a copy of its partition's pooled
-    model): ``n_samples_seen_ - seen_at_birth`` rows are its own.  ``dirty``: changed since it
-    was last encoded.
+    model): ``n_samples_seen_ - seen_at_birth`` rows are its own; likewise ``held_at_birth``
+    for the core's ``n_held_back_`` (rows offered but not learned: see :attr:`n_held_own`).
+    ``dirty``: changed since it was last encoded.
     """
 
-    __slots__ = ("blob", "dirty", "gate", "learned_to", "model", "pre_birth", "seen_at_birth")
+    __slots__ = (
+        "blob",
+        "dirty",
+        "gate",
+        "held_at_birth",
+        "learned_to",
+        "model",
+        "pre_birth",
+        "seen_at_birth",
+    )
 
     def __init__(
         self,
@@ -168,9 +178,11 @@ class Slot:
         blob: bytes | None = None,
         learned_to: int | None = None,
         pre_birth: int = 0,
+        held_at_birth: int = 0,
     ):
         self.model, self.gate = model, gate
         self.seen_at_birth = int(seen_at_birth)
+        self.held_at_birth = int(held_at_birth)
         self.pre_birth = int(pre_birth)
         self.blob = blob
         self.dirty = blob is None
@@ -184,9 +196,21 @@ class Slot:
         model learned for it before it was born (they are in the copy it started from)."""
         return int(getattr(self.model, "n_samples_seen_", 0)) - self.seen_at_birth + self.pre_birth
 
+    @property
+    def n_held_own(self) -> int:
+        """Rows of this state's own that its model was offered but did not learn (the core's
+        ``n_held_back_``: with ``n_components="auto"`` the life cycle holds poorly explained
+        rows back while a component may be forming).  ``n_own + n_held_own`` is exactly the
+        valid records this state was given (gate off; the gate's exclusions are not offered)."""
+        return int(getattr(self.model, "n_held_back_", 0)) - self.held_at_birth
+
     def encode(self) -> bytes:
         if self.dirty or self.blob is None:
-            extra = {"seen_at_birth": self.seen_at_birth, "pre_birth": self.pre_birth}
+            extra = {
+                "seen_at_birth": self.seen_at_birth,
+                "pre_birth": self.pre_birth,
+                "held_at_birth": self.held_at_birth,
+            }
             self.blob = encode_slot(self.model, self.gate, extra)
             self.dirty = False
         return self.blob
@@ -270,6 +294,7 @@ class StateStore:
                 blob,
                 self.learned_to.pop(sk, None),
                 meta.get("pre_birth", 0),
+                meta.get("held_at_birth", 0),
             )
             if sk in self.unsaved:
                 slot.dirty = True
@@ -294,7 +319,8 @@ class StateStore:
             pooled = self.get(StateKey(sk.partition, None))
             model, gate = copy_pair(pooled.model, pooled.gate)
             seen = int(getattr(model, "n_samples_seen_", 0))
-            return Slot(model, gate, seen, pre_birth=self.unborn.pop(sk, 0))
+            held = int(getattr(model, "n_held_back_", 0))
+            return Slot(model, gate, seen, pre_birth=self.unborn.pop(sk, 0), held_at_birth=held)
         model, gate = self.factory()
         return Slot(model, gate)
 
@@ -334,6 +360,19 @@ class StateStore:
         for sk in [k for k in self.unsaved if k.partition == partition]:
             out.append((sk, self.cold[sk]))
             self.unsaved.discard(sk)
+        return out
+
+    def partition_states(
+        self, partition: SourcePartition
+    ) -> list[tuple[StateKey, bytes, int | None]]:
+        """``(key, bytes, learned_to)`` of every state of ``partition`` (a full copy)."""
+        out = []
+        for sk, slot in self.live.items():
+            if sk.partition == partition:
+                out.append((sk, slot.encode(), slot.learned_to))
+        for sk, blob in self.cold.items():
+            if sk.partition == partition:
+                out.append((sk, blob, self.learned_to.get(sk)))
         return out
 
     def encoded(self) -> Iterator[tuple[StateKey, bytes]]:
