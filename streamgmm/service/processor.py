@@ -970,13 +970,14 @@ class Processor:
         slot.blob = None  # stale from here on: not kept alive beside the live state
         n = len(learn)
         try:
+            rows = dec.X if n == len(dec.rows) else dec.X[learn]
             if gate.few_rows(model, n):  # a key's row or two: no batch machinery
-                r = gate.score_and_learn_few(model, dec.X[learn])
+                r = gate.score_and_learn_few(model, rows)
             else:
-                r = gate.score_and_learn(model, dec.X if n == len(dec.rows) else dec.X[learn])
+                r = gate.score_and_learn(model, rows)
             ok = learn
             if self.exchange is not None:
-                self.exchange.learned(slot, dec.X if whole else dec.X[learn])
+                self.exchange.learned(slot, rows)
         except Exception as e:
             # The gate validates the whole batch before any state change; isolate the rows.
             log.warning("batch rejected by the model (%s); retrying row by row", e)
