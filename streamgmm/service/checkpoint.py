@@ -25,7 +25,7 @@ Example
 ['ckpt-000000000002.npz', 'ckpt-000000000003.npz']
 >>> ck = store.load_latest()
 >>> ck.meta["offsets"], float(ck.arrays["model.means"][0, 0]), ck.meta["format_version"]
-({'f': 2}, 2.0, 2)
+({'f': 2}, 2.0, 3)
 """
 
 from __future__ import annotations
