@@ -101,7 +101,17 @@ def _cmd(bootstrap, tin, tout, tdlq, group, ckdir, scope) -> list[str]:
         "--model-scope", scope, "--covariance-type", "diag", "--warm-up", "40", "--no-gate",
         "--checkpoint-every", "150", "--checkpoint-interval", "1", "--max-poll-records", "100",
         "--idle-timeout", "60", "--log-format", "text", "--log-level", "INFO",
+        *KEY_COMPONENTS[scope],
     ]  # fmt: skip
+
+
+# Key scope compares each key's model with an uninterrupted run's, so K is pinned there: with
+# n_components="auto" births and merges happen at batch boundaries, which every restart moves,
+# and the two runs' mixtures then differ by more than the batch tolerance (measured 0.15-0.99
+# feature spreads in their overall means). The exact accounting with "auto" (learned + held
+# back = valid, per key) is asserted by the partition case here and by the key-scope
+# exactly_once kill test.
+KEY_COMPONENTS = {"partition": [], "key": ["--n-components", "1"]}
 
 
 @pytest.mark.parametrize("scope", ["partition", "key"])
@@ -202,7 +212,7 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
                 p.kill()
                 p.wait()
     assert kills >= 10 and self_kills >= 2, (kills, self_kills)
-    # n_components="auto" (the default): learned + held back is exactly the valid records.
+    # Learned + held back is exactly the valid records (held back: "auto", partition scope).
     given, held = _accounted(kafka_bootstrap, tin, group)
     assert given == _expected(records, scope)
     print(f"{kills} kills ({self_kills} at fault points); {held} rows held back")
@@ -213,12 +223,8 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
     # The same input through one uninterrupted instance: each key's model agrees within the
     # batch tolerance. Batches are grouped differently after every restart, and with them the
     # moment a key is born as a copy of its partition's pooled model (the first batch after the
-    # pooled model's warm-up) and the moments components are born or merged ("auto"), so the
-    # mixtures' overall means (sum of weight x mean: the same whatever K) are compared. A key's
-    # model starts with the pooled model's sample count, so its prior weighs heavily and the
-    # birth moment shows; with "auto" on these lattice-valued pixels the pooled model changes
-    # more early on (births, held-back rows), so the tolerance is wider than with K=1 (measured
-    # 0.15-0.32 feature spreads with "auto", 0.03-0.12 with K=1).
+    # pooled model's warm-up); a key's model starts with the pooled model's sample count, so its
+    # prior weighs heavily and the birth moment shows (measured 0.03-0.12 feature spreads).
     cfg = load_config(
         overrides={
             "kafka": {
@@ -230,7 +236,7 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
                 "max_poll_records": 100,
             },
             "features": FEATURES,
-            "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40},
+            "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40, "n_components": 1},
             "gate": {"enabled": False},
             "idle_timeout": 3.0,
         },
@@ -254,4 +260,4 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
             diff = np.abs(mine - ref_means[(p["partition"], st["key"])])
             worst = max(worst, float(np.max(diff / spread)))
     print(f"worst key mean difference: {worst:.4f} feature spreads")
-    assert worst < 0.4, f"a key's means differ by {worst:.3f} feature spreads"
+    assert worst < 0.2, f"a key's means differ by {worst:.3f} feature spreads"
