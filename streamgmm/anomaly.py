@@ -575,7 +575,7 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
                 self.flag_rate_alarm_ = True
                 self.n_rate_warnings_ += 1
                 log.warning(
-                    "anomaly flag rate %.3f stays far above the target %.3f (%d windows of %d "
+                    "anomaly flag rate %.3g stays far above the target %.3g (%d windows of %d "
                     "records): either the stream holds that many anomalies, or the data do not fit "
                     "the model (check the features) or the stream is changing",
                     rate,

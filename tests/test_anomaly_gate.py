@@ -172,6 +172,19 @@ def test_a_flag_rate_far_above_the_target_is_reported(caplog):
     assert "far above the target" in caplog.text
 
 
+def test_the_flag_rate_warning_shows_a_small_target(caplog):
+    # The demo's target 0.0002 was logged as "stays far above the target 0.000".
+    from streamgmm.anomaly import ALARM_WINDOWS, AnomalyGate
+
+    gate = AnomalyGate(false_alarm_rate=0.0002, random_state=0)
+    with caplog.at_level(logging.WARNING, logger="streamgmm.anomaly"):
+        for _ in range(ALARM_WINDOWS):
+            gate._window_n, gate._window_flagged = 1000, 15
+            gate._close_window()
+    assert gate.flag_rate_alarm_
+    assert "flag rate 0.015 stays far above the target 0.0002 " in caplog.text
+
+
 # -- 4. one spec, one step ------------------------------------------------------------------
 
 
