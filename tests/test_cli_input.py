@@ -183,6 +183,31 @@ def test_csv_read_as_jsonl_gets_a_hint():
     assert "CSV" not in Decoder(["a", "b"]).decode_batch([kafka]).dead[0][1]
 
 
+@pytest.mark.parametrize(("sep", "said"), [(";", "';'"), ("\t", "tabs"), ("|", "'|'")])
+@pytest.mark.parametrize("features", [None, ["a", "b"]])
+def test_csv_in_another_dialect_gets_a_hint(tmp_path, sep, said, features):
+    # Was "no numeric fields to use as features" (or "missing feature 'a'") for every row.
+    p = tmp_path / "in.csv"
+    p.write_text(f"a{sep}b\n1.5{sep}2\n3{sep}4\n")
+    [batch] = list(FileSource(str(p)).batches())
+    dead = Decoder(features).decode_batch(batch).dead
+    assert [why for _, why in dead] == [
+        f"CSV separated by {said}? Only commas separate fields (the header is one field: "
+        f"{'a' + sep + 'b'!r})"
+    ] * 2
+
+
+def test_csv_row_of_one_field_says_field(tmp_path):
+    p = tmp_path / "in.csv"
+    p.write_text("a,b\n1\n1,2,3\n")
+    [recs] = list(FileSource(str(p)).batches())
+    whys = [why for _, why in Decoder(["a", "b"]).decode_batch(recs).dead]
+    assert whys == [
+        "wrong dimension: CSV row has 1 field, header has 2",
+        "wrong dimension: CSV row has 3 fields, header has 2",
+    ]
+
+
 def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
     dead = Decoder(None).decode_batch(_recs(['{"a": "1.5", "b": "x"}', '{"s": "x"}'])).dead
     assert dead[0][1] == (

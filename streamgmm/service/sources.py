@@ -290,6 +290,13 @@ class FileSource:
         header = [h.strip() for h in header]
         consumed.clear()
         n = len(header)
+        # A header of one field holding ';', a tab or '|': a file in another dialect (Excel's
+        # ';' in many locales); its rows are dead letters whose reason says so.
+        sep = next((c for c in ";\t|" if c in header[0]), None) if n == 1 else None
+        other_dialect = sep is not None and (
+            f"CSV separated by {'tabs' if sep == chr(9) else repr(sep)}? Only commas separate "
+            f"fields (the header is one field: {header[0]!r})"
+        )
         pos = 0
         while True:
             try:
@@ -305,8 +312,11 @@ class FileSource:
             elif isinstance(row, str):
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, row)
             elif len(row) != n:
-                why = f"wrong dimension: CSV row has {len(row)} fields, header has {n}"
+                fields = "field" if len(row) == 1 else "fields"
+                why = f"wrong dimension: CSV row has {len(row)} {fields}, header has {n}"
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, why)
+            elif other_dialect and sep in row[0]:
+                yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, other_dialect)
             else:
                 yield (
                     pos,
