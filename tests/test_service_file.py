@@ -417,3 +417,23 @@ def test_demo_reports_precision_recall_and_plots(tmp_path):
     assert prec > 0.7 and rec > 0.8, r.stdout
     assert "dead letters 3" in r.stdout
     assert png.stat().st_size > 10000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("in.jsonl", "", "the input is empty"),
+        ("in.csv", "a,b\n", "no data rows after the CSV header, if any"),
+    ],
+)
+def test_an_empty_input_is_said_in_the_summary(tmp_path, caplog, name, text, said):
+    # Was only "run summary: 0 records in, 0 out, ...".
+    inp = tmp_path / name
+    inp.write_text(text)
+    cfg = load_config(
+        overrides={"input": {"path": str(inp)}, "output": {"path": str(tmp_path / "out.jsonl")}},
+        env={},
+    )
+    with caplog.at_level("WARNING", logger="streamgmm.service"):
+        assert Processor(cfg, handle_signals=False).run() == 0
+    assert f"no records in {inp}: {said}" in caplog.text

@@ -1143,6 +1143,17 @@ class Processor:
                 "the run ended inside the model's warm-up: scores were null (no model yet) or "
                 "provisional; the model is fitted once its warm-up buffer is full"
             )
+        if not tot["in"] and self.cfg.mode != "kafka":
+            # An empty file (or a CSV of only its header) ran silently to "0 records in".
+            inp = self.cfg.input
+            csv = inp.format == "csv" or (
+                inp.format == "auto" and inp.path.lower().endswith((".csv", ".csv.gz"))
+            )
+            log.warning(
+                "no records in %s: %s",
+                "stdin" if inp.path == "-" else inp.path,
+                "no data rows after the CSV header, if any" if csv else "the input is empty",
+            )
         if s["dead_letters"]:
             log.info(
                 "most frequent dead-letter reasons: %s",
