@@ -437,3 +437,23 @@ def test_an_empty_input_is_said_in_the_summary(tmp_path, caplog, name, text, sai
     with caplog.at_level("WARNING", logger="streamgmm.service"):
         assert Processor(cfg, handle_signals=False).run() == 0
     assert f"no records in {inp}: {said}" in caplog.text
+
+
+@pytest.mark.parametrize("which", ["output", "dead_letter"])
+def test_writing_over_the_input_file_is_refused(tmp_path, which):
+    # `--output` naming the input emptied it before a line was read, exit code 0.
+    from streamgmm.service.config import ConfigError
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"a": 1, "b": 2}\n')
+    output = {"path": str(tmp_path / "out.jsonl")}
+    output[{"output": "path", "dead_letter": "dead_letter"}[which]] = str(
+        tmp_path / "sub" / ".." / "in.jsonl"
+    )
+    with pytest.raises(ConfigError, match="is the input file: it would be overwritten"):
+        load_config(overrides={"input": {"path": str(inp)}, "output": output}, env={})
+    assert inp.read_text() == '{"a": 1, "b": 2}\n'
+    load_config(overrides={"input": {"path": "-"}, "output": {"path": "-"}}, env={})
+    load_config(
+        overrides={"input": {"path": "/dev/stdin"}, "output": {"path": "/dev/stdout"}}, env={}
+    )
