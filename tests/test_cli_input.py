@@ -208,6 +208,18 @@ def test_csv_row_of_one_field_says_field(tmp_path):
     ]
 
 
+def test_a_repeated_csv_column_name_is_warned(tmp_path, caplog):
+    # "a,a,b": the second 'a' silently replaced the first.
+    p = tmp_path / "in.csv"
+    p.write_text("a,a,b\n1,2,3\n")
+    with caplog.at_level(logging.WARNING, logger="streamgmm.service.sources"):
+        [batch] = list(FileSource(str(p)).batches())
+    assert "the CSV header repeats 'a': of columns with one name only the last is read" in (
+        caplog.text
+    )
+    assert Decoder(["a", "b"]).decode_batch(batch).X.tolist() == [[2.0, 3.0]]
+
+
 def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
     dead = Decoder(None).decode_batch(_recs(['{"a": "1.5", "b": "x"}', '{"s": "x"}'])).dead
     assert dead[0][1] == (

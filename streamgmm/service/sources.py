@@ -290,6 +290,13 @@ class FileSource:
         header = [h.strip() for h in header]
         consumed.clear()
         n = len(header)
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            log.warning(
+                "%s: the CSV header repeats %s: of columns with one name only the last is read",
+                self.name,
+                ", ".join(repr(h) for h in repeated),
+            )
         # A header of one field holding ';', a tab or '|': a file in another dialect (Excel's
         # ';' in many locales); its rows are dead letters whose reason says so.
         sep = next((c for c in ";\t|" if c in header[0]), None) if n == 1 else None
