@@ -220,6 +220,22 @@ def test_a_repeated_csv_column_name_is_warned(tmp_path, caplog):
     assert Decoder(["a", "b"]).decode_batch(batch).X.tolist() == [[2.0, 3.0]]
 
 
+@pytest.mark.parametrize("name", ["in.jsonl.gz", "in.csv.gz", "in.gz"])
+def test_a_gzip_file_is_read_decompressed(tmp_path, name):
+    # Was read as text: every line a dead letter ("not JSON", "not UTF-8 text").
+    import gzip
+
+    text = {"csv": "a,b\n1,2\n3,4\n", "jsonl": '{"a": 1, "b": 2}\n{"a": 3, "b": 4}\n'}
+    fmt = "csv" if name.endswith(".csv.gz") else "jsonl"
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(text[fmt].encode()))
+    source = FileSource(str(p), start=1)
+    [batch] = list(source.batches())
+    out = Decoder(["a", "b"]).decode_batch(batch)
+    assert not out.dead and out.X.tolist() == [[3.0, 4.0]]  # resumes after line 1, too
+    assert source.size is None  # no progress total in compressed bytes
+
+
 def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
     dead = Decoder(None).decode_batch(_recs(['{"a": "1.5", "b": "x"}', '{"s": "x"}'])).dead
     assert dead[0][1] == (
