@@ -457,3 +457,17 @@ def test_writing_over_the_input_file_is_refused(tmp_path, which):
     load_config(
         overrides={"input": {"path": "/dev/stdin"}, "output": {"path": "/dev/stdout"}}, env={}
     )
+
+
+def test_demo_prints_n_a_for_a_precision_of_no_flags(monkeypatch, capsys, tmp_path):
+    # `streamgmm demo --n 2000` printed "precision 0.000  recall 0.000 (tp 0, fp 0, fn 0)".
+    from streamgmm.service import demo
+
+    run = demo.DemoRun(
+        2000, 4, 3, [], 1990, 3, 1.0, 0.75, 3, 0, 1, (0.0, 0.0, 0, 0, 0), 1000, 1200, 1
+    )
+    monkeypatch.setattr(demo, "detect", lambda n, seed, workdir: (run, {}))
+    assert demo.run_demo(2000, workdir=str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "precision 1.000  recall 0.750  (tp 3, fp 0, fn 1)" in out
+    assert "jump: precision n/a  recall n/a  (tp 0, fp 0, fn 0)" in out
