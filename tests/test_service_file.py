@@ -4,6 +4,7 @@ the same processor in-process, real files and real signals."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -471,3 +472,30 @@ def test_demo_prints_n_a_for_a_precision_of_no_flags(monkeypatch, capsys, tmp_pa
     out = capsys.readouterr().out
     assert "precision 1.000  recall 0.750  (tp 3, fp 0, fn 1)" in out
     assert "jump: precision n/a  recall n/a  (tp 0, fp 0, fn 0)" in out
+
+
+def test_a_rerun_on_stdin_does_not_claim_to_skip_records(tmp_path, monkeypatch, caplog):
+    # The second run logged "resuming - at record 20" and then (rightly) read all of stdin.
+    import io
+
+    def run(lines):
+        data = "".join(f'{{"a": {i % 7}, "b": {i % 5}}}\n' for i in range(lines)).encode()
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        out = tmp_path / f"out{lines}.jsonl"
+        cfg = load_config(
+            overrides={
+                "input": {"path": "-"},
+                "output": {"path": str(out)},
+                "checkpoint": {"dir": str(tmp_path / "ck")},
+                "progress": False,
+            },
+            env={},
+        )
+        Processor(cfg, handle_signals=False).run()
+        return len(out.read_text().splitlines())
+
+    assert run(20) == 20
+    with caplog.at_level(logging.INFO, logger="streamgmm.service"):
+        assert run(5) == 5
+    assert "resuming" not in caplog.text
+    assert "reading stdin from its first record" in caplog.text

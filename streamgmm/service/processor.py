@@ -464,7 +464,14 @@ class Processor:
             self.source = FileSource(
                 cfg.input.path, cfg.input.format, cfg.batch_size, start, cfg.max_batch_wait
             )
-            if start:
+            if start and self.source.blocking:
+                # stdin, a pipe: nothing to skip ("resuming - at record 3000" said otherwise).
+                log.info(
+                    "reading %s from its first record (live input has no position to resume "
+                    "at); the model continues from the checkpoint",
+                    "stdin" if cfg.input.path == "-" else cfg.input.path,
+                )
+            elif start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
         if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
             self.out = KafkaSink(self.producer, k.output_topic)
