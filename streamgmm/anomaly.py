@@ -613,7 +613,7 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
                 self.flag_rate_alarm_ = True
                 self.n_rate_warnings_ += 1
                 log.warning(
-                    "anomaly flag rate %.3f stays far above the target %.3f (%d windows of %d "
+                    "anomaly flag rate %.3g stays far above the target %.3g (%d windows of %d "
                     "records): either the stream holds that many anomalies, or the data do not fit "
                     "the model (check the features) or the stream is changing",
                     rate,
@@ -833,6 +833,8 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
             "model_warming": self._model_warming,
             "flag_rate_alarm": self.flag_rate_alarm_,
             "recent_flag_rate": _finite_or_none(self.recent_flag_rate_),
+            # Not always the reference's: with a stream reference, the model's own far tail.
+            "exclusion_threshold": _finite_or_none(self.exclusion_threshold_),
             "detector": det_state,
             "block": list(self._block),
         }
@@ -877,6 +879,11 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
             gate.calibration_source_ = meta["calibration_source"]
             gate.threshold_ = gate.score_at(gate.false_alarm_rate)
             gate.exclusion_threshold_ = gate.score_at(gate.false_alarm_rate * gate.exclusion_ratio)
+            if "exclusion_threshold" in meta:
+                # Recomputed from a stream reference it was the stream's far tail (anomalies
+                # included), not the model's: a restored gate let in what it had kept out.
+                excl = meta["exclusion_threshold"]
+                gate.exclusion_threshold_ = math.inf if excl is None else float(excl)
         gate._recent = recent.copy()
         gate._recent_pos = int(meta["recent_pos"])
         (

@@ -121,7 +121,8 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         Number of mixture components K (fixed, as in scikit-learn), or ``"auto"`` (the
         default): K is chosen at each warm-up fit by the Bayesian information criterion over
         ``1..8`` (:data:`AUTO_COMPONENTS`, never more than half the rows nor
-        ``max_components``), and the chosen fit's components lighter than ``min_weight`` are
+        ``max_components``; in a provisional fit during the warm-up, nor one per
+        ``2 (D + 1)`` rows), and the chosen fit's components lighter than ``min_weight`` are
         dropped (they modelled rare groups: anomalies); online, components are then born
         (a persistent, coherent group of poorly explained records), merged (two components
         that explain the same data) and removed (weight starving), see
@@ -1554,6 +1555,13 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             n = X.shape[0]
             best_bic = np.inf
             top = min(max(1, n // 2), self.max_components)
+            if stream:
+                # A provisional fit: at most one component per 2 (D + 1) rows (the rows per
+                # component of the default warm-up).  BIC on a few rows otherwise picks many
+                # tight components: 8 rows of a 2-D Gaussian gave K=4 and -log p up to 56 for
+                # the next rows, and the service flagged 20 of a clean stream's first 60
+                # records (3 with this cap).
+                top = min(top, max(1, n // (2 * (X.shape[1] + 1))))
             for k in [k for k in AUTO_COMPONENTS if k <= top]:
                 candidate = fit_k(k, [self._seed, stream, k])
                 bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)

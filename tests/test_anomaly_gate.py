@@ -172,6 +172,19 @@ def test_a_flag_rate_far_above_the_target_is_reported(caplog):
     assert "far above the target" in caplog.text
 
 
+def test_the_flag_rate_warning_shows_a_small_target(caplog):
+    # The demo's target 0.0002 was logged as "stays far above the target 0.000".
+    from streamgmm.anomaly import ALARM_WINDOWS, AnomalyGate
+
+    gate = AnomalyGate(false_alarm_rate=0.0002, random_state=0)
+    with caplog.at_level(logging.WARNING, logger="streamgmm.anomaly"):
+        for _ in range(ALARM_WINDOWS):
+            gate._window_n, gate._window_flagged = 1000, 15
+            gate._close_window()
+    assert gate.flag_rate_alarm_
+    assert "flag rate 0.015 stays far above the target 0.0002 " in caplog.text
+
+
 # -- 4. one spec, one step ------------------------------------------------------------------
 
 
@@ -332,3 +345,23 @@ def test_batch_gate_step_scores_each_row_once():
     n_calibrations = gate._n_calibrations
     gate.score_and_learn(model, X[2000:])
     assert sum(scored) == gate.n_calibration * (gate._n_calibrations - n_calibrations)
+
+
+def test_a_restored_gate_with_a_stream_reference_keeps_the_models_exclusion_threshold():
+    # With a stream reference the exclusion threshold is the model's far tail; from_state
+    # recomputed it from the stream reference (Shuttle: 9.9e5 instead of 28), so after a
+    # restart the gate learned the anomalies it had kept out and the runs diverged.
+    from streamgmm.anomaly import AnomalyGate
+    from streamgmm.service.state import copy_pair
+
+    X = np.array([list(x.values()) for x, _ in datasets.Shuttle().take(10100)])
+    model, gate = OnlineGaussianMixture(random_state=0), AnomalyGate(random_state=0)
+    for start in range(0, 10000, 100):
+        gate.score_and_learn(model, X[start : start + 100])
+    assert gate.calibration_source_ == "stream"
+    model_copy, gate_copy = copy_pair(model, gate)
+    assert gate_copy.exclusion_threshold_ == gate.exclusion_threshold_
+    after = gate.score_and_learn(model, X[10000:])
+    after_copy = gate_copy.score_and_learn(model_copy, X[10000:])
+    for field, a, b in zip(after._fields, after, after_copy, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=field)

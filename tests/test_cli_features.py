@@ -125,3 +125,20 @@ def test_shuttle_exported_with_id_and_label_scores_like_its_features(tmp_path):
     # Shuttle's first 15,000 records at ROC-AUC 0.979 (0.977 with id and label leaked in: the
     # gate now copes with them too, so the exclusion is checked by the outputs above).
     assert auc > 0.97, auc
+
+
+def test_fields_the_first_record_lacks_are_named_when_common(caplog):
+    # A short first record fixed the features to its fields; 'b' and 'c', in every other
+    # record, were left out without a word.
+    lines = ['{"a": 1.0}'] + [
+        json.dumps({"a": float(i), "b": 2.0 * i, "c": -1.0 * i, "rare": 1.0 if i == 3 else None})
+        for i in range(40)
+    ]
+    dec = Decoder(None)
+    with caplog.at_level(logging.INFO, logger="streamgmm"):
+        dec.decode_batch([RawRecord(None, "f", 0, i, None, s, None) for i, s in enumerate(lines)])
+    assert dec.features == ["a"]
+    assert "not used as features: b, c (numeric in most of the first 41 records, but not in" in (
+        caplog.text
+    )
+    assert "rare" not in caplog.text

@@ -183,6 +183,59 @@ def test_csv_read_as_jsonl_gets_a_hint():
     assert "CSV" not in Decoder(["a", "b"]).decode_batch([kafka]).dead[0][1]
 
 
+@pytest.mark.parametrize(("sep", "said"), [(";", "';'"), ("\t", "tabs"), ("|", "'|'")])
+@pytest.mark.parametrize("features", [None, ["a", "b"]])
+def test_csv_in_another_dialect_gets_a_hint(tmp_path, sep, said, features):
+    # Was "no numeric fields to use as features" (or "missing feature 'a'") for every row.
+    p = tmp_path / "in.csv"
+    p.write_text(f"a{sep}b\n1.5{sep}2\n3{sep}4\n")
+    [batch] = list(FileSource(str(p)).batches())
+    dead = Decoder(features).decode_batch(batch).dead
+    assert [why for _, why in dead] == [
+        f"CSV separated by {said}? Only commas separate fields (the header is one field: "
+        f"{'a' + sep + 'b'!r})"
+    ] * 2
+
+
+def test_csv_row_of_one_field_says_field(tmp_path):
+    p = tmp_path / "in.csv"
+    p.write_text("a,b\n1\n1,2,3\n")
+    [recs] = list(FileSource(str(p)).batches())
+    whys = [why for _, why in Decoder(["a", "b"]).decode_batch(recs).dead]
+    assert whys == [
+        "wrong dimension: CSV row has 1 field, header has 2",
+        "wrong dimension: CSV row has 3 fields, header has 2",
+    ]
+
+
+def test_a_repeated_csv_column_name_is_warned(tmp_path, caplog):
+    # "a,a,b": the second 'a' silently replaced the first.
+    p = tmp_path / "in.csv"
+    p.write_text("a,a,b\n1,2,3\n")
+    with caplog.at_level(logging.WARNING, logger="streamgmm.service.sources"):
+        [batch] = list(FileSource(str(p)).batches())
+    assert "the CSV header repeats 'a': of columns with one name only the last is read" in (
+        caplog.text
+    )
+    assert Decoder(["a", "b"]).decode_batch(batch).X.tolist() == [[2.0, 3.0]]
+
+
+@pytest.mark.parametrize("name", ["in.jsonl.gz", "in.csv.gz", "in.gz"])
+def test_a_gzip_file_is_read_decompressed(tmp_path, name):
+    # Was read as text: every line a dead letter ("not JSON", "not UTF-8 text").
+    import gzip
+
+    text = {"csv": "a,b\n1,2\n3,4\n", "jsonl": '{"a": 1, "b": 2}\n{"a": 3, "b": 4}\n'}
+    fmt = "csv" if name.endswith(".csv.gz") else "jsonl"
+    p = tmp_path / name
+    p.write_bytes(gzip.compress(text[fmt].encode()))
+    source = FileSource(str(p), start=1)
+    [batch] = list(source.batches())
+    out = Decoder(["a", "b"]).decode_batch(batch)
+    assert not out.dead and out.X.tolist() == [[3.0, 4.0]]  # resumes after line 1, too
+    assert source.size is None  # no progress total in compressed bytes
+
+
 def test_numbers_in_quotes_get_a_hint_when_no_feature_is_numeric():
     dead = Decoder(None).decode_batch(_recs(['{"a": "1.5", "b": "x"}', '{"s": "x"}'])).dead
     assert dead[0][1] == (

@@ -77,6 +77,19 @@ def test_predictions_during_warm_up_come_from_a_provisional_fit():
     assert model.get_state()[1] == state_before[1]  # scoring never refits
 
 
+def test_auto_provisional_fit_of_a_few_rows_does_not_overfit_k():
+    # 8 rows of one 2-D Gaussian: BIC over K=1..4 chose 4 tight components and scored the
+    # next rows up to -log p = 56 (the service flagged a third of a clean stream's first 60).
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(40, 2)) * [1.0, 2.0] + [0.0, 5.0]
+    for n in (8, 16):
+        model = OnlineGaussianMixture(random_state=0).partial_fit(X[:n])
+        assert model.warming_up_
+        assert model.weights_.shape[0] <= max(1, n // 6)
+        single = OnlineGaussianMixture(1, random_state=0).partial_fit(X[:n])
+        assert np.max(-model.score_samples(X[n:])) <= np.max(-single.score_samples(X[n:])) + 3
+
+
 def test_score_and_learn_before_any_model():
     model = OnlineGaussianMixture(3, random_state=0)
     result = model.score_and_learn(np.ones((2, 2)))

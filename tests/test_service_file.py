@@ -4,6 +4,7 @@ the same processor in-process, real files and real signals."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -417,3 +418,84 @@ def test_demo_reports_precision_recall_and_plots(tmp_path):
     assert prec > 0.7 and rec > 0.8, r.stdout
     assert "dead letters 3" in r.stdout
     assert png.stat().st_size > 10000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "said"),
+    [
+        ("in.jsonl", "", "the input is empty"),
+        ("in.csv", "a,b\n", "no data rows after the CSV header, if any"),
+    ],
+)
+def test_an_empty_input_is_said_in_the_summary(tmp_path, caplog, name, text, said):
+    # Was only "run summary: 0 records in, 0 out, ...".
+    inp = tmp_path / name
+    inp.write_text(text)
+    cfg = load_config(
+        overrides={"input": {"path": str(inp)}, "output": {"path": str(tmp_path / "out.jsonl")}},
+        env={},
+    )
+    with caplog.at_level("WARNING", logger="streamgmm.service"):
+        assert Processor(cfg, handle_signals=False).run() == 0
+    assert f"no records in {inp}: {said}" in caplog.text
+
+
+@pytest.mark.parametrize("which", ["output", "dead_letter"])
+def test_writing_over_the_input_file_is_refused(tmp_path, which):
+    # `--output` naming the input emptied it before a line was read, exit code 0.
+    from streamgmm.service.config import ConfigError
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"a": 1, "b": 2}\n')
+    output = {"path": str(tmp_path / "out.jsonl")}
+    output[{"output": "path", "dead_letter": "dead_letter"}[which]] = str(
+        tmp_path / "sub" / ".." / "in.jsonl"
+    )
+    with pytest.raises(ConfigError, match="is the input file: it would be overwritten"):
+        load_config(overrides={"input": {"path": str(inp)}, "output": output}, env={})
+    assert inp.read_text() == '{"a": 1, "b": 2}\n'
+    load_config(overrides={"input": {"path": "-"}, "output": {"path": "-"}}, env={})
+    load_config(
+        overrides={"input": {"path": "/dev/stdin"}, "output": {"path": "/dev/stdout"}}, env={}
+    )
+
+
+def test_demo_prints_n_a_for_a_precision_of_no_flags(monkeypatch, capsys, tmp_path):
+    # `streamgmm demo --n 2000` printed "precision 0.000  recall 0.000 (tp 0, fp 0, fn 0)".
+    from streamgmm.service import demo
+
+    run = demo.DemoRun(
+        2000, 4, 3, [], 1990, 3, 1.0, 0.75, 3, 0, 1, (0.0, 0.0, 0, 0, 0), 1000, 1200, 1
+    )
+    monkeypatch.setattr(demo, "detect", lambda n, seed, workdir: (run, {}))
+    assert demo.run_demo(2000, workdir=str(tmp_path)) == 0
+    out = capsys.readouterr().out
+    assert "precision 1.000  recall 0.750  (tp 3, fp 0, fn 1)" in out
+    assert "jump: precision n/a  recall n/a  (tp 0, fp 0, fn 0)" in out
+
+
+def test_a_rerun_on_stdin_does_not_claim_to_skip_records(tmp_path, monkeypatch, caplog):
+    # The second run logged "resuming - at record 20" and then (rightly) read all of stdin.
+    import io
+
+    def run(lines):
+        data = "".join(f'{{"a": {i % 7}, "b": {i % 5}}}\n' for i in range(lines)).encode()
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+        out = tmp_path / f"out{lines}.jsonl"
+        cfg = load_config(
+            overrides={
+                "input": {"path": "-"},
+                "output": {"path": str(out)},
+                "checkpoint": {"dir": str(tmp_path / "ck")},
+                "progress": False,
+            },
+            env={},
+        )
+        Processor(cfg, handle_signals=False).run()
+        return len(out.read_text().splitlines())
+
+    assert run(20) == 20
+    with caplog.at_level(logging.INFO, logger="streamgmm.service"):
+        assert run(5) == 5
+    assert "resuming" not in caplog.text
+    assert "reading stdin from its first record" in caplog.text

@@ -218,6 +218,21 @@ class Decoder:
                 "not used as features: %s. Pass --features to choose the features yourself",
                 "; ".join(f"{n} ({why})" for n, why in excluded.items()),
             )
+        # Fields the first record lacks were dropped without a word, however common.
+        counts: dict[str, int] = {}
+        for obj in objs:
+            for name in self._numeric_fields(obj, csv):
+                if name not in names:
+                    counts[name] = counts.get(name, 0) + 1
+        common = [n for n, c in counts.items() if 2 * c >= len(objs)]
+        if common:
+            log.warning(
+                "not used as features: %s (numeric in most of the first %d records, but not in "
+                "the first one, whose numeric fields are the features). Pass --features to "
+                "choose the features yourself",
+                ", ".join(common),
+                len(objs),
+            )
 
     # -- per-record checks (slow path, only for records that failed the fast one) ---------
     def _why_json(self, obj: dict) -> str:

@@ -142,6 +142,14 @@ class InputConfig(_Strict):
     format: Literal["auto", "jsonl", "csv"] = "auto"
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one regular file (devices, pipes: never)."""
+    try:
+        return os.path.samefile(a, b) and os.path.isfile(b)
+    except OSError:  # one does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 class OutputConfig(_Strict):
     """File/stdout sinks. ``path`` ``-`` (default) is stdout; ``dead_letter`` ``None`` means
     ``<output>.dlq.jsonl`` beside a regular file, stderr beside stdout or an output that is not
@@ -275,6 +283,20 @@ class ServiceConfig(_Strict):
                 raise ValueError("no input: give --input PATH|- or Kafka --topic")
             if k.output_topic:
                 raise ValueError("kafka.output_topic is set but no Kafka input topic is given")
+            # Writing over the input emptied it before a line was read (exit 0, data gone).
+            for name, path in (
+                ("output", self.output.path),
+                ("dead letter", self.output.dead_letter),
+            ):
+                if (
+                    self.input.path != "-"
+                    and path not in (None, "-", "<stderr>")
+                    and _same_file(path, self.input.path)
+                ):
+                    raise ValueError(
+                        f"the {name} file {path} is the input file: it would be overwritten; "
+                        "write it elsewhere"
+                    )
         if self.vector_field is not None and self.features is None:
             raise ValueError("vector_field needs an explicit feature list (features)")
         if self.model.scope == "partition" and not k.topics:

@@ -120,6 +120,11 @@ class DemoRun(NamedTuple):
     n_drifts: int
 
 
+def _ratio(value: float, denominator: int) -> str:
+    """A precision or recall as printed: ``n/a`` for 0/0 (it printed 0.000: a failure)."""
+    return f"{value:.3f}" if denominator else "n/a"
+
+
 def _precision_recall(flags, truth, mask) -> tuple:
     tp = int((flags & truth & mask).sum())
     fp = int((flags & ~truth & mask).sum())
@@ -216,12 +221,14 @@ def run_demo(
     print(f"  rows learned {d.n_learned}, anomalies flagged {d.n_flagged}")
     print(
         f"  detection after warm-up (false_alarm_rate {FALSE_ALARM_RATE}): precision "
-        f"{d.precision:.3f}  recall {d.recall:.3f}  (tp {d.tp}, fp {d.fp}, fn {d.fn})"
+        f"{_ratio(d.precision, d.tp + d.fp)}  recall {_ratio(d.recall, d.tp + d.fn)}  "
+        f"(tp {d.tp}, fp {d.fp}, fn {d.fn})"
     )
     p2, r2, tp2, fp2, fn2 = d.calm
     print(
-        f"  excluding the 1500 records after the abrupt jump: precision {p2:.3f}  recall "
-        f"{r2:.3f}  (tp {tp2}, fp {fp2}, fn {fn2}); changes detected {d.n_drifts}"
+        f"  excluding the 1500 records after the abrupt jump: precision {_ratio(p2, tp2 + fp2)}  "
+        f"recall {_ratio(r2, tp2 + fn2)}  (tp {tp2}, fp {fp2}, fn {fn2}); changes detected "
+        f"{d.n_drifts}"
     )
     if plot:
         _plot(

@@ -464,7 +464,14 @@ class Processor:
             self.source = FileSource(
                 cfg.input.path, cfg.input.format, cfg.batch_size, start, cfg.max_batch_wait
             )
-            if start:
+            if start and self.source.blocking:
+                # stdin, a pipe: nothing to skip ("resuming - at record 3000" said otherwise).
+                log.info(
+                    "reading %s from its first record (live input has no position to resume "
+                    "at); the model continues from the checkpoint",
+                    "stdin" if cfg.input.path == "-" else cfg.input.path,
+                )
+            elif start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
         if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
             self.out = KafkaSink(self.producer, k.output_topic)
@@ -1142,6 +1149,17 @@ class Processor:
             log.warning(
                 "the run ended inside the model's warm-up: scores were null (no model yet) or "
                 "provisional; the model is fitted once its warm-up buffer is full"
+            )
+        if not tot["in"] and self.cfg.mode != "kafka":
+            # An empty file (or a CSV of only its header) ran silently to "0 records in".
+            inp = self.cfg.input
+            csv = inp.format == "csv" or (
+                inp.format == "auto" and inp.path.lower().endswith((".csv", ".csv.gz"))
+            )
+            log.warning(
+                "no records in %s: %s",
+                "stdin" if inp.path == "-" else inp.path,
+                "no data rows after the CSV header, if any" if csv else "the input is empty",
             )
         if s["dead_letters"]:
             log.info(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import gzip
 import io
 import logging
 import os
@@ -47,6 +48,11 @@ log = logging.getLogger("streamgmm.service.sources")
 
 class Interrupted(Exception):
     """Raised by the signal handler to break a blocking read on stdin."""
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
 
 
 def file_identity(path: str) -> str:
@@ -122,10 +128,14 @@ class FileSource:
         self.fmt = fmt
         self.batch_size = int(batch_size)
         self.blocking = path == "-" or not Path(path).is_file()  # stdin, a pipe, a device
+        # A gzip file (by its magic bytes) is read decompressed: read as text, it was hundreds of
+        # dead letters blamed on "not JSON" or "not UTF-8".
+        self.gzip = not self.blocking and _is_gzip(path)
         self.start = 0 if self.blocking else int(start)
         self.max_batch_wait = float(max_batch_wait)
         self.bytes_read = 0
-        self.size = None if path == "-" else os.path.getsize(path)
+        # The progress bar counts text read: a compressed file's size is no total for it.
+        self.size = None if path == "-" or self.gzip else os.path.getsize(path)
         self._stop = False
         self.in_read = False
         self.live = self.blocking
@@ -164,7 +174,8 @@ class FileSource:
             return io.TextIOWrapper(
                 sys.stdin.buffer, encoding="utf-8-sig", errors="surrogateescape", newline=""
             )
-        return open(self.path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        opener = gzip.open if self.gzip else open
+        return opener(self.path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="")
 
     def _lines(self, f) -> Iterator[str]:
         live = self.blocking  # read by the pump thread: the main thread waits in _live()
@@ -290,6 +301,20 @@ class FileSource:
         header = [h.strip() for h in header]
         consumed.clear()
         n = len(header)
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            log.warning(
+                "%s: the CSV header repeats %s: of columns with one name only the last is read",
+                self.name,
+                ", ".join(repr(h) for h in repeated),
+            )
+        # A header of one field holding ';', a tab or '|': a file in another dialect (Excel's
+        # ';' in many locales); its rows are dead letters whose reason says so.
+        sep = next((c for c in ";\t|" if c in header[0]), None) if n == 1 else None
+        other_dialect = sep is not None and (
+            f"CSV separated by {'tabs' if sep == chr(9) else repr(sep)}? Only commas separate "
+            f"fields (the header is one field: {header[0]!r})"
+        )
         pos = 0
         while True:
             try:
@@ -305,8 +330,11 @@ class FileSource:
             elif isinstance(row, str):
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, row)
             elif len(row) != n:
-                why = f"wrong dimension: CSV row has {len(row)} fields, header has {n}"
+                fields = "field" if len(row) == 1 else "fields"
+                why = f"wrong dimension: CSV row has {len(row)} {fields}, header has {n}"
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, why)
+            elif other_dialect and sep in row[0]:
+                yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, other_dialect)
             else:
                 yield (
                     pos,
