@@ -161,8 +161,10 @@ class _Follower:
     messages, folds) into ``slot``.  The live instance is one; its *replay* is another that
     never sends, so it applies every message (see the module docstring)."""
 
-    def __init__(self, slot=None):
+    def __init__(self, slot=None, quiet=False):
         self.slot = slot
+        # The replay's news (adopted, rows learned) repeat the live state's: debug level.
+        self.log_level = logging.DEBUG if quiet else logging.INFO
         self._reset_follower()
 
     def _reset_follower(self) -> None:
@@ -201,8 +203,11 @@ class _Follower:
                 n += len(rows)
         self.own_rows = []
         if n:
-            log.info(
-                "model exchange: %d rows learned on base %s from rows messages", n, self.winner
+            log.log(
+                self.log_level,
+                "model exchange: %d rows learned on base %s from rows messages",
+                n,
+                self.winner,
             )
 
     def _learn_rows(self, slot, rows) -> None:
@@ -264,7 +269,8 @@ class _Follower:
         if getattr(slot.gate, "calibrate", None) is not None:
             slot.gate.calibrate(model)
         self.base_id = self.winner
-        log.info(
+        log.log(
+            self.log_level,
             "model exchange: adopted the group's base %s (%d rows, K=%d)",
             self.base_id,
             model.n_samples_seen_,
@@ -330,6 +336,7 @@ class ModelExchange(_Follower):
 
         self.kafka = kafka
         self.topic = topic
+        self.log_level = logging.INFO
         self.snapshot_topic = snapshot_topic(topic)
         self.every_seconds = float(every_seconds or 1.0)
         self.snapshot_every = int(snapshot_every or 0)
@@ -518,7 +525,7 @@ class ModelExchange(_Follower):
 
     def _join(self, slot) -> None:
         self.reset()
-        self.replay = _Follower(_replay_slot(*copy.deepcopy(self._fresh)))
+        self.replay = _Follower(_replay_slot(*copy.deepcopy(self._fresh)), quiet=True)
         self.start_offset = self._load_snapshot()
         self.read_count = 0
         self._read(slot, live=False)
