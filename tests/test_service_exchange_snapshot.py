@@ -28,7 +28,7 @@ pytestmark = pytest.mark.kafka
 MODEL = {"n_components": 4, "covariance_type": "full", "warm_up": 200}
 
 
-def _cfg(bootstrap, tin, group, exchange, **model):
+def _cfg(bootstrap, tin, group, exchange, guarantee="at_least_once", **model):
     return load_config(
         overrides={
             "kafka": {
@@ -44,12 +44,13 @@ def _cfg(bootstrap, tin, group, exchange, **model):
             "gate": {"enabled": False},
             "checkpoint": {"every_records": 100, "every_seconds": 0.5},
             "idle_timeout": 4.0,
+            "processing_guarantee": guarantee,
         },
         env={},
     )
 
 
-def _two_instances(bootstrap, new_topic, **model):
+def _two_instances(bootstrap, new_topic, guarantee="at_least_once", **model):
     """Two processors at the same time, each on a topic of its own, one exchange topic.
     Returns (exchange topic, valid rows learned by the group, processors)."""
     X = _bananas()[:2400]
@@ -62,7 +63,9 @@ def _two_instances(bootstrap, new_topic, **model):
         _produce(bootstrap, tin, records)
         topics.append(tin)
     procs = [
-        Processor(_cfg(bootstrap, t, f"g-{t[-8:]}", exchange, **model), handle_signals=False)
+        Processor(
+            _cfg(bootstrap, t, f"g-{t[-8:]}", exchange, guarantee, **model), handle_signals=False
+        )
         for t in topics
     ]
     errors = []
@@ -83,11 +86,11 @@ def _two_instances(bootstrap, new_topic, **model):
     return exchange, n_valid, procs
 
 
-def _join(bootstrap, exchange, **kw):
+def _join(bootstrap, exchange, read_committed=False, **kw):
     kcfg = KafkaConfig(bootstrap_servers=bootstrap, topics=["unused"], group_id="joiner")
     cfg = _cfg(bootstrap, "unused", "joiner", exchange)
     slot = Slot(*build_model(cfg))
-    ex = ModelExchange(kcfg, exchange, **kw)
+    ex = ModelExchange(kcfg, exchange, read_committed=read_committed, **kw)
     try:
         ex.restore(slot)
     finally:
@@ -140,9 +143,14 @@ def test_joiner_from_the_newest_snapshot_gets_the_model_of_reading_everything(
     np.testing.assert_allclose(m_snap.covariances_, m_full.covariances_, rtol=1e-9, atol=1e-12)
 
 
-def test_trimmed_exchange_topic_keeps_the_group_model(kafka_bootstrap, new_topic):
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_trimmed_exchange_topic_keeps_the_group_model(kafka_bootstrap, new_topic, guarantee):
+    """Trimming after every snapshot (trim_after=0): instances behind the cut join again
+    (exactly_once: the checkpoint's transaction aborts and rolls back; its snapshots are sent
+    in the transaction, read read_committed)."""
+    eos = guarantee == "exactly_once"
     exchange, n_valid, procs = _two_instances(
-        kafka_bootstrap, new_topic, exchange_snapshot_every=2, exchange_trim_after=0
+        kafka_bootstrap, new_topic, guarantee, exchange_snapshot_every=2, exchange_trim_after=0
     )
     assert sum(p.exchange.trims for p in procs) >= 1
     start, end = _offsets(kafka_bootstrap, exchange)
@@ -155,7 +163,7 @@ def test_trimmed_exchange_topic_keeps_the_group_model(kafka_bootstrap, new_topic
     ]
     assert start in kept, (start, kept)
     # The group's model after the trims: every valid row once, the instances' models agree.
-    ex, model = _join(kafka_bootstrap, exchange)
+    ex, model = _join(kafka_bootstrap, exchange, read_committed=eos)
     assert ex.start_offset >= start
     assert model.n_samples_seen_ == n_valid
     assert [p.model.n_samples_seen_ for p in procs] == [n_valid] * 2
@@ -163,4 +171,59 @@ def test_trimmed_exchange_topic_keeps_the_group_model(kafka_bootstrap, new_topic
     assert abs(model.score(test) - procs[0].model.score(test)) < 0.01
     # Ignoring the snapshots the increments before the log start are missing: an error.
     with pytest.raises(ExchangeError, match="cannot be rebuilt"):
-        _join(kafka_bootstrap, exchange, from_snapshot=False)
+        _join(kafka_bootstrap, exchange, read_committed=eos, from_snapshot=False)
+    if eos:
+        print(f"aborted transactions: {[p.aborts for p in procs]}")
+
+
+def test_reader_behind_a_trim_joins_again_or_aborts(kafka_bootstrap, new_topic):
+    """Records deleted under a reader's position are never skipped silently: an at_least_once
+    instance joins again from the newest snapshot (keeping its own increment, sent before the
+    read); under exactly_once the tick raises, so the checkpoint's transaction aborts."""
+    from streamgmm.service.exchange import ExchangeTrimmed
+    from streamgmm.service.sinks import make_producer
+
+    exchange = new_topic(1) + "-exchange"
+    kcfg = KafkaConfig(bootstrap_servers=kafka_bootstrap, topics=["unused"], group_id="j")
+    cfg = _cfg(kafka_bootstrap, "unused", "j", exchange)
+    X = _bananas()
+    slots = {name: Slot(*build_model(cfg)) for name in "wre"}
+    w = ModelExchange(kcfg, exchange, snapshot_every=1, trim_after=0)
+    r = ModelExchange(kcfg, exchange)
+    prod = make_producer(kcfg, transactional_id=f"t-{exchange[-8:]}")
+    prod.init_transactions()
+    prod.begin_transaction()
+    e = ModelExchange(kcfg, exchange, producer=prod, read_committed=True)
+    rows = iter(np.array_split(X[:1200], 12))
+
+    def learn(name, ex):
+        batch = next(rows)
+        slots[name].gate.score_and_learn(slots[name].model, batch)
+        ex.learned(slots[name], batch)
+        ex.tick(slots[name])
+        return len(batch)
+
+    try:
+        for name, ex in zip("wre", (w, r, e), strict=True):
+            ex.restore(slots[name])
+        n = learn("w", w) + learn("w", w) + learn("w", w)  # warm-up 200: the base
+        r.tick(slots["r"])  # adopts it
+        e.idle_tick(slots["e"])
+        prod.commit_transaction()
+        prod.begin_transaction()
+        n += learn("w", w) + learn("w", w)  # snapshots and trims past r's and e's positions
+        assert w.trims >= 1 and r.reader.position(r.tp) < _offsets(kafka_bootstrap, exchange)[0]
+        before = r.rejoins
+        n += learn("r", r)
+        assert r.rejoins == before + 1
+        assert slots["r"].model.n_samples_seen_ == n
+        with pytest.raises(ExchangeTrimmed):
+            learn("e", e)
+        prod.abort_transaction()
+        e.restore(Slot(*build_model(cfg)))  # what the processor's rollback does
+        assert e.start_offset > 0
+    finally:
+        for ex in (w, r, e):
+            ex.close()
+    _, joined = _join(kafka_bootstrap, exchange)
+    assert joined.n_samples_seen_ == n

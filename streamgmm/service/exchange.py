@@ -314,8 +314,9 @@ class ModelExchange(_Follower):
     start_offset, read_count
         Where the last join started reading the exchange topic (the snapshot's position, or
         its log-start offset) and how many exchange messages it read.
-    snapshots_sent, trims
-        Snapshots this instance published, and trims (``delete_records`` calls) it made.
+    snapshots_sent, trims, rejoins
+        Snapshots this instance published, trims (``delete_records`` calls) it made, and joins
+        again after records it had not read were deleted.
     replay
         The group's model as the topic's messages make it (see the module docstring).
     """
@@ -375,7 +376,7 @@ class ModelExchange(_Follower):
         self.snap_reader.assign([self.stp])
         self._fresh = None  # a fresh (model, gate): what the replay starts from
         self.replay: _Follower | None = None
-        self.ticks = self.snapshots_sent = self.trims = 0
+        self.ticks = self.snapshots_sent = self.trims = self.rejoins = 0
         self.start_offset = self.read_count = 0
         self._snapshot_at: int | None = None
         self.reset()
@@ -500,6 +501,7 @@ class ModelExchange(_Follower):
             self._read(slot)
         except ExchangeTrimmed as e:
             log.warning("model exchange: %s; joining again from the newest snapshot", e)
+            self.rejoins += 1
             self.restore(slot)  # nothing learned since the last tick: nothing lost
         self.last_tick = time.monotonic()
 
@@ -521,6 +523,7 @@ class ModelExchange(_Follower):
                 raise
             # at_least_once: this instance's increment is in the topic already (flushed).
             log.warning("model exchange: %s; joining again from the newest snapshot", e)
+            self.rejoins += 1
             self.restore(slot)
 
     def _join(self, slot) -> None:
