@@ -3,13 +3,14 @@
 
 Writers (``--instances`` ModelExchange objects in this process, K=5 full, D=10, each learning
 ``--rows`` rows of one mixture per tick) exchange for ``--ticks`` ticks, publishing a snapshot
-every ``--snapshot-every`` ticks (nothing is trimmed, so the whole history stays readable for
-the peer).  Then a joiner restores the group's model twice per round, side by side: from the
+every ``--snapshot-every`` ticks (the exchange is not trimmed, so the whole history stays
+readable for the peer; of the snapshot topic only the newest snapshot is kept, as trimming
+would).  Then a joiner restores the group's model twice per round, side by side: from the
 newest snapshot, and from the topic's beginning (``from_snapshot=False``: what every join did
 before snapshots).  Reports the median restore time of ``--rounds`` rounds, the exchange
 messages each read, and checks that both joiners built the same model.
 
-    python scripts/bench_exchange_join.py [--ticks 100,1000] [--instances 2] [--rounds 3]
+    python scripts/bench_exchange_join.py [--ticks 110,1010] [--instances 2] [--rounds 3]
 
 Uses $KAFKA_BOOTSTRAP_SERVERS if set, else starts a broker and stops it at the end.
 """
@@ -39,7 +40,12 @@ def _cfg(bootstrap):
 
     return load_config(
         overrides={
-            "kafka": {"bootstrap_servers": bootstrap, "topics": ["x"], "group_id": "bench"},
+            "kafka": {
+                "bootstrap_servers": bootstrap,
+                "topics": ["x"],
+                "group_id": "bench",
+                "output_topic": "x-out",
+            },
             "model": {"n_components": bk.K, "covariance_type": "full", "warm_up": 200},
             "gate": {"enabled": False},
         },
@@ -73,6 +79,12 @@ def run(bootstrap, ticks, instances, rows, snapshot_every, rounds):
             ex.tick(slot)
     t_write = time.perf_counter() - t0
     n_snap = sum(ex.snapshots_sent for _, ex in writers)
+    # What trimming leaves of the snapshot topic (the exchange itself stays whole for the
+    # peer): the newest snapshot only.
+    w = writers[0][1]
+    snaps = w._snapshots()
+    if len(snaps) > 1:
+        w.admin.delete_records({w.stp: max(s.offset for s in snaps)}, timeout_ms=10000)
     for _, ex in writers:
         ex.close()
     times = {True: [], False: []}
@@ -103,7 +115,7 @@ def run(bootstrap, ticks, instances, rows, snapshot_every, rounds):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ticks", default="100,1000", help="comma separated")
+    ap.add_argument("--ticks", default="110,1010", help="comma separated")
     ap.add_argument("--instances", type=int, default=2)
     ap.add_argument("--rows", type=int, default=50, help="rows learned per instance per tick")
     ap.add_argument("--snapshot-every", type=int, default=20)
