@@ -141,6 +141,16 @@ def test_joiner_from_the_newest_snapshot_gets_the_model_of_reading_everything(
     np.testing.assert_allclose(m_snap.weights_, m_full.weights_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(m_snap.means_, m_full.means_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(m_snap.covariances_, m_full.covariances_, rtol=1e-9, atol=1e-12)
+    # A corrupt newest snapshot is skipped (logged), the one before it used.
+    from kafka import KafkaProducer
+
+    prod = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+    prod.send(snapshot_topic(exchange), b"garbage", headers=[("position", str(end).encode())])
+    prod.flush()
+    prod.close()
+    again, m_again = _join(kafka_bootstrap, exchange)
+    assert again.start_offset == newest
+    np.testing.assert_allclose(m_again.covariances_, m_full.covariances_, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
