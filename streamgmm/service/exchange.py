@@ -500,9 +500,7 @@ class ModelExchange(_Follower):
         try:
             self._read(slot)
         except ExchangeTrimmed as e:
-            log.warning("model exchange: %s; joining again from the newest snapshot", e)
-            self.rejoins += 1
-            self.restore(slot)  # nothing learned since the last tick: nothing lost
+            self._rejoin(slot, e)  # nothing learned since the last tick: nothing lost
         self.last_tick = time.monotonic()
 
     def close(self) -> None:
@@ -522,9 +520,18 @@ class ModelExchange(_Follower):
                 # checkpoint aborts, and the rollback joins again (Processor._rejoin).
                 raise
             # at_least_once: this instance's increment is in the topic already (flushed).
-            log.warning("model exchange: %s; joining again from the newest snapshot", e)
-            self.rejoins += 1
-            self.restore(slot)
+            self._rejoin(slot, e)
+
+    def _rejoin(self, slot, why) -> None:
+        """Records this instance had not read were deleted: join again from the newest
+        snapshot. Rows of its own in no message yet (a candidate's, whose candidacy the
+        group's base has decided by now) go out first, so the group learns them."""
+        log.warning("model exchange: %s; joining again from the newest snapshot", why)
+        if self.own_rows and self._own_producer:
+            self._send_rows()
+            self.producer.flush()
+        self.rejoins += 1
+        self.restore(slot)
 
     def _join(self, slot) -> None:
         self.reset()
