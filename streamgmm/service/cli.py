@@ -56,6 +56,8 @@ _RUN_FLAGS = {
     "n_components": "model.n_components",
     "model_scope": "model.scope",
     "model_exchange": "model.exchange",
+    "exchange_snapshot_every": "model.exchange_snapshot_every",
+    "exchange_trim_after": "model.exchange_trim_after",
     "max_live_keys": "model.max_live_keys",
     "covariance_type": "model.covariance_type",
     "half_life": "model.half_life",
@@ -290,6 +292,19 @@ def _parser() -> argparse.ArgumentParser:
         "<group>-<input topic>-exchange at every checkpoint)",
         action="store_const",
         const=True,
+    )
+    opt(
+        g,
+        "--exchange-snapshot-every",
+        "model exchange: publish the group's model to <exchange topic>-snapshot every N "
+        "exchanges (0: never); joiners start from the newest snapshot",
+        metavar="N",
+    )
+    opt(
+        g,
+        "--exchange-trim-after",
+        "model exchange: delete exchange records covered by a snapshot at least this old",
+        metavar="SECONDS",
     )
     opt(
         g,

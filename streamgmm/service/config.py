@@ -86,11 +86,26 @@ class ModelConfig(_Strict):
     # exchange_topic (None: "<group>-<first input topic>-exchange"); see service/exchange.py.
     exchange: bool = False
     exchange_topic: str | None = None
+    # Publish the group's model to "<exchange topic>-snapshot" every this many exchanges (0:
+    # never), and delete exchange records covered by a snapshot at least exchange_trim_after
+    # seconds old (None: never): the exchange topic stays bounded, a joiner starts from the
+    # newest snapshot.
+    exchange_snapshot_every: int = Field(20, ge=0)
+    exchange_trim_after: float | None = Field(600.0, ge=0)
 
     def estimator_params(self) -> dict:
         """The :class:`streamgmm.OnlineGaussianMixture` parameters (not scope, key bound,
         exchange)."""
-        return self.model_dump(exclude={"scope", "max_live_keys", "exchange", "exchange_topic"})
+        return self.model_dump(
+            exclude={
+                "scope",
+                "max_live_keys",
+                "exchange",
+                "exchange_topic",
+                "exchange_snapshot_every",
+                "exchange_trim_after",
+            }
+        )
 
     @field_validator("n_components")
     @classmethod

@@ -433,6 +433,8 @@ class Processor:
                 self.producer if self.exactly_once else None,
                 read_committed=self.exactly_once,
                 every_seconds=cfg.checkpoint.every_seconds,
+                snapshot_every=cfg.model.exchange_snapshot_every,
+                trim_after=cfg.model.exchange_trim_after,
             )
             self.exchange.restore(self.states.only())  # join: the group's model
         if cfg.mode == "kafka":
