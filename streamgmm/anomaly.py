@@ -102,18 +102,22 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
     **Checked against the stream.**  On non-Gaussian data the model's own samples are
     optimistic (real records score worse than the model's).  At each refresh the gate counts
     how many of the last ``n_recent`` scores lie above the model-calibrated threshold; if more
-    than ``stream_factor`` times the target, the stream's own recent scores become the
-    reference (``calibration_source_ == "stream"``).  If the realised flag rate still stays
+    than ``stream_factor`` times the target while the model misjudges the bulk too, or more
+    than a tenth of the stream, the stream's own recent scores become the reference
+    (``calibration_source_ == "stream"``).  The first checks come soon: 50 records after the
+    warm-up or a change (then 100, 200), and during the warm-up 50 records after each
+    provisional fit, against the records that fit scored.  If the realised flag rate still stays
     above ``stream_factor`` times the target for three refresh windows, the gate logs a warning
     and counts it in ``n_rate_warnings_`` (``flag_rate_alarm_`` is set while it lasts).
 
     **Flag and gate.**  A record is flagged when its tail probability is below
     ``false_alarm_rate``, i.e. its score exceeds ``threshold_``.  It is kept out of the model
     only when far more extreme: tail probability below ``exclusion_ratio * false_alarm_rate``
-    (``exclusion_threshold_``).  Dropping every flagged record would truncate the normal tail
-    and shrink the learned covariance (then more is flagged, and so on); dropping only the far
-    tail keeps the bias negligible while a burst of true anomalies still cannot grow a broad
-    component that would swallow later ones.  Nothing is gated while the model warms up.
+    (``exclusion_threshold_``), and never more than a tenth of the recent stream.  Dropping
+    every flagged record would truncate the normal tail and shrink the learned covariance (then
+    more is flagged, and so on); dropping only the far tail keeps the bias negligible while a
+    burst of true anomalies still cannot grow a broad component that would swallow later ones.
+    Nothing is gated while the model warms up.
 
     **Drift.**  River's :class:`river.drift.PageHinkley` watches the surprise
     ``min(-log tail, 8)`` (mean 1 on calibrated data).  When it detects a rise, the gate opens
