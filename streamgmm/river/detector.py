@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -50,7 +51,8 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
     one compiled stochastic-EM step per record, features standardised internally (no scaler
     needed), missing features marginalised, unseen features ignored and counted.  During the
     warm-up records are scored by each feature's Student-t predictive distribution given the
-    records so far (a few records cannot produce absurd scores).
+    records so far (a few records cannot produce absurd scores), and their tail probability is
+    never below their rank among the earlier warm-up records' (the stream's own calibration).
 
     Decisions are those of :class:`streamgmm.anomaly.AnomalyGate` (the same gate step as the
     stream processor): the tail probability is calibrated on samples of the model, checked
@@ -213,6 +215,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self.gate_ = AnomalyGate(**self._gate_kwargs(), random_state=self.seed)
         self.n_flagged_ = 0
         self._cache = None
+        self._warm_up_tails: list = []  # sorted t tails of the warm-up records so far
 
     @classmethod
     def _unit_test_params(cls):
@@ -233,6 +236,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
     # -- gate ------------------------------------------------------------------------------
 
     def _on_fitted(self) -> None:
+        self._warm_up_tails = []  # the warm-up's own reference; the gate's from now on
         self.gate_.prepare(self._model)
 
     @property
@@ -273,6 +277,28 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         return 0.0 - sum(lp for _, _, lp in self._warm_up_t(x))  # 0.0 - 0.0, not -0.0
 
     def _warm_up_tail(self, x: dict) -> float:
+        """The larger of the Student-t tail (:meth:`_t_tail`) and its rank among the earlier
+        warm-up records' t tails: ``(1 + #{earlier tails <= this}) / (1 + #earlier)``.
+
+        The rank is the stream's own calibration, as the gate's stream reference is after the
+        warm-up: the t tails assume Gaussian features, and on lattice-valued ones (ImageSegments'
+        pixel counts) they flagged 15% of the warm-up.  A conformal p-value is never below
+        ``1 / (n + 1)`` unless the record is beyond every earlier one (then the rank is
+        extrapolated in proportion to the t tail): a handful of records cannot support a claim
+        about a 1% tail, only about a record unlike all of them.
+        """
+        tail = self._t_tail(x)
+        ranks = self._warm_up_tails
+        below = bisect.bisect_right(ranks, tail)
+        if below == 0 and ranks and ranks[0] > 0.0:
+            # Beyond every earlier record: extrapolated, not tied at 1 / (n + 1) (ties made
+            # River's QuantileFilter flag them all, and what it flags is never learned).
+            rank = tail / ranks[0] / (1.0 + len(ranks))
+        else:
+            rank = (1.0 + below) / (1.0 + len(ranks))
+        return max(tail, rank)
+
+    def _t_tail(self, x: dict) -> float:
         """Each feature's two-sided t tail, mapped to a chi-square(1) value; their sum's tail."""
         parts = self._warm_up_t(x)
         if not parts:
@@ -334,6 +360,9 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         """Learn `x` unless the gate keeps it out (far more extreme than the flag threshold)."""
         model = self._model
         if model is None:
+            # The t tail as this record was judged (before it joins the moments): the rank
+            # reference of later warm-up records.
+            bisect.insort(self._warm_up_tails, self._t_tail(x))
             self._buffer_one(x)
             return
         cache = self._cache
