@@ -19,6 +19,8 @@ tied        (D, D)       (D, D)
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from streamgmm import _kernels
@@ -30,13 +32,21 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 def regularised(cov: np.ndarray, reg: np.ndarray, covariance_type: str) -> np.ndarray:
     """The covariances a user sees (sklearn's ``covariances_`` shapes): ``C`` plus ``reg``."""
     if covariance_type in ("full", "tied"):
-        out = cov.copy()
-        idx = np.arange(reg.shape[0])
-        out[..., idx, idx] += reg
+        d = reg.shape[0]
+        out = np.array(cov, order="C", copy=True)
+        # The diagonals of C-ordered (d, d) matrices: every (d+1)-th number of each (a view;
+        # the same additions as out[..., i, i] += reg[i], without fancy indexing's cost).
+        out.reshape(-1, d * d)[:, :: d + 1] += reg
         return out
     if covariance_type == "diag":
         return cov + reg
     return cov + reg.mean()
+
+
+@functools.lru_cache(maxsize=32)
+def _identities(shape: tuple[int, ...]) -> np.ndarray:
+    """Identity matrices of ``shape`` (..., d, d), read-only (a broadcast of one)."""
+    return np.broadcast_to(np.eye(shape[-1]), shape)
 
 
 def full_matrices(cov: np.ndarray, reg: np.ndarray, covariance_type: str, n_components: int):
@@ -60,8 +70,7 @@ def exact_precision(cov: np.ndarray, reg: np.ndarray, covariance_type: str, n_co
     d = reg.shape[0]
     if covariance_type in ("full", "tied"):
         chol = np.linalg.cholesky(sigma)
-        eye = np.broadcast_to(np.eye(d), sigma.shape)
-        inv_chol = np.linalg.solve(chol, eye)
+        inv_chol = np.linalg.solve(chol, _identities(sigma.shape))
         prec = np.swapaxes(inv_chol, -1, -2) @ inv_chol
         prec = 0.5 * (prec + np.swapaxes(prec, -1, -2))
         logdet = 2.0 * np.log(np.diagonal(chol, axis1=-2, axis2=-1)).sum(-1)

@@ -703,7 +703,10 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
         # With n_components="auto" K can change between segments (warm-up end, birth, merge,
         # death): rows keep the probabilities of the components they were scored by.
         width = max((p.shape[1] for p in probas), default=getattr(model, "n_components_", 1))
-        probas = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in probas]
+        if len(probas) == 1:  # one segment (the usual case): no copies
+            return GateResult(log_density, probas[0], tails, flags, learned, thresholds)
+        if any(p.shape[1] != width for p in probas):
+            probas = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in probas]
         proba = np.vstack(probas) if probas else np.zeros((0, width))
         return GateResult(log_density, proba, tails, flags, learned, thresholds)
 

@@ -130,12 +130,24 @@ def restore_pair(arrays: dict, model_meta: dict, gate_meta: dict):
 
 def copy_pair(model, gate):
     """An exact, independent copy of ``(model, gate)`` through their public state API."""
+    return pair_copier(model, gate)()
+
+
+def pair_copier(model, gate) -> Callable[[], tuple]:
+    """``() -> (model, gate)``: exact, independent copies of ``(model, gate)`` as they are now,
+    their state taken once (a partition's pooled model gives birth to many keys per batch)."""
     m_arrays, m_meta = model.get_state()
     g_arrays, g_meta = gate.get_state()
-    arrays = {f"model.{k}": np.array(v, copy=True) for k, v in m_arrays.items()}
-    arrays.update({f"gate.{k}": np.array(v, copy=True) for k, v in g_arrays.items()})
-    meta = json.loads(json.dumps({"m": m_meta, "g": g_meta}))  # no shared mutable metadata
-    return restore_pair(arrays, meta["m"], meta["g"])
+    arrays = {f"model.{k}": v for k, v in m_arrays.items()}
+    arrays.update({f"gate.{k}": v for k, v in g_arrays.items()})
+    meta = json.dumps({"m": m_meta, "g": g_meta})
+
+    def copy():
+        mine = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        m = json.loads(meta)  # no shared mutable metadata
+        return restore_pair(mine, m["m"], m["g"])
+
+    return copy
 
 
 def decode_slot(blob: bytes, where: str = "state"):
@@ -314,10 +326,30 @@ class StateStore:
         pooled = self.get(StateKey(partition, None))
         return not getattr(pooled.model, "warming_up_", True)
 
-    def _new(self, sk: StateKey) -> Slot:
+    def bear(self, sks: list[StateKey]) -> None:
+        """Create the states of new keys ``sks`` (not in the store), in order, as :meth:`get`
+        would one by one: each a copy of its partition's pooled model, whose state is taken
+        once for all of them (the pooled model does not change in between)."""
+        copiers: dict[SourcePartition, Callable[[], tuple]] = {}
+        for sk in sks:
+            if sk.key is None or sk in self:
+                self.get(sk)
+                continue
+            copier = copiers.get(sk.partition)
+            if copier is None:
+                pooled = self.get(StateKey(sk.partition, None))
+                copier = copiers[sk.partition] = pair_copier(pooled.model, pooled.gate)
+            else:
+                self.live.move_to_end(StateKey(sk.partition, None))  # as get() would
+            self.live[sk] = self._new(sk, copier)
+            self._evict()
+
+    def _new(self, sk: StateKey, copier: Callable[[], tuple] | None = None) -> Slot:
         if sk.key is not None:
-            pooled = self.get(StateKey(sk.partition, None))
-            model, gate = copy_pair(pooled.model, pooled.gate)
+            if copier is None:
+                pooled = self.get(StateKey(sk.partition, None))
+                copier = pair_copier(pooled.model, pooled.gate)
+            model, gate = copier()
             seen = int(getattr(model, "n_samples_seen_", 0))
             held = int(getattr(model, "n_held_back_", 0))
             return Slot(model, gate, seen, pre_birth=self.unborn.pop(sk, 0), held_at_birth=held)
