@@ -224,9 +224,8 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
         self.tail_power_ = 1.0
         self._recent = np.full(self.n_recent, np.nan)
         self._recent_pos = 0
-        self._recent_n = 0
-        self._warm_checks = 0  # stream checks of the current provisional fit (not saved)
-        self._fresh_fit = False  # settling after the warm-up (not after a change; not saved)
+        self._warm_checks = 0  # stream checks of the current provisional fit
+        self._fresh_fit = False  # settling after the warm-up (not after a change)
         self.n_observed_ = 0
         self.n_flagged_ = 0
         self.n_excluded_ = 0
@@ -847,6 +846,8 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
                 self._n_settled,
             ],
             "model_warming": self._model_warming,
+            # The stream checks' schedule: a replay after a restore must decide as the original.
+            "settling": [self._warm_checks, self._fresh_fit],
             "flag_rate_alarm": self.flag_rate_alarm_,
             "recent_flag_rate": _finite_or_none(self.recent_flag_rate_),
             # Not always the reference's: with a stream reference, the model's own far tail.
@@ -918,6 +919,8 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
             gate._n_settled,
         ) = (int(v) for v in meta["counts"])
         gate._model_warming = bool(meta["model_warming"])
+        warm_checks, fresh_fit = meta.get("settling", (0, False))
+        gate._warm_checks, gate._fresh_fit = int(warm_checks), bool(fresh_fit)
         gate.flag_rate_alarm_ = bool(meta["flag_rate_alarm"])
         rate = meta["recent_flag_rate"]
         gate.recent_flag_rate_ = math.nan if rate is None else float(rate)

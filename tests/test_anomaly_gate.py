@@ -249,7 +249,8 @@ def test_gate_state_round_trip_continues_exactly():
 
     model, gate = fresh()
     whole = [gate.score_and_learn(model, X[i : i + 100]) for i in range(0, 5000, 100)]
-    for cut in (200, 2000, 3100):
+    # 100, 200: warm-up checks; 400: settling after the warm-up; 3100: adapting after the change.
+    for cut in (100, 200, 400, 2000, 3100):
         model, gate = fresh()
         for i in range(0, 5000, 100):
             if i == cut:
