@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import statistics
 import sys
 import time
@@ -33,6 +32,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import bench_kafka as bk  # noqa: E402
+import kafka_broker  # noqa: E402
 
 
 def _cfg(bootstrap):
@@ -121,17 +121,9 @@ def main() -> int:
     ap.add_argument("--snapshot-every", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args()
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = bk._broker()
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_broker.bootstrap_servers() as bootstrap:
         for n in (int(t) for t in a.ticks.split(",")):
             run(bootstrap, n, a.instances, a.rows, a.snapshot_every, a.rounds)
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+
+import kafka_broker  # noqa: E402  (scripts/ on the path above)
 
 from streamgmm.service.config import load_config  # noqa: E402
 from streamgmm.service.processor import Processor  # noqa: E402
@@ -48,12 +50,6 @@ FEATURES = [f"f{j}" for j in range(D)]
 MAX_POLL = 2000
 LINGER = 5
 BATCH_BYTES = 262144
-
-
-def _broker():
-    import kafka_broker as mod  # beside this script: on the path when run as a script
-
-    return mod.start_broker(owner_pid=os.getpid())
 
 
 def make_records(n: int, seed: int = 0) -> list[bytes]:
@@ -185,12 +181,7 @@ def main() -> int:
     import logging
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = _broker()
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_broker.bootstrap_servers() as bootstrap:
         from kafka import KafkaAdminClient
         from kafka.admin import NewTopic
 
@@ -264,9 +255,6 @@ def main() -> int:
             f"file path (JSONL -> JSONL, batch 1000): {args.n / fdt:,.0f} rec/s "
             f"({fcpu / args.n * 1e6:.1f} CPU us/record)"
         )
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

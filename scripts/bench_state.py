@@ -42,6 +42,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+import kafka_broker  # noqa: E402  (scripts/ on the path above)
+
 K, D = 3, 8
 FEATURES = [f"f{j}" for j in range(D)]
 MAX_POLL = 2000
@@ -272,15 +274,8 @@ def main() -> int:
     if args.one:
         print(json.dumps(one(args)))
         return 0
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        import kafka_broker
-
-        broker = kafka_broker.start_broker(owner_pid=os.getpid())
-        bootstrap = broker.bootstrap
-    args.bootstrap = bootstrap
-    try:
+    with kafka_broker.bootstrap_servers() as bootstrap:
+        args.bootstrap = bootstrap
         from kafka.admin import KafkaAdminClient, NewTopic
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -358,9 +353,6 @@ def main() -> int:
             results.append(res)
             print(json.dumps(res), file=sys.stderr)
         report(args, results)
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

@@ -644,16 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip the uninterrupted run")
     ap.add_argument("--workdir", help="keep logs and checkpoints here (default: a temp dir)")
     a = ap.parse_args(argv)
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = _broker_module().start_broker(owner_pid=os.getpid())
-        bootstrap = broker.bootstrap
-    workdir = Path(a.workdir or tempfile.mkdtemp(prefix="streamgmm-faults-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    todo = SCENARIOS if a.scenario == "all" else (a.scenario,)
-    ok = True
-    try:
+    with _broker_module().bootstrap_servers() as bootstrap:
+        workdir = Path(a.workdir or tempfile.mkdtemp(prefix="streamgmm-faults-"))
+        workdir.mkdir(parents=True, exist_ok=True)
+        todo = SCENARIOS if a.scenario == "all" else (a.scenario,)
+        ok = True
         for name in todo:
             sub = workdir / name
             sub.mkdir(parents=True, exist_ok=True)
@@ -713,9 +708,6 @@ def main(argv: list[str] | None = None) -> int:
                         + ("OK" if good else "FAILED")
                     )
             print(f"   ({time.monotonic() - t0:.0f} s; logs in {sub})")
-    finally:
-        if broker is not None:
-            broker.stop()
     print("ALL OK" if ok else "SOME FAILED")
     return 0 if ok else 1
 

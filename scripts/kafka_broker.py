@@ -21,6 +21,9 @@ From Python (tests/conftest.py puts scripts/ on sys.path and imports this module
     broker.restart()                 # same port, same data, new pid
     broker.stop()                    # SIGTERM, then SIGKILL; removes its data dir
 
+    with bootstrap_servers() as bootstrap:   # dev scripts: $KAFKA_BOOTSTRAP_SERVERS, else a
+        ...                                  # broker of their own, stopped when the block ends
+
 Layout under the repository's git-ignored ``.kafka/``: ``libs/`` (jars + ``.provisioned``
 marker), ``run/<broker>/`` (server.properties, ``kafka-logs/``, ``broker.log``) and
 ``state/<pid>.json`` (one file per running broker: pid, ports, data dir, owner). Only the standard
@@ -639,6 +642,26 @@ def start_broker(
         raise
     _log(f"broker pid {broker.pid} ready at {broker.bootstrap} in {time.monotonic() - t0:.1f} s")
     return broker
+
+
+@contextlib.contextmanager
+def bootstrap_servers() -> Iterator[str]:
+    """``$KAFKA_BOOTSTRAP_SERVERS`` if set, else a broker started here and stopped on leaving.
+
+    For the dev scripts (benchmarks, fault injection): ``with bootstrap_servers() as bootstrap:``
+    runs against the broker the caller names, or against one of their own that never outlives
+    the block (also on an exception or Ctrl-C; owned by this process, so a killed script's
+    broker is reaped by the next ``start_broker``).
+    """
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    broker = start_broker(owner_pid=os.getpid())
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench_state  # noqa: E402  (scripts/ on the path above)
+import kafka_broker  # noqa: E402
 
 # Named parts of a record's path (function names as py-spy reports them).
 PARTS = [
@@ -93,14 +94,7 @@ def main() -> int:
     if spy is None:
         print("py-spy is not installed (pip install py-spy)", file=sys.stderr)
         return 2
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        import kafka_broker
-
-        broker = kafka_broker.start_broker(owner_pid=os.getpid())
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_broker.bootstrap_servers() as bootstrap:
         from kafka.admin import KafkaAdminClient, NewTopic
 
         from streamgmm.service.config import load_config
@@ -175,9 +169,6 @@ def main() -> int:
         breakdown(raw, args.top)
         if args.raw:
             print(f"\nraw samples: {raw}")
-    finally:
-        if broker is not None:
-            broker.stop()
     return 0
 
 

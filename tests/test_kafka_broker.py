@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -222,3 +223,38 @@ def test_command_line_start_status_stop_leaves_no_process(tmp_path):
     assert f"pid {pid}" not in cli("status").stdout
     # A --data-dir given by the user is kept (only folders the script created are removed).
     assert (data_dir / "kafka-logs" / "meta.properties").exists()
+
+
+def test_bootstrap_servers_uses_the_given_broker_else_starts_and_stops_its_own(monkeypatch):
+    """The dev scripts' helper: $KAFKA_BOOTSTRAP_SERVERS starts nothing; without it the block
+    gets a broker of its own that serves requests and is gone after the block, even when the
+    block raises."""
+    import kafka_broker  # scripts/ is on the path (conftest.py)
+    from kafka import KafkaAdminClient
+
+    def recorded() -> set[int]:  # this checkout's brokers (other checkouts' are not counted)
+        return {b.pid for b in kafka_broker.recorded_brokers()}
+
+    before = recorded()
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    with kafka_broker.bootstrap_servers() as bootstrap:
+        assert bootstrap == "127.0.0.1:1"
+        assert recorded() == before
+
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS")
+    with (
+        pytest.raises(RuntimeError, match="inside the block"),
+        kafka_broker.bootstrap_servers() as bootstrap,
+    ):
+        (own,) = [b for b in kafka_broker.recorded_brokers() if b.bootstrap == bootstrap]
+        assert own.pid not in before and own.alive() and own.owner_pid == os.getpid()
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            (broker,) = admin.describe_cluster()["brokers"]
+        finally:
+            admin.close()
+        assert f"{broker['host']}:{broker['port']}" == bootstrap
+        raise RuntimeError("inside the block")
+    assert not own.alive()
+    assert own.pid not in _broker_pids()
+    assert own.pid not in recorded()
