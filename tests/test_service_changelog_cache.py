@@ -132,3 +132,139 @@ def test_a_replay_after_a_crash_repeats_the_outputs_byte_for_byte(
     outputs = len(read_all(kafka_bootstrap, tout))
     assert outputs > len(copies), "the crash left no duplicate outputs: nothing was replayed"
     assert "journaled batches" in second.stderr
+
+
+# -- the cache follows the checkpoints: a SIGKILLed instance restarts from it ------------------
+
+
+def _cli(bootstrap, tin, tout, ckdir, idle, faults=None):
+    """``streamgmm run`` on ``tin`` (scope key, a checkpoint every 50 records or second)."""
+    import os
+    import sys
+
+    from test_service_scope import FEATURES
+
+    cmd = [
+        sys.executable, "-m", "streamgmm.service.cli", "run",
+        "--bootstrap-servers", bootstrap, "--topic", tin, "--output-topic", tout,
+        "--dead-letter-topic", tout + ".dlq", "--group-id", "g-" + tin,
+        "--checkpoint-dir", str(ckdir), "--features", ",".join(FEATURES),
+        "--model-scope", "key", "--n-components", "1", "--covariance-type", "diag",
+        "--warm-up", "40", "--no-gate", "--checkpoint-every", "50",
+        "--checkpoint-interval", "1", "--max-poll-records", "50",
+        "--idle-timeout", str(idle), "--log-format", "text",
+    ]  # fmt: skip
+    env = {**os.environ, "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "3000"}
+    env.pop("SGMM_FAULTS", None)
+    if faults:
+        env["SGMM_FAULTS"] = faults
+    return cmd, env
+
+
+def _from_cache(stderr: str) -> tuple[set, list[int]]:
+    """Partitions restored from the local cache, and changelog messages read, per assignment."""
+    import re
+
+    found = re.findall(
+        r"\((\d+) changelog messages read; from the local cache: \[([^\]]*)\]", stderr
+    )
+    labels = {x.strip(" '") for _, group in found for x in group.split(",") if x.strip()}
+    return labels, [int(n) for n, _ in found]
+
+
+def _check_delivery(bootstrap, tout, n_valid, n_invalid, exact: bool) -> None:
+    import json
+
+    outs = [json.loads(m.value)["source"] for m in read_all(bootstrap, tout)]
+    seen = {(s["partition"], s["offset"]) for s in outs}
+    assert len(seen) == n_valid, (len(seen), n_valid)
+    if exact:  # nothing replayed: no output twice
+        assert len(outs) == n_valid
+    assert len(read_all(bootstrap, tout + ".dlq")) >= n_invalid
+
+
+def test_after_a_sigkill_the_restart_restores_from_the_cache(kafka_bootstrap, new_topic, tmp_path):
+    """No graceful stop: the instance is SIGKILLed once its checkpoints are done; the cache
+    written after them is the newest copy, so the restart reads only the changelog's tail, and
+    its models learn the next records exactly once."""
+    import subprocess
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    from streamgmm.service.changelog_cache import LocalCache
+    from streamgmm.service.state import SourcePartition
+
+    tin, tout = new_topic(2), new_topic(2)
+    k1, p1 = _produce_keyed(kafka_bootstrap, tin, 2)
+    c = KafkaConsumer(bootstrap_servers=kafka_bootstrap)
+    ends = c.end_offsets([TopicPartition(tin, p) for p in (0, 1)])
+    c.close()
+    sps = [SourcePartition.kafka(tin, p) for p in (0, 1)]
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=120)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, cached = time.monotonic() + 120, {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            for sp in sps:
+                try:
+                    ps = LocalCache(tmp_path / "a").load(sp)
+                except Exception:  # caught between a base and its deltas' removal: again
+                    ps = None
+                cached[sp] = None if ps is None else ps.offset
+            if all(cached[sp] == ends[TopicPartition(tin, sp.partition)] for sp in sps):
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"the cache never caught up with the input: {cached}, {ends}")
+    finally:
+        proc.kill()  # SIGKILL: no graceful stop, no final checkpoint
+        first_err = proc.communicate()[1]
+    assert proc.returncode == -9
+    assert "run summary" not in first_err  # it did not stop gracefully
+
+    k2, p2 = _produce_keyed(kafka_bootstrap, tin, 2)
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=3)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    labels, read = _from_cache(again.stderr)
+    assert labels == {sp.label for sp in sps}, again.stderr[-3000:]
+    n_changelog = len(read_all(kafka_bootstrap, f"g-{tin}-{tin}-state"))
+    assert sum(read) < n_changelog / 10, (read, n_changelog)
+
+    # Every key's model learned each valid record once: those before the kill (restored from
+    # the cache) and those after it (learned by the restarted instance), no more.
+    check = _run(_cfg(kafka_bootstrap, tin, f"g-{tin}", tmp_path / "check"))
+    assert _counts(check.states) == _expected(k1 + k2, p1 + p2, "key")
+    n_valid = sum((p1 + p2).values())
+    _check_delivery(kafka_bootstrap, tout, n_valid, 2 * 1797 - n_valid, exact=True)
+
+
+def test_a_cache_one_checkpoint_behind_after_a_crash_is_not_used(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    """SIGKILL between a checkpoint's changelog write and its cache copy: the cache is one
+    write behind the changelog. Used, it would seek back to its older offsets and process that
+    checkpoint's records again (duplicate outputs of records whose state is in Kafka; in
+    exactly_once, duplicates in committed output). It must be recognised as stale and the
+    changelog read instead: every record then has exactly one output."""
+    import subprocess
+
+    tin, tout = new_topic(2), new_topic(2)
+    k1, p1 = _produce_keyed(kafka_bootstrap, tin, 2)
+    # Killed at the 8th checkpoint's "commit" point: changelog written, cache not yet.
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=60, faults="commit:kill@8")
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert first.returncode == -9, first.stderr[-3000:]
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=3)
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    n_valid = sum(p1.values())
+    # The kill came after the outputs and the changelog write: the changelog's offsets are
+    # past every flushed output, so nothing is processed twice.
+    _check_delivery(kafka_bootstrap, tout, n_valid, 1797 - n_valid, exact=True)
+    check = _run(_cfg(kafka_bootstrap, tin, f"g-{tin}", tmp_path / "check"))
+    assert _counts(check.states) == _expected(k1, p1, "key")
+    assert "is stale" in again.stderr, again.stderr[-3000:]
+    labels, _ = _from_cache(again.stderr)
+    assert len(labels) < 2  # at least the partition written last came from the changelog

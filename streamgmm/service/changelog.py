@@ -34,14 +34,14 @@ but not learned again, so no model update is applied twice.  (With Kafka transac
 states, the partition record, the outputs and the offsets become one atomic write; the order and
 the message layout stay.)
 
-*Local cache.*  With a checkpoint directory, every partition's states are also written there
-at a graceful stop and before the partition is revoked (:class:`LocalCache`), under the
-partition's newest record's ``seq`` and random ``id``.  On assignment only the changelog
+*Local cache.*  With a checkpoint directory, each partition's states are also copied there
+after every checkpoint that wrote them (:class:`~streamgmm.service.changelog_cache.LocalCache`),
+under the partition record's ``seq`` and random ``id``.  On assignment only the changelog
 partition's *tail* is read to find its newest partition record; if it is the one the cache
 holds (same ``seq`` and ``id``), the cache is the newest copy and the changelog is not read
-further.  Otherwise (another instance wrote since, a
-transaction was aborted, the changelog was re-created) the cache is stale and ignored: the
-changelog is read whole.
+further.  Otherwise (a crash between the changelog write and the copy, another instance wrote
+since, a transaction was aborted, the changelog was re-created) the cache is stale and
+ignored: the changelog is read whole.
 
 *Fresh start* (``--fresh``): a partition's changelog states are not restored but tombstoned
 (every live message key of the partition gets a ``null`` value), once per partition per run, so
@@ -57,15 +57,17 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .state import SourcePartition, StateKey
+
+if TYPE_CHECKING:  # the cache module builds on this one
+    from .changelog_cache import LocalCache
 
 __all__ = [
     "CHUNK_BYTES",
     "Changelog",
     "ChangelogError",
-    "LocalCache",
     "PartitionState",
     "changelog_topic",
     "read_changelog",
@@ -236,72 +238,6 @@ def newest_record(
             window *= 8
     finally:
         consumer.assign([])
-
-
-class LocalCache:
-    """Each partition's states in the checkpoint directory: a copy of what the changelog
-    holds after a write, used on assignment when it is the newest (see the module docstring).
-
-    One file per input partition (``changelog-cache/<topic>-<partition>.state``), written with
-    the state codec (no pickle, checksummed) to a temporary file and renamed."""
-
-    def __init__(self, directory) -> None:
-        self.dir = Path(directory) / "changelog-cache"
-        self.dir.mkdir(parents=True, exist_ok=True)
-
-    def _path(self, sp: SourcePartition) -> Path:
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in sp.name)
-        return self.dir / f"{safe}-{sp.partition}.state"
-
-    def save(self, sp: SourcePartition, record: dict, states, chunk_keys) -> None:
-        """``states``: ``[(StateKey, bytes, learned_to or None)]``, every state of ``sp``."""
-        import numpy as np
-
-        from streamgmm.persistence import encode_state
-
-        arrays, entries = {}, []
-        for i, (sk, blob, learned_to) in enumerate(states):
-            arrays[f"state.{i}"] = np.frombuffer(blob, dtype=np.uint8)
-            entries.append({"key": sk.key, "learned_to": learned_to})
-        chunks = {
-            mk.decode("latin-1"): [k.decode("latin-1") for k in keys]
-            for mk, keys in chunk_keys.items()
-        }
-        meta = {"record": record, "states": entries, "chunks": chunks, "topic": sp.name}
-        path = self._path(sp)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(encode_state(arrays, meta))
-        tmp.replace(path)
-
-    def load(self, sp: SourcePartition) -> PartitionState | None:
-        """The cached copy of ``sp``, or None (none, or unreadable: then it is not used)."""
-        from streamgmm.persistence import decode_state
-
-        path = self._path(sp)
-        try:
-            arrays, meta = decode_state(path.read_bytes(), where=str(path))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            log.warning("local state cache %s unreadable (%s): not used", path, e)
-            return None
-        if meta.get("topic") != sp.name:
-            return None
-        ps = PartitionState(sp, source="cache")
-        ps.record = meta["record"]
-        ps.offset, ps.seq = int(ps.record["offset"]), int(ps.record["seq"])
-        for i, e in enumerate(meta["states"]):
-            sk = StateKey(sp, e["key"])
-            learned_to = e["learned_to"]
-            ps.states[sk] = (
-                arrays[f"state.{i}"].tobytes(),
-                ps.offset if learned_to is None else int(learned_to),
-            )
-        ps.chunk_keys = {
-            k.encode("latin-1"): [c.encode("latin-1") for c in v]
-            for k, v in meta.get("chunks", {}).items()
-        }
-        return ps
 
 
 class Changelog:
@@ -554,6 +490,15 @@ class Changelog:
             n, first = len(self._errors), self._errors[0]
             del self._errors[:n]
             raise ChangelogError(f"{n} changelog writes were not acknowledged: {first!r}")
+
+    def chunk_keys(
+        self, sp: SourcePartition, sks: Iterable[StateKey] | None = None
+    ) -> dict[bytes, list[bytes]]:
+        """``{message key: its chunks' keys}`` of ``sp``'s chunked states (of the states
+        ``sks`` only, with ``[]`` for those not chunked, if given)."""
+        if sks is None:
+            return {mk: keys for (p, mk), keys in self.chunks.items() if p == sp}
+        return {mk: self.chunks.get((sp, mk), []) for mk in map(message_key, sks)}
 
     def forget(self, sps: Iterable[SourcePartition]) -> None:
         """Partitions that left this instance: their next owner continues their sequence."""

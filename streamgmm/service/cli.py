@@ -471,6 +471,11 @@ def _run_failed(e: Exception, cfg) -> int:
         # A path of the configuration that cannot be used as given: the user's to fix.
         print(f"streamgmm: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
+    from .sources import InputError
+
+    if isinstance(e, InputError):  # the input file as a whole: the user's to fix
+        print(f"streamgmm: {e}", file=sys.stderr)
+        return 2
     if _is_kafka_error(e):
         # Connectivity and broker errors are the user's to fix, not bugs: no traceback
         # (it is logged at DEBUG).

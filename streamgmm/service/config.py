@@ -267,7 +267,13 @@ class ServiceConfig(_Strict):
     def _split_features(cls, v: Any) -> Any:
         v = _split_csv(v)
         if isinstance(v, list) and not v:
-            return None
+            # An empty list used to mean auto-detection, silently: a typo'd or unset shell
+            # variable (--features "$COLS") then scored whatever numeric fields came first.
+            # Auto-detection is asked for by leaving the setting out.
+            raise ValueError(
+                "is empty: name the feature fields (e.g. --features a,b,c), or leave the "
+                "setting out to detect them from the first records"
+            )
         return v
 
     @field_validator("features")

@@ -81,6 +81,26 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        # Changelog mode: where assigned partitions' states came from, and the local cache.
+        self.partitions_restored = Counter(
+            "streamgmm_partitions_restored",
+            "Partitions whose state was restored on assignment, by source: the local cache "
+            "(it held the changelog's newest write) or the changelog topic",
+            ["source"],
+            registry=r,
+        )
+        self.cache_writes = Counter(
+            "streamgmm_state_cache_writes",
+            "Partition copies written to the local state cache after checkpoints: a delta "
+            "(the states the checkpoint wrote) or full (every state of the partition)",
+            ["kind"],
+            registry=r,
+        )
+        self.cache_seconds = Counter(
+            "streamgmm_state_cache_seconds",
+            "Time spent writing the local state cache",
+            registry=r,
+        )
         self.last_checkpoint = time.time()
         self.last_batch = time.time()
         self.checkpoint_age = Gauge(

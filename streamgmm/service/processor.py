@@ -73,6 +73,7 @@ from .checkpoint import CheckpointError, CheckpointRefused, CheckpointStore
 from .checkpointer import Checkpointer, positions_from_meta, positions_to_meta
 from .codec import Decoder, encode_dead_letter, encode_outputs
 from .config import ServiceConfig
+from .keywatch import KeyWatch
 from .metrics import Metrics, MetricsServer
 from .records import RawRecord
 from .sinks import FileSink, KafkaSink, make_producer
@@ -242,14 +243,18 @@ class Processor:
             if cfg.checkpoint.dir and not self._changelog_mode
             else None
         )
-        # Changelog mode: the checkpoint directory is a cache of the changelog, used on an
-        # assignment when it holds the newest write (see changelog.LocalCache).
+        # Changelog mode: the checkpoint directory is a cache of the changelog, copied after
+        # every checkpoint and used on an assignment when it holds the newest write (see
+        # changelog_cache.py).
         self.cache = None
         self._fresh_done: set[SourcePartition] = set()  # --fresh: partitions wiped this run
         self._records: dict[SourcePartition, dict] = {}  # the last changelog record written
         self._cached: dict[SourcePartition, str] = {}  # id of the record each cache copy holds
+        # Changelog writes not in the cache yet: (id of the record they followed, the states
+        # they sent), so the cache copies only those (a delta) rather than every state.
+        self._uncached: dict[SourcePartition, tuple[str | None, dict[StateKey, bytes]]] = {}
         if cfg.checkpoint.dir and self._changelog_mode:
-            from .changelog import LocalCache
+            from .changelog_cache import LocalCache
 
             self.cache = LocalCache(cfg.checkpoint.dir)
             log.info(
@@ -317,6 +322,8 @@ class Processor:
             max_abs=_max_abs(),
         )
         self._resumed = ck is not None
+        # Scope key: warn when no record has a key (all would go to the pooled model).
+        self._key_watch = KeyWatch(cfg.key_field) if cfg.model.scope == "key" else None
 
     @property
     def offsets(self) -> dict[SourcePartition, int]:
@@ -570,6 +577,7 @@ class Processor:
             self._segments.pop(sp, None)
             self._records.pop(sp, None)
             self._cached.pop(sp, None)
+            self._uncached.pop(sp, None)
             if ps.record.get("id"):  # a graceful stop caches it, even without a new write
                 self._records[sp] = ps.record
                 if ps.source == "cache":
@@ -594,6 +602,8 @@ class Processor:
         if sps:
             self._assigned_at = time.monotonic()
         cached = [sp.label for sp in sps if restored[sp].source == "cache"]
+        self.metrics.partitions_restored.labels("cache").inc(len(cached))
+        self.metrics.partitions_restored.labels("changelog").inc(len(sps) - len(cached))
         log.info(
             "partitions assigned: %s; restored %d states in %.3f s (%d changelog messages "
             "read; from the local cache: %s); seeking %s",
@@ -650,7 +660,7 @@ class Processor:
     def _on_revoked(self, sps: list[SourcePartition]) -> dict:
         log.info("partitions revoked: %s", [sp.label for sp in sps])
         self._released.update(sps)
-        self._checkpoint(commit=False, cache=True)
+        self._checkpoint(commit=False)
         offsets = {sp: self.offsets[sp] for sp in sps if sp in self.offsets}
         if self.changelog is not None:
             self._forget(sps)  # their next owner restores them from the changelog
@@ -672,6 +682,9 @@ class Processor:
             self._segments.pop(sp, None)
             self._records.pop(sp, None)
             self._cached.pop(sp, None)
+            self._uncached.pop(sp, None)
+            if self.cache is not None:
+                self.cache.forget(sp)
         self.changelog.forget(sps)
 
     def _on_lost(self, sps: list[SourcePartition]) -> None:
@@ -685,13 +698,14 @@ class Processor:
         self._released.update(sps)
 
     # -- checkpointing ---------------------------------------------------------------------------
-    def _checkpoint(self, commit: bool = True, cache: bool = False) -> None:
+    def _checkpoint(self, commit: bool = True) -> None:
         """Flush outputs -> write checkpoint -> commit offsets (that order is the guarantee).
 
         exactly_once: the three steps end one Kafka transaction (offsets are committed through
         it, also before partitions are revoked); a failed one is aborted and rolled back.
-        ``cache``: then copy the partitions' newest states to the local cache (changelog mode;
-        at a graceful stop and before partitions are revoked)."""
+        Changelog mode with a checkpoint directory: then the states written are copied to the
+        local cache (only once Kafka has them: the cache never holds more than the changelog).
+        """
         if self._fenced is not None:
             raise self._fenced
         if self.exactly_once:
@@ -706,22 +720,35 @@ class Processor:
             )
         self.metrics.last_checkpoint = time.time()
         self.metrics.checkpoints.inc()
-        if cache and self.cache is not None:
+        if self.cache is not None:
             self._save_cache()
 
     def _save_cache(self) -> None:
-        """Copy every owned partition's states to the local cache, under the changelog record
-        this instance wrote last (committed by now), unless that copy is there already.
+        """Copy to the local cache every owned partition whose newest changelog record (written
+        and acknowledged by now) the cache does not hold yet: only the states that write sent
+        (a delta), or, when the cache does not hold the record before it (just restored from
+        the changelog, or a delta chain grown too long), all of the partition's states.
 
-        Only at graceful points: a full copy of a partition's states at every checkpoint would
-        cost as much as the changelog write itself with many keys. After a crash the cache is
-        older than the changelog and is ignored; after a graceful stop (a rolling restart, a
-        deploy) it is the newest copy and spares reading the changelog."""
+        After a crash the cache is at most one checkpoint older than the changelog (a crash
+        between the changelog write and this copy), and is then ignored on restore."""
+        t0 = time.perf_counter()
         for sp, rec in list(self._records.items()):
-            if sp in self.offsets and self._cached.get(sp) != rec["id"]:
-                chunks = {mk: keys for (p, mk), keys in self.changelog.chunks.items() if p == sp}
-                self.cache.save(sp, rec, self.states.partition_states(sp), chunks)
-                self._cached[sp] = rec["id"]
+            if sp not in self.offsets or self._cached.get(sp) == rec["id"]:
+                continue
+            prev, changed = self._uncached.pop(sp, (None, None))
+            if prev is None or prev != self._cached.get(sp):
+                changed = None  # the cache does not hold the write before: a full copy
+            kind = self.cache.write(
+                sp,
+                rec,
+                prev,
+                changed,
+                self.changelog.chunk_keys(sp, changed or ()),
+                lambda sp=sp: (self.states.partition_states(sp), self.changelog.chunk_keys(sp)),
+            )
+            self._cached[sp] = rec["id"]
+            self.metrics.cache_writes.labels(kind).inc()
+        self.metrics.cache_seconds.inc(time.perf_counter() - t0)
 
     def _commit_transaction(self, positions: dict[SourcePartition, int]) -> None:
         """exactly_once: the consumed offsets join the transaction, which commits; the next
@@ -861,9 +888,14 @@ class Processor:
             changed = self.states.changed(sp)
             if changed or self._written.get(sp) != offset:
                 unborn = {sk.key: n for sk, n in self.states.unborn.items() if sk.partition == sp}
+                before = self._records.get(sp, {}).get("id")
                 self._records[sp] = self.changelog.write(
                     sp, changed, offset, {"unborn": unborn} if unborn else None
                 )
+                if self.cache is not None:  # what the cache has to copy after this checkpoint
+                    prev, sent = self._uncached.get(sp, (before, {}))
+                    sent.update(changed)
+                    self._uncached[sp] = (prev, sent)
                 self._written[sp] = offset
                 self._segments.pop(sp, None)  # the record supersedes the journal
         self.changelog.flush()
@@ -874,6 +906,10 @@ class Processor:
         dec = self.decoder.decode_batch(batch)
         if self._expect_features is not None and self.decoder.features is not None:
             self._check_inferred_features()
+        if self._key_watch is not None and dec.rows:
+            said = self._key_watch.observe(dec.keys, lambda: _fields(batch[dec.rows[0]]))
+            if said:
+                log.warning(said)
         lines: list[bytes] = []
         faults.point("score")
         if dec.rows:
@@ -1082,7 +1118,7 @@ class Processor:
             self._open()
             gc_tuned = _gc_for_streaming()
             self._loop()
-            self._checkpoint(cache=True)
+            self._checkpoint()
             return self._report()
         finally:
             self.metrics.running = False
@@ -1122,6 +1158,8 @@ class Processor:
 
     def _report(self) -> int:
         s = self.summary()
+        if self._key_watch is not None and (said := self._key_watch.message()):
+            log.warning(said)  # an input shorter than the watch's first records
         tot = s["totals"]
         log.info(
             "run summary: %d records in, %d out, %d dead letters this run (%d / %d / %d in "
@@ -1326,6 +1364,15 @@ class _ChangelogJournal:
 
     def close(self) -> None:
         pass
+
+
+def _fields(rec: RawRecord) -> list[str]:
+    """Field names of a valid record (a CSV row's header, a JSON object's keys)."""
+    if isinstance(rec.parsed, dict):
+        return list(rec.parsed)
+    import json
+
+    return list(json.loads(rec.value))
 
 
 def _default_transactional_id(k) -> str:

@@ -36,6 +36,7 @@ from .state import SourcePartition
 
 __all__ = [
     "FileSource",
+    "InputError",
     "Interrupted",
     "KafkaSource",
     "Source",
@@ -48,6 +49,11 @@ log = logging.getLogger("streamgmm.service.sources")
 
 class Interrupted(Exception):
     """Raised by the signal handler to break a blocking read on stdin."""
+
+
+class InputError(ValueError):
+    """The input as a whole cannot be read (e.g. its CSV header): the user's to fix, said in
+    one message (single bad records are dead letters instead)."""
 
 
 def _is_gzip(path: str) -> bool:
@@ -297,7 +303,17 @@ class FileSource:
         except StopIteration:
             return
         except csv.Error as e:
-            raise ValueError(f"{self.name}: unreadable CSV header: {e}") from None
+            raise InputError(f"{self.name}: unreadable CSV header: {e}") from None
+        if any("\n" in h or "\r" in h for h in header):
+            # A quote opened in the header and never closed: csv reads on to the next quote or
+            # the end of the file, and the whole file became one header of no data rows.
+            col = next(i for i, h in enumerate(header) if "\n" in h or "\r" in h)
+            start = header[col].splitlines()[0]
+            raise InputError(
+                f"{self.name}: unclosed quote in the CSV header: its field {col + 1} (starting "
+                f"{start!r}) runs over {len(consumed)} lines, taking the data rows with it; "
+                "close the quote"
+            )
         header = [h.strip() for h in header]
         consumed.clear()
         n = len(header)
@@ -332,6 +348,13 @@ class FileSource:
             elif len(row) != n:
                 fields = "field" if len(row) == 1 else "fields"
                 why = f"wrong dimension: CSV row has {len(row)} {fields}, header has {n}"
+                if len(spanned := raw.splitlines()) > 1:
+                    # A quote left open swallows the lines after it into one field: said first
+                    # (the summary shows a reason's first 100 characters).
+                    why = (
+                        f"unclosed quote? a quoted field runs over {len(spanned)} lines (the "
+                        f"lines it took are in this record); {why}"
+                    )
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, why)
             elif other_dialect and sep in row[0]:
                 yield pos, RawRecord(None, self.name, 0, pos, None, raw, None, other_dialect)
