@@ -94,22 +94,32 @@ def config(bootstrap: str, tin: str, tout: str, n: int, ckdir: str):
     )
 
 
-def bare_pipe(bootstrap: str, tin: str, tout: str, n: int, routing: str) -> float:
-    """Consume n records and produce each unchanged: the floor any Kafka processor pays.
-
-    ``routing="key"``: the default partitioner hashes the input key; ``"input"``: partition
-    ``input partition % output partitions``, as the processor routes.
-    """
+def bare_consumer(bootstrap: str, tin: str, **settings):
+    """The bare pipe's consumer: a fresh group, from the earliest offset, no auto-commit."""
     from kafka import KafkaConsumer
 
-    t0 = time.perf_counter()
-    c = KafkaConsumer(
+    return KafkaConsumer(
         tin,
         bootstrap_servers=bootstrap,
         group_id=f"bare-{uuid.uuid4().hex[:6]}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=MAX_POLL,
+        **settings,
+    )
+
+
+def bare_pipe(bootstrap: str, tin: str, tout: str, n: int, routing: str) -> float:
+    """Consume n records and produce each unchanged: the floor any Kafka processor pays.
+
+    ``routing="key"``: the default partitioner hashes the input key; ``"input"``: partition
+    ``input partition % output partitions``, as the processor routes.
+    """
+
+    t0 = time.perf_counter()
+    c = bare_consumer(
+        bootstrap,
+        tin,
         fetch_max_bytes=64 * 1024 * 1024,
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )

@@ -19,18 +19,9 @@ import bench_kafka as bk
 
 def bare_system(bootstrap, tin, tout, stop: threading.Event, ready: threading.Event) -> None:
     """The bare pipe, running until ``stop``: consume, produce each record unchanged."""
-    from kafka import KafkaConsumer
-
     from streamgmm.service.sinks import make_producer
 
-    c = KafkaConsumer(
-        tin,
-        bootstrap_servers=bootstrap,
-        group_id=f"bare-{uuid.uuid4().hex[:6]}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=bk.MAX_POLL,
-    )
+    c = bk.bare_consumer(bootstrap, tin)
     p = make_producer(bk.config(bootstrap, tin, tout, 1, "").kafka)
     nparts = len(p.partitions_for(tout))
     ready.set()
