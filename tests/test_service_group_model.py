@@ -5,8 +5,9 @@ two interleaved banana shapes: not a Gaussian mixture) with some invalid records
 from its own partitions and they exchange increments through the exchange topic. After the
 stream every instance's model has learned every valid record once (n_samples_seen), the
 instances agree with each other, and each is within 0.02 nats/sample of held-out
-log-likelihood of one learner that saw the whole stream. A joiner that reads the exchange
-topic gets the same model.
+log-likelihood of one learner that started from the group's base and saw the rest of the stream
+(and within the order noise of an independent instance). A joiner that reads the exchange topic
+gets the same model.
 """
 
 from __future__ import annotations
@@ -46,9 +47,12 @@ MODEL = ["--n-components", "5", "--covariance-type", "full", "--warm-up", "200"]
 AGREE_LL, AGREE_MEANS = 0.005, 0.1
 # ... and each is this close to one learner that saw everything (the issue's target).
 MATCH_LL = 0.02
-# One learner's held-out log-likelihood moves by up to this with the order of the records alone
-# (Bananas, K=5, 6 orders measured): the allowance against an independent instance.
-ORDER_NOISE = 0.025
+# One learner's held-out log-likelihood moves by up to this with the order of the records alone:
+# its warm-up's 200 rows pick the local optimum online EM then stays near (Bananas, K=5, full,
+# 30 orders of the valid stream: -2.684 to -2.638, range 0.046; 6 orders had shown 0.025, and
+# CI then saw an independent instance 0.055 above the group's base). The allowance against an
+# independent instance; the 0.02 target itself is asserted against a learner from the base.
+ORDER_NOISE = 0.05
 
 
 def _bananas():
@@ -252,8 +256,7 @@ def test_three_instances_share_one_model(kafka_bootstrap, new_topic, tmp_path):
 
     # The reference: one learner that starts from the group's base and learns every other
     # valid record in stream order. (An independent single instance, below, also differs by
-    # its own warm-up: on this data the order of the records alone moves one learner's
-    # held-out log-likelihood by up to 0.025 nats, measured over 6 orders.)
+    # its own warm-up: see ORDER_NOISE.)
     ref = _from_the_base(kafka_bootstrap, tin, group, records, stream)
     assert ref.n_samples_seen_ == len(valid)
     alone = _one_instance(kafka_bootstrap, tin, tout, group)
