@@ -32,6 +32,8 @@ _GATE_PARAMS = (
     "gating",
 )
 _SCORES = ("tail", "neg_log_density")
+# Records scored and not learned that `learn_one` may still account as kept out by a wrapper.
+_MAX_PENDING = 64
 
 
 class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
@@ -112,9 +114,14 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         The :class:`streamgmm.anomaly.AnomalyGate` (flag rate, calibration source, warnings,
         detected changes).
     n_flagged_
-        Records flagged by `learn_one` (after the warm-up).
+        Records flagged (after the warm-up), kept-out ones (`n_kept_out_`) included.
     n_learned_
         Records learned.
+    n_kept_out_
+        Records scored and then not given to `learn_one` before the next record: kept out by a
+        wrapper such as River's `ThresholdFilter` / `QuantileFilter` (their default
+        `protect_anomaly_detector=True`).  They are not learned, but they still count in the
+        calibration as records the gate kept out (see Notes).
     unseen_features_
         `{feature: count}` of ignored features.
     n_unseen_
@@ -142,6 +149,21 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     >>> from river import anomaly
     >>> model = anomaly.ThresholdFilter(GaussianMixtureDetector(seed=0), threshold=0.99)
+
+    Notes
+    -----
+    River's filters learn only the records they do not flag.  A detector calibrated on what it
+    learns then sees its normal tail cut off at its own threshold: each recalibration moves the
+    threshold inwards, and during the warm-up a record beyond every earlier one is never
+    learned, so its kind stays "beyond every earlier one" for good (around a wrapped detector
+    that never saw them, `ThresholdFilter(threshold=0.99)` flagged 55% of Shuttle's normal
+    records).  So when `learn_one` comes, the records scored since the previous `learn_one`
+    that are not this one are taken as kept out by the caller, as the gate itself keeps out
+    extreme records: each one's score joins the warm-up's rank reference, or the gate's stream
+    reference and counters, and it is evidence for a new component; it is never learned.  A
+    record is the same record when it compares equal (the filters pass the same dict to
+    `score_one` and `learn_one`; a scaler in a `Pipeline` in front would not, and this
+    detector needs none).
 
     References
     ----------
@@ -216,6 +238,9 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         self.n_flagged_ = 0
         self._cache = None
         self._warm_up_tails: list = []  # sorted t tails of the warm-up records so far
+        # Records scored since the last `learn_one` (see `_note_scored`).
+        self._pending: list = []
+        self.n_kept_out_ = 0
 
     @classmethod
     def _unit_test_params(cls):
@@ -324,8 +349,30 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
             return z, missing, observed, math.nan
         return z, missing, observed, -ld
 
+    def _note_scored(self, x: dict) -> None:
+        """Remember `x` as scored: if the next `learn_one` is another record's, `x` was kept
+        out by the caller.  Only remembered (scoring changes no state a pickle keeps), and only
+        the last `_MAX_PENDING` distinct records: scoring a test set between two `learn_one`
+        calls can be taken for a run of kept-out records, but only for that many."""
+        pending = self._pending
+        if not pending or pending[-1] != x:
+            if len(pending) == _MAX_PENDING:
+                del pending[0]
+            pending.append(dict(x))
+
+    def _account_kept_out(self, x: dict) -> None:
+        """Account a record a wrapper kept out, as judged when it was scored (nothing was
+        learned since)."""
+        self.n_kept_out_ += 1
+        if self._model is None:
+            bisect.insort(self._warm_up_tails, self._t_tail(x))
+        else:
+            self._judge(x, learn=False)
+
     def tail_probability_one(self, x: dict) -> float:
-        """Probability that a normal record scores at least as badly as `x`; no state change."""
+        """Probability that a normal record scores at least as badly as `x`; no state change
+        (if the next record learned is another, `x` was kept out by the caller: see Notes)."""
+        self._note_scored(x)
         if self._model is None:
             return self._warm_up_tail(x)
         score = self._score_z(x)[3]
@@ -334,6 +381,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     def neg_log_density_one(self, x: dict) -> float:
         """`-log p(x)` in the units of `x` (marginal over missing features); no state change."""
+        self._note_scored(x)
         if self._model is None:
             return self._warm_up_neg_log_density(x)
         _, _, observed, score = self._score_z(x)
@@ -350,6 +398,7 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_cache"] = None
+        state["_pending"] = []
         return state
 
     def is_anomaly(self, x: dict) -> bool:
@@ -358,13 +407,22 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
 
     def learn_one(self, x: dict) -> None:
         """Learn `x` unless the gate keeps it out (far more extreme than the flag threshold)."""
-        model = self._model
-        if model is None:
+        pending, self._pending = self._pending, []
+        for kept_out in pending:
+            if kept_out != x:
+                self._account_kept_out(kept_out)
+        if self._model is None:
             # The t tail as this record was judged (before it joins the moments): the rank
             # reference of later warm-up records.
             bisect.insort(self._warm_up_tails, self._t_tail(x))
             self._buffer_one(x)
             return
+        self._judge(x, learn=True)
+
+    def _judge(self, x: dict, learn: bool) -> None:
+        """The gate's decision on `x` and its accounting; `x` is learned if `learn` and the
+        gate lets it in, else it is only evidence for a new component."""
+        model = self._model
         cache = self._cache
         self._cache = None
         if cache is not None and cache[3] == self.n_learned_ and cache[0] == x:
@@ -372,14 +430,15 @@ class GaussianMixtureDetector(MixtureAdapter, base.AnomalyDetector):
         else:
             z, missing, observed, score = self._score_z(x)
             self._cache = None
-        self._count_unseen(x, missing)
+        if learn:
+            self._count_unseen(x, missing)
         if score != score:
             return  # nothing known about this record: nothing to learn, nothing to judge
         gate = self.gate_
         gate.prepare(model)
-        tail, flagged, learn = gate.decide_one(score)
+        tail, flagged, let_in = gate.decide_one(score)
         learned = False
-        if learn:
+        if learn and let_in:
             if observed is None:
                 # The score just computed is the row's log-density now (no update since):
                 # the core's life cycle need not score it again.
