@@ -700,7 +700,9 @@ class AnomalyGate(CachedParamNames, BaseEstimator):
             with np.errstate(invalid="ignore"):
                 flag = tail < self.false_alarm_rate
             log_density[i:j], tails[i:j], flags[i:j], learned[i:j] = -score, tail, flag, learned_seg
-            thresholds[i:j] = self.threshold_
+            # While the model warms up a flag also weighs the row's rank among the warm-up's
+            # rows: no score threshold decides it, so none is published (NaN: null).
+            thresholds[i:j] = math.nan if self._model_warming else self.threshold_
             probas.append(r.proba[:cut])
             if self._model_warming:
                 self._keep_warm_up_tails(seg["raw"][:cut])

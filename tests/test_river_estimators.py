@@ -506,3 +506,9 @@ def test_compiled_standardisation_equals_to_vector():
         got, got_missing = standardised_vector(x, names, loc, inv_scale)
         assert got_missing == missing
         np.testing.assert_array_equal(got, v)  # bit for bit, NaN where missing
+
+
+@pytest.mark.parametrize("estimator", [GaussianMixtureDetector, GaussianMixture])
+def test_a_bad_parameter_is_reported_against_the_river_estimator(estimator):
+    with pytest.raises(ValueError, match=f"parameter of {estimator.__name__} must be"):
+        estimator(n_components=0)

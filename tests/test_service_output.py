@@ -135,6 +135,36 @@ def test_file_mode_fallbacks_end_to_end(tmp_path):
     assert base64.b64decode(dead["record"]) == lines[20]  # the original bytes, as read
 
 
+def test_published_threshold_agrees_with_every_flag_on_real_data(tmp_path):
+    """``anomaly`` is ``score > threshold`` wherever a threshold is published; during the
+    warm-up (the flag also weighs the record's rank) it is null. River's Phishing: 1,250
+    records, the default warm-up of 1,000 (88 of wine's 178 records broke the rule)."""
+    from river import datasets
+
+    inp, out = tmp_path / "phishing.jsonl", tmp_path / "out.jsonl"
+    with open(inp, "w") as f:
+        for x, _ in datasets.Phishing():
+            f.write(json.dumps({k: float(v) for k, v in x.items()}) + "\n")
+    cfg = load_config(
+        overrides={
+            "input": {"path": str(inp)},
+            "output": {"path": str(out)},
+            "features": list(next(iter(datasets.Phishing()))[0]),
+            "checkpoint": {"dir": str(tmp_path / "ck")},
+            "progress": False,
+        },
+        env={},
+    )
+    assert Processor(cfg, handle_signals=False).run() == 0
+    docs = [json.loads(line) for line in out.read_bytes().splitlines()]
+    assert len(docs) == 1250
+    published = [d for d in docs if d["threshold"] is not None]
+    assert 200 <= len(published) <= 250  # from the end of the warm-up on
+    assert all(d["threshold"] is None for d in docs[:1000])
+    assert all(d["anomaly"] == (d["score"] > d["threshold"]) for d in published)
+    assert sum(d["anomaly"] for d in docs[:1000]) > 0  # the warm-up flags too, by its rule
+
+
 # -- Kafka -------------------------------------------------------------------------------------
 
 

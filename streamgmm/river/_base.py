@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from sklearn.utils._param_validation import InvalidParameterError
 
 from streamgmm import OnlineGaussianMixture
 from streamgmm.online import default_warm_up
@@ -59,8 +60,14 @@ _CORE_PARAMETERS = frozenset(OnlineGaussianMixture._parameter_constraints) - {
 
 
 def _check_core_params(adapter: Any) -> None:
-    """Validate the core's parameters where the adapter is built (River checks at init)."""
-    OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
+    """Validate the core's parameters where the adapter is built (River checks at init); the
+    error names the adapter, whose parameters they are."""
+    try:
+        OnlineGaussianMixture(**adapter._core_kwargs(warm_up=adapter.warm_up))._validate_params()
+    except InvalidParameterError as e:
+        raise InvalidParameterError(
+            str(e).replace("OnlineGaussianMixture", type(adapter).__name__, 1)
+        ) from None
 
 
 def _least_components(n_components) -> int:

@@ -220,6 +220,11 @@ def run_demo(
     print(f"  outputs {d.n_records}, dead letters {d.n_dead} ({'; '.join(d.dead_reasons)})")
     print(f"  rows learned {d.n_learned}, anomalies flagged {d.n_flagged}")
     print(
+        f"  (the flag-rate warnings above are expected here: {d.n_anomalies / n:.1%} of the "
+        f"records are injected anomalies, against a target of {FALSE_ALARM_RATE:.2%} for "
+        "normal ones)"
+    )
+    print(
         f"  detection after warm-up (false_alarm_rate {FALSE_ALARM_RATE}): precision "
         f"{_ratio(d.precision, d.tp + d.fp)}  recall {_ratio(d.recall, d.tp + d.fn)}  "
         f"(tp {d.tp}, fp {d.fp}, fn {d.fn})"
