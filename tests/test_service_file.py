@@ -310,6 +310,30 @@ def _wait_for(cond, timeout=30.0):
     return False
 
 
+def test_csv_piped_to_stdin_is_read_as_csv(tmp_path):
+    """``cat wine.csv | streamgmm run --input -``: stdin's first line is a CSV header, not
+    JSON, so stdin is read as CSV (it was 179 dead letters, each "not JSON")."""
+    import csv
+    import io
+
+    from sklearn.datasets import load_wine
+
+    wine = load_wine()
+    text = io.StringIO()
+    w = csv.writer(text)
+    w.writerow(wine.feature_names)
+    w.writerows(wine.data.tolist())
+    r = subprocess.run(
+        [*_cli(), "run", "--input", "-", "--output", "-", "--checkpoint-dir", str(tmp_path),
+         "--log-format", "text"],
+        input=text.getvalue(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    outs = [json.loads(s) for s in r.stdout.splitlines()]
+    assert len(outs) == len(wine.data) and all(o["score"] is not None for o in outs[20:])
+    assert "stdin read as CSV" in r.stderr and '{"source"' not in r.stderr  # no dead letter
+
+
 def test_sigterm_on_stdin_finishes_batch_and_checkpoints(tmp_path):
     ck = tmp_path / "ck"
     out = tmp_path / "o.jsonl"

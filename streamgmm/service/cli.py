@@ -188,7 +188,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--config", metavar="FILE", help="YAML configuration file (see configs/)")
     g = r.add_argument_group("file mode")
     opt(g, "--input", "JSONL or CSV file, or - for stdin", metavar="PATH|-")
-    opt(g, "--input-format", "record format; auto: CSV for .csv files, else JSONL")
+    opt(
+        g,
+        "--input-format",
+        "record format; auto: CSV for .csv files, JSONL for other files, stdin by its first line",
+    )
     opt(g, "--output", "JSONL output, - for stdout", default="-", metavar="PATH|-")
     opt(
         g,

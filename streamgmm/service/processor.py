@@ -1389,8 +1389,8 @@ def _hint(reasons: list[tuple[str, int]], cfg: ServiceConfig) -> str:
     top = reasons[0][0] if reasons else ""
     if top.startswith("not JSON") and cfg.mode == "file":
         return (
-            "Is the input CSV? Pass --input-format csv (stdin and files not named .csv are "
-            "read as JSON lines)."
+            "Is the input CSV? Pass --input-format csv (files not named .csv are read as JSON "
+            "lines, and so is stdin when its first line is a JSON object)."
         )
     if top.startswith("missing"):
         return "Check that --features names fields the records have (names are case-sensitive)."

@@ -21,6 +21,7 @@ import contextlib
 import csv
 import gzip
 import io
+import itertools
 import logging
 import os
 import sys
@@ -102,7 +103,8 @@ class FileSource:
     path
         File path or ``-``.
     fmt
-        ``jsonl``, ``csv`` or ``auto`` (by extension; stdin defaults to JSONL).
+        ``jsonl``, ``csv`` or ``auto`` (by extension; stdin by its first line: JSONL if it is a
+        JSON object, else CSV).
     batch_size
         Batches end at record positions that are multiples of this.
     start
@@ -130,7 +132,10 @@ class FileSource:
         self.name = "-" if path == "-" else path
         self.identity = file_identity(path)
         if fmt == "auto":
-            fmt = "csv" if path.lower().endswith((".csv", ".csv.gz")) else "jsonl"
+            if path.lower().endswith((".csv", ".csv.gz")):
+                fmt = "csv"
+            else:  # stdin has no name: its first line tells (see _rows)
+                fmt = "sniff" if path == "-" else "jsonl"
         self.fmt = fmt
         self.batch_size = int(batch_size)
         self.blocking = path == "-" or not Path(path).is_file()  # stdin, a pipe, a device
@@ -203,7 +208,7 @@ class FileSource:
     def batches(self) -> Iterator[list[RawRecord]]:
         f = self._open()
         try:
-            rows = self._jsonl(f) if self.fmt == "jsonl" else self._csv(f)
+            rows = self._rows(f)
             if self.blocking:
                 yield from self._live(rows)
                 return
@@ -278,22 +283,41 @@ class FileSource:
                 yield self._done(batch)
                 batch = []
 
-    def _jsonl(self, f) -> Iterator[tuple[int, RawRecord | None]]:
+    def _rows(self, f) -> Iterator[tuple[int, RawRecord | None]]:
+        """``(position, record or None)`` of ``f`` in its format. Stdin's (``auto``) is read
+        from its first line: a JSON object starts JSONL, anything else is a CSV header (piped
+        CSV was a dead letter per line, each blamed on "not JSON")."""
+        lines = self._lines(f)
+        fmt = self.fmt
+        if fmt == "sniff":
+            first = next(lines, None)
+            if first is None:
+                return
+            text = first.strip()
+            fmt = "jsonl" if not text or text.startswith(("{", "[")) else "csv"
+            if fmt == "csv":
+                log.info(
+                    "stdin read as CSV: its first line is not JSON (pass --input-format to choose)"
+                )
+            lines = itertools.chain([first], lines)
+        yield from self._jsonl(lines) if fmt == "jsonl" else self._csv(lines)
+
+    def _jsonl(self, lines) -> Iterator[tuple[int, RawRecord | None]]:
         name = self.name
-        for pos, line in enumerate(self._lines(f)):
+        for pos, line in enumerate(lines):
             text = line.rstrip("\r\n")
             if not text.strip(" \t"):  # JSON's whitespace only: str.strip() also eats \x1c
                 yield pos, None
                 continue
             yield pos, RawRecord(None, name, 0, pos, None, text, None)
 
-    def _csv(self, f) -> Iterator[tuple[int, RawRecord | None]]:
+    def _csv(self, lines) -> Iterator[tuple[int, RawRecord | None]]:
         # csv.reader pulls lines through this generator, so the raw text of each row (even one
         # spanning several lines in quotes) is known for dead letters.
         consumed: list[str] = []
 
         def feed():
-            for line in self._lines(f):
+            for line in lines:
                 consumed.append(line)
                 yield line
 
