@@ -5,6 +5,7 @@ counts, warm-up, flag rate, a hint and a non-zero exit when no record could be u
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -101,6 +102,13 @@ def test_summary_counts_this_run_and_says_when_the_run_ended_inside_the_warm_up(
     )
     assert "inside the model's warm-up" not in r.stderr
     assert "target false-alarm rate 1.00%" in r.stderr or "not calibrated" in r.stderr
+    # Every valid row is learned, kept out by the gate or held back by the model: the summary
+    # says which (a user saw 44,234 of 49,097 Shuttle rows learned and 553 flagged).
+    m = re.search(
+        r"(\d+) rows learned, (\d+) kept out by the anomaly gate .*?, (\d+) held back", r.stderr
+    )
+    assert m is not None, r.stderr
+    assert sum(int(g) for g in m.groups()) == 260
 
 
 def test_all_records_dead_lettered_exits_non_zero_with_a_hint(tmp_path):
@@ -109,7 +117,10 @@ def test_all_records_dead_lettered_exits_non_zero_with_a_hint(tmp_path):
         + "\n".join(",".join(str(v) for v in json.loads(r).values()) for r in _records(50))
         + "\n"
     )
-    r = _run("--input", "-", "--output", str(tmp_path / "o.jsonl"), stdin=csv)
+    # CSV in a file not named .csv is read as JSON lines (stdin would be sniffed as CSV).
+    export = tmp_path / "export.txt"
+    export.write_text(csv)
+    r = _run("--input", str(export), "--output", str(tmp_path / "o.jsonl"))
     assert r.returncode == 1, r.stderr
     assert "no record could be used: all 51 records were dead-lettered" in r.stderr
     assert "--input-format csv" in r.stderr
@@ -120,3 +131,31 @@ def test_all_records_dead_lettered_exits_non_zero_with_a_hint(tmp_path):
     assert "all 50 records were dead-lettered" in r.stderr and "--features" in r.stderr
     r = _run("--input", str(data), "--output", str(tmp_path / "o3.jsonl"), "--features", "a,b,c")
     assert r.returncode == 0, r.stderr
+
+
+def test_summary_accounts_for_every_valid_row_on_real_data(tmp_path):
+    """River's ImageSegments (default settings): learned + kept out by the gate + held back by
+    the model's life cycle = every valid row, each part named in the summary."""
+    from river import datasets
+
+    from streamgmm.service.config import load_config
+    from streamgmm.service.processor import Processor
+
+    data = tmp_path / "segments.jsonl"
+    rows = [x for x, _ in datasets.ImageSegments()]
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    cfg = load_config(
+        overrides={
+            "input": {"path": str(data)},
+            "output": {"path": str(tmp_path / "out.jsonl")},
+            "checkpoint": {"dir": str(tmp_path / "ck")},
+            "progress": False,
+        },
+        env={},
+    )
+    proc = Processor(cfg, handle_signals=False)
+    assert proc.run() == 0
+    s = proc.summary()
+    assert s["outputs"] == len(rows) and not s["warming_up"]
+    assert s["rows_kept_out"] > 0 and s["rows_held_back"] > 0  # both happen on this data
+    assert s["rows_learned"] + s["rows_kept_out"] + s["rows_held_back"] == len(rows)

@@ -398,6 +398,12 @@ class Processor:
                 + ". Use --features to choose, another --checkpoint-dir, or --fresh."
             )
 
+    def _global_count(self, obj, name: str) -> int | None:
+        """A counter of the one model or gate in global scope (None in the other scopes)."""
+        if self.states.scope != "global" or obj is None:
+            return None
+        return int(getattr(obj, name, 0))
+
     def _n_seen(self) -> int:
         """Rows learned: the global model's, else summed over partitions' (pooled) models."""
         st = self.states
@@ -1150,6 +1156,11 @@ class Processor:
             "threshold_calibrated": math.isfinite(thr),
             "warming_up": bool(getattr(model, "warming_up_", True)),
             "rows_learned": self._n_seen(),
+            # global scope: why the other valid rows were not learned (model totals)
+            "rows_held_back": self._global_count(model, "n_held_back_"),
+            "rows_kept_out": _difference(
+                self._global_count(gate, "n_excluded_"), self._global_count(model, "n_held_back_")
+            ),
             "recent_flag_rate": recent if math.isfinite(recent) else None,
             "flag_rate_alarm": bool(gate is not None and gate.flag_rate_alarm_),
             "dead_reasons": self._dead_reasons.most_common(3),
@@ -1161,9 +1172,16 @@ class Processor:
         if self._key_watch is not None and (said := self._key_watch.message()):
             log.warning(said)  # an input shorter than the watch's first records
         tot = s["totals"]
+        not_learned = ""
+        if s["rows_held_back"] is not None and not s["warming_up"]:
+            not_learned = (
+                f", {s['rows_kept_out']} kept out by the anomaly gate (far beyond its "
+                f"threshold), {s['rows_held_back']} held back by the model (poorly explained "
+                "while a new component may be forming, or zero density)"
+            )
         log.info(
             "run summary: %d records in, %d out, %d dead letters this run (%d / %d / %d in "
-            "total, across restarts); %d rows learned",
+            "total, across restarts); %d rows learned%s",
             s["records_in"],
             s["outputs"],
             s["dead_letters"],
@@ -1171,6 +1189,7 @@ class Processor:
             tot["out"],
             tot["dead"],
             s["rows_learned"],
+            not_learned,
         )
         if s["outputs"]:
             if s["threshold_calibrated"]:
@@ -1451,6 +1470,12 @@ def _max_abs() -> float:
     except ImportError:  # older core: keep the documented bound
         return 1e150
     return float(MAX_ABS_VALUE)
+
+
+def _difference(a: int | None, b: int | None) -> int | None:
+    """``a - b``, or None if either is (the gate counts every row not learned, the model's
+    hold-backs included)."""
+    return None if a is None or b is None else a - b
 
 
 class _Results:
