@@ -58,6 +58,10 @@ def test_broker_outage_mid_stream_is_survived_and_reported(kafka_broker, tmp_pat
         *fi.run_cmd(bootstrap, tin, tout, tdlq, f"g-{tin}", ck, every=5000),
         "--metrics-port",
         str(port),
+        # One process throughout, no restart: it stops at the topic's last record rather
+        # than idling out at the end (the idle timeout still runs during the outage).
+        "--max-records",
+        str(n),
     ]
     env = fi._env("produce:sleep=0.1")  # ~10k records/s: the outage hits mid-stream
     log_path = tmp_path / "run.log"
