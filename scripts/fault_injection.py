@@ -76,7 +76,11 @@ _NTH = {"poll": 14, "score": 12, "produce": 12, "flush": 3, "checkpoint_write": 
 
 
 def _cli() -> list[str]:
-    exe = shutil.which("streamgmm")
+    # The installed entry point beside this interpreter first: a version manager's shim found
+    # on PATH (pyenv's is a shell script that runs `pyenv exec`) costs ~0.1 s per start, and
+    # the crash loops start the CLI dozens of times.
+    beside = Path(sys.executable).with_name("streamgmm")
+    exe = str(beside) if beside.is_file() else shutil.which("streamgmm")
     return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
 
 
@@ -401,7 +405,13 @@ def experiment(
     if reference:
         _, rout, rdlq = make_topics(bootstrap, 1, stem="faults-ref")
         rck = workdir / "ref-ck"
-        cmd = run_cmd(bootstrap, tin, rout, rdlq, f"ref-{tin}", rck, every)
+        # Uninterrupted, it stops at the topic's last record (--max-records) instead of idling
+        # out; the crash loop's final run keeps the idle timeout: ending there shows that no
+        # replay was left waiting (a run stopped by a count could hide one).
+        cmd = [
+            *run_cmd(bootstrap, tin, rout, rdlq, f"ref-{tin}", rck, every),
+            *("--max-records", str(records)),
+        ]
         with open(workdir / "reference.log", "wb") as log:
             subprocess.run(cmd, stdout=log, stderr=log, env=_env(None), check=True, timeout=600)
         figures["model_difference"] = model_difference(ck, rck)
@@ -441,6 +451,25 @@ def _outcome(bootstrap: str, topics: tuple[str, str, str], ck: Path, valid: int)
     return figures
 
 
+def _wait_group_empty(bootstrap: str, group: str, timeout: float) -> None:
+    """Until the group coordinator has no member left in ``group``: the killed member's
+    session has expired (static or dynamic membership alike)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            members = admin.describe_groups([group])[group]["members"]
+            if not members:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"group {group} still has members after {timeout:.0f} s")
+            time.sleep(0.2)
+    finally:
+        admin.close()
+
+
 def delayed_restart(
     bootstrap: str,
     workdir: Path,
@@ -461,8 +490,13 @@ def delayed_restart(
     cmd = run_cmd(bootstrap, *topics, f"delayed-{topics[0]}", ck, every)
     log_path = workdir / "delayed-restart.log"
     first = run_once(cmd, log_path, "commit:kill@2", static, session_ms)
-    time.sleep(session_ms / 1000 + 2)  # the killed member's session expires meanwhile
-    second = run_once(cmd, log_path, None, static, session_ms)
+    _wait_group_empty(bootstrap, f"delayed-{topics[0]}", timeout=session_ms / 1000 + 30)
+    # The restart stops at the topic's last record (--max-records counts the records in across
+    # restarts, as the checkpoint has them) instead of idling out. Were the checkpoint's
+    # offsets not applied, it would read records again, stop short of the end and leave some
+    # without output ("lost"), besides learning them twice.
+    until_end = ["--max-records", str(records)]
+    second = run_once([*cmd, *until_end], log_path, None, static, session_ms)
     return {**_outcome(bootstrap, topics, ck, valid), "returncodes": [first, second]}
 
 
@@ -565,6 +599,8 @@ def compressed_topic(
     sent = java_produce(bootstrap, topics[0], lines, codec)
     ck = workdir / f"ck-{codec}"
     cmd = run_cmd(bootstrap, *topics, f"codec-{topics[0]}", ck, 4000)
+    # One uninterrupted run: it stops at the topic's last record rather than idling out.
+    cmd += ["--max-records", str(sent)]
     rc = run_once(cmd, workdir / "codecs.log", None, True, None, timeout=90)
     return {**_outcome(bootstrap, topics, ck, records), "sent": sent, "returncode": rc}
 

@@ -16,9 +16,18 @@ and a final run to the end of the topic:
   partition, but ``poll()`` interleaves the partitions differently in the two runs (and the
   warm-up buffer therefore holds different records), and stochastic-approximation EM with step
   n^-0.8 weighs recent records more, so the two estimates differ by about their own sampling
-  noise. Tolerance, on unit-variance clusters 6-8 apart: |d mean| < 0.05, |d weight| < 0.01,
-  |d covariance| < 0.15 (measured at 200k records: 0.011, 0.005, 0.054). The replay itself is
-  exact (duplicates byte-identical): only the first run's interleaving is arbitrary.
+  noise, which grows as the stream gets shorter (larger final steps). Tolerance, on
+  unit-variance clusters 6-8 apart, at the 100k records run here: |d mean| < 0.1,
+  |d weight| < 0.015, |d covariance| < 0.15, 2.5x, 2x and 3x the largest of 4 kill schedules
+  measured at 100k (seeds 3, 11, 12, 13: |d mean| 0.020-0.040, |d weight| 0.003-0.007,
+  |d cov| 0.033-0.048; at 200k records it was 0.011-0.019, 0.005-0.006, 0.050-0.054, with
+  tolerances 0.05, 0.01, 0.15). The replay itself is exact (duplicates byte-identical): only
+  the first run's interleaving is arbitrary.
+
+100k records are enough for the kill loop: its 14 kills end with 44k-68k records checkpointed
+(4 schedules measured; each kill point's N-th occurrence is drawn so that the kills spread over
+what is left, capped per phase, see ``fault_injection._NTH``), so every kill still lands before
+the end of the topic and the final run still has tens of thousands of records to finish.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ def _fault_injection():
     return fault_injection
 
 
-RECORDS, KILLS, PARTITIONS, BAD_EVERY = 200_000, 2 * 7, 4, 1000
+RECORDS, KILLS, PARTITIONS, BAD_EVERY = 100_000, 2 * 7, 4, 1000
 
 
 def test_sigkill_twice_in_every_phase_loses_nothing_learns_nothing_twice(kafka_bootstrap, tmp_path):
@@ -67,4 +76,4 @@ def test_sigkill_twice_in_every_phase_loses_nothing_learns_nothing_twice(kafka_b
     assert f["n_samples_seen"] == f["valid"] == RECORDS - RECORDS // BAD_EVERY
     d = f["model_difference"]
     assert d["n_samples_seen"] == (f["valid"], f["valid"])
-    assert d["max_abs_mean"] < 0.05 and d["max_abs_weight"] < 0.01 and d["max_abs_cov"] < 0.15, d
+    assert d["max_abs_mean"] < 0.1 and d["max_abs_weight"] < 0.015 and d["max_abs_cov"] < 0.15, d

@@ -238,6 +238,9 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
             "features": FEATURES,
             "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40, "n_components": 1},
             "gate": {"enabled": False},
+            # The topic is complete: stop at its last record rather than idling out (the
+            # idle timeout stays as the backstop).
+            "max_records": len(records),
             "idle_timeout": 3.0,
         },
         env={},

@@ -112,7 +112,7 @@ def test_a_replay_after_a_crash_repeats_the_outputs_byte_for_byte(
             "--checkpoint-dir", str(ckdir), "--features", ",".join(FEATURES),
             "--model-scope", "partition", "--covariance-type", "diag", "--warm-up", "40",
             "--no-gate", "--checkpoint-every", "300", "--max-poll-records", str(max_poll),
-            "--idle-timeout", "3", "--log-format", "text",
+            "--idle-timeout", "1.5", "--log-format", "text",
         ]  # fmt: skip
         env = {**os.environ, "STREAMGMM_KAFKA__SESSION_TIMEOUT_MS": "3000"}
         if fault:
@@ -138,7 +138,12 @@ def test_a_replay_after_a_crash_repeats_the_outputs_byte_for_byte(
 
 
 def _cli(bootstrap, tin, tout, ckdir, idle, faults=None):
-    """``streamgmm run`` on ``tin`` (scope key, a checkpoint every 50 records or second)."""
+    """``streamgmm run`` on ``tin`` (scope key, a checkpoint every 50 records or second).
+
+    The runs read topics produced before they start, far smaller than one fetch (8 MiB per
+    partition): once the first fetch of each partition has answered (idle time counts only
+    from then: the idle grace), an empty poll means the input is exhausted, so a short
+    ``idle`` (1.5 s) cannot cut a run short."""
     import os
     import sys
 
@@ -224,7 +229,7 @@ def test_after_a_sigkill_the_restart_restores_from_the_cache(kafka_bootstrap, ne
     assert "run summary" not in first_err  # it did not stop gracefully
 
     k2, p2 = _produce_keyed(kafka_bootstrap, tin, 2)
-    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=3)
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=1.5)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
     labels, read = _from_cache(again.stderr)
@@ -256,7 +261,7 @@ def test_a_cache_one_checkpoint_behind_after_a_crash_is_not_used(
     cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=60, faults="commit:kill@8")
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert first.returncode == -9, first.stderr[-3000:]
-    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=3)
+    cmd, env = _cli(kafka_bootstrap, tin, tout, tmp_path / "a", idle=1.5)
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]
     n_valid = sum(p1.values())

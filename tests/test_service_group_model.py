@@ -188,8 +188,9 @@ def _from_the_base(bootstrap, tin, group, records, stream):
     return model
 
 
-def _one_instance(bootstrap, tin, tout, group):
-    """One instance (in this process) that learns the whole stream: the reference."""
+def _one_instance(bootstrap, tin, tout, group, n_records):
+    """One instance (in this process) that learns the whole stream (``n_records``, all in
+    the topic already: it stops at the last one rather than idling out): the reference."""
     cfg = load_config(
         overrides={
             "kafka": {
@@ -203,6 +204,7 @@ def _one_instance(bootstrap, tin, tout, group):
             "features": FEATURES,
             "model": {"n_components": 5, "covariance_type": "full", "warm_up": 200},
             "gate": {"enabled": False},
+            "max_records": n_records,
             "idle_timeout": 2.0,
         },
         env={},
@@ -259,7 +261,7 @@ def test_three_instances_share_one_model(kafka_bootstrap, new_topic, tmp_path):
     # its own warm-up: see ORDER_NOISE.)
     ref = _from_the_base(kafka_bootstrap, tin, group, records, stream)
     assert ref.n_samples_seen_ == len(valid)
-    alone = _one_instance(kafka_bootstrap, tin, tout, group)
+    alone = _one_instance(kafka_bootstrap, tin, tout, group, len(records))
     assert alone.n_samples_seen_ == len(valid)
     ll = np.array([m.score(test) for m in models])
     ll_ref, ll_alone = ref.score(test), alone.score(test)

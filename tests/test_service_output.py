@@ -197,7 +197,10 @@ def test_kafka_output_partition_follows_input_partition(
             "features": ["a", "b"],
             "checkpoint": {"dir": str(tmp_path / "ck")},
             "model": {"n_components": 2, "warm_up": 100, "random_state": 0},
-            "idle_timeout": 2.0,
+            # The topic is complete and far smaller than one fetch (8 MiB per partition): once
+            # the first fetch of each partition answered (the idle grace lasts until then), an
+            # empty poll means the input is exhausted.
+            "idle_timeout": 1.0,
         },
         env={},
     )

@@ -265,6 +265,7 @@ class Changelog:
             bootstrap_servers=kafka.bootstrap_servers.split(","),
             client_id=f"{kafka.client_id}-restore",
             enable_auto_commit=False,
+            reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             # Only committed transactions' states (exactly_once); plain writes are visible
@@ -388,6 +389,7 @@ class Changelog:
                 bootstrap_servers=self.kafka.bootstrap_servers.split(","),
                 client_id=f"{self.kafka.client_id}-restore-hw",
                 enable_auto_commit=False,
+                reconnect_backoff_max_ms=self.kafka.reconnect_backoff_max_ms,
             )
         tps = [TopicPartition(topic, sp.partition) for sp in sps]
         limit = self.kafka.transaction_timeout_ms / 1000 + 30.0

@@ -206,6 +206,11 @@ class KafkaConfig(_Strict):
     # Shorter than kafka-python's 30 s: a newcomer without a broker should not wait half a
     # minute for the message; a broker that is still starting usually answers within seconds.
     bootstrap_timeout_ms: int = Field(15000, ge=100)
+    # Longest pause between reconnection attempts to a broker that went away (the backoff
+    # doubles from 50 ms up to this). kafka-python's default is 30 s, so after an outage of
+    # half a minute the processor could sit up to ~30 s longer before noticing the broker was
+    # back; 1 s is the Java clients' default (reconnect.backoff.max.ms).
+    reconnect_backoff_max_ms: int = Field(1000, ge=50)
     linger_ms: int = Field(5, ge=0)
     producer_batch_size: int = Field(262144, ge=1024)
     # processing_guarantee exactly_once: the producer's transactional id (None: group id,

@@ -362,6 +362,7 @@ class ModelExchange(_Follower):
                 bootstrap_servers=kafka.bootstrap_servers.split(","),
                 client_id=f"{kafka.client_id}-{suffix}",
                 enable_auto_commit=False,
+                reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 isolation_level="read_committed" if read_committed else "read_uncommitted",

@@ -472,6 +472,7 @@ class KafkaSource:
             max_poll_records=cfg.max_poll_records,
             session_timeout_ms=cfg.session_timeout_ms,
             bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
+            reconnect_backoff_max_ms=cfg.reconnect_backoff_max_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
