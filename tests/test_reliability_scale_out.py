@@ -174,8 +174,9 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
     producer.start()
     try:
         kills, self_kills = kill_while_producing(
-            procs, start, working, producer, rng, min_kills=10, pause=(0.1, 1.2)
-        )
+            procs, start, working, producer, rng, min_kills=10, pause=(0.1, 1.2),
+            min_self_kills=2,
+        )  # fmt: skip
         for j, p in enumerate(procs):  # the last ones run without fault points to the end
             if p.pid in faulty or p.poll() is not None:
                 p.kill()
