@@ -42,6 +42,10 @@ class BatchFit:
 # the 105 rows, training log-likelihood -0.750 against -0.770, held-out -0.952 against -0.837).
 MIN_COMPONENT_ROWS = 2.0
 
+# Starts beyond n_init (fit()'s k-means starts) are screened by this many EM iterations: only
+# the best n_init continue to convergence (short-run EM, Biernacki, Celeux & Govaert 2003).
+SCREEN_ITER = 5
+
 
 def _initial_resp(X, n_components, init_params, rng):
     """Hard (or random) initial responsibilities, by scikit-learn's ``init_params`` names."""
@@ -122,19 +126,23 @@ def _logdet(prec, covariance_type, k, d):
     return d * np.log(prec)
 
 
-def _em(X, start, covariance_type, reg, prior, shrink, max_iter, tol):
+def _em(X, start, covariance_type, reg, prior, shrink, max_iter, tol, resume=None):
     """Batch EM from a first iterate, as scikit-learn's: E-step, M-step, until the mean
     log-likelihood (of the E-step) changes by less than ``tol`` or ``max_iter`` iterations.
 
-    Returns ``(params, lower, n_iter, converged, lower_bounds)``.
+    Returns ``(params, lower, n_iter, converged, lower_bounds)``; ``resume``: such a result
+    of an EM stopped early, continued (``start`` is then not used) up to ``max_iter`` in all.
     """
-    k = start.weights.shape[0]
-    params = start
-    lower = -np.inf
-    lower_bounds = []
-    converged = False
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 (n_iter is reported)
+    if resume is None:
+        params, lower, lower_bounds, converged, done = start, -np.inf, [], False, 0
+    else:
+        params, lower, done, converged, lower_bounds = resume
+        lower_bounds = list(lower_bounds)
+        if converged:
+            return resume
+    k = params.weights.shape[0]
+    n_iter = done
+    for n_iter in range(done + 1, max_iter + 1):  # noqa: B007 (n_iter is reported)
         diff = cov_ops.centered_rows(X, params.means)
         with np.errstate(divide="ignore"):
             log_w = np.log(params.weights)
@@ -269,9 +277,12 @@ def fit_batch(
     toward their diagonal (``_covariance.shrink_by_likelihood``).  ``init``: ``(weights, means,
     precisions)`` in the caller's units, any of them None, replacing the seeding's
     (scikit-learn's ``*_init``).  ``seedings``: one start per entry, each seeded by that
-    ``init_params`` value (``n_init`` and ``init_params`` are then not used), and the fits of
-    all of them are returned, best first: the non-degenerate ones (:attr:`BatchFit.degenerate`)
-    by decreasing log-likelihood, then the degenerate ones.  No row is left out: outliers in
+    ``init_params`` value (``init_params`` is then not used), and the fits of all of them are
+    returned, best first: the non-degenerate ones (:attr:`BatchFit.degenerate`) by decreasing
+    log-likelihood, then the degenerate ones.  With more seedings than ``n_init``, each start
+    runs :data:`SCREEN_ITER` iterations and only the best ``n_init`` go on to convergence (they
+    come first in the list); a start whose hard seeding partitions the rows as an earlier one
+    did is dropped (its EM would be the same).  No row is left out: outliers in
     the stream are the gate's business, and trimming the worst-scoring rows deletes rare but
     normal values.
     """
@@ -290,11 +301,29 @@ def fit_batch(
     if all(part is not None for part in init):
         seedings = seedings[:1]  # nothing left to seed: every start would be the same
 
-    fits = []
+    n = X.shape[0]
+    # Several starts: each runs SCREEN_ITER iterations, and only the best n_init of them
+    # (ranked as the fits are, _rank) go on to convergence.  Starts whose hard seeding
+    # partitions the rows as an earlier one did would repeat its EM: they are dropped.
+    screen = every_start and len(seedings) > max(1, n_init)
+    no_init = all(part is None for part in init_s)
+    fits, partitions = [], set()
     for seeding in seedings:
         resp = _initial_resp(Xs, n_components, seeding, rng)
+        if every_start and no_init and seeding != "random":
+            partition = _partition(resp)
+            if partition in partitions:
+                continue
+            partitions.add(partition)
         start = _start(Xs, resp, covariance_type, reg, prior, shrink, init_s)
-        fits.append(_em(Xs, start, covariance_type, reg, prior, shrink, max_iter, tol))
+        iters = min(max_iter, SCREEN_ITER) if screen else max_iter
+        fits.append(_em(Xs, start, covariance_type, reg, prior, shrink, iters, tol))
+    if screen:
+        fits.sort(key=lambda fit: _params_rank(fit[0].weights, fit[1], n))
+        fits[: max(1, n_init)] = [
+            _em(Xs, None, covariance_type, reg, prior, shrink, max_iter, tol, resume=fit)
+            for fit in fits[: max(1, n_init)]
+        ]
     log_scale = float(np.log(scale).sum())
     results = [
         _batch_fit(fit, center, scale, log_scale, covariance_type, X.shape[0]) for fit in fits
@@ -305,14 +334,48 @@ def fit_batch(
             if fit.log_likelihood > best.log_likelihood:
                 best = fit
         return best
-    # sorted() is stable: equal keys keep the order of the starts.
-    return sorted(results, key=_rank)
+    # sorted() is stable: equal keys keep the order of the starts.  When screened, the fits
+    # run to convergence come first.
+    kept = max(1, n_init) if screen else len(results)
+    ranked = sorted(results[:kept], key=_rank) + sorted(results[kept:], key=_rank)
+    # Starts that reached the same optimum: the copies are dropped (fit() would carry each
+    # through the same online passes).
+    distinct = []
+    for fit in ranked:
+        if not any(_same_fit(fit, other) for other in distinct):
+            distinct.append(fit)
+    return distinct
+
+
+def _same_fit(a: BatchFit, b: BatchFit) -> bool:
+    """The same mixture, whatever the components' order (log-likelihoods equal to 1e-9)."""
+    la, lb = a.log_likelihood, b.log_likelihood
+    if not (np.isfinite(la) and abs(la - lb) <= 1e-9 * max(1.0, abs(la))):
+        return False
+    oa, ob = np.lexsort(a.means.T[::-1]), np.lexsort(b.means.T[::-1])
+    scale = np.abs(a.means).max() + 1.0
+    return bool(np.allclose(a.weights[oa], b.weights[ob], rtol=0, atol=1e-6)) and bool(
+        np.allclose(a.means[oa], b.means[ob], rtol=0, atol=1e-6 * scale)
+    )
 
 
 def _rank(fit: BatchFit):
     """Sort key of fits, best first: non-degenerate, then the highest log-likelihood (NaN last)."""
-    lower = fit.log_likelihood
-    return (fit.degenerate, -lower if np.isfinite(lower) else np.inf)
+    return _params_rank(fit.weights, fit.log_likelihood, fit.n_rows)
+
+
+def _params_rank(weights, lower, n_rows):
+    degenerate = bool((weights * n_rows < MIN_COMPONENT_ROWS).any())
+    return (degenerate, -lower if np.isfinite(lower) else np.inf)
+
+
+def _partition(resp) -> bytes:
+    """The partition of the rows a hard seeding makes, whatever the components' order."""
+    labels = resp.argmax(axis=1)
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.empty(first.size, dtype=np.int64)
+    order[np.argsort(first)] = np.arange(first.size)
+    return order[inverse].tobytes()
 
 
 def _batch_fit(fit, center, scale, log_scale, covariance_type, n_rows) -> BatchFit:

@@ -84,6 +84,7 @@ def half_life_step(half_life) -> float:
 # data (Phishing: every feature takes 2-3 values; full K=5 held-out 0.32 against
 # scikit-learn's 0.50); one k-means start per n_init still left wine diag K=10 and Phishing
 # full K=5 0.10-0.11 below scikit-learn, two do not (python scripts/bench_accuracy.py).
+# They are cheap: screened by a few EM iterations (_warm_up.fit_batch's seedings).
 FIT_KMEANS_STARTS = 2
 
 # Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
@@ -324,12 +325,14 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         Several starts, as scikit-learn's ``n_init``: the warm-up runs ``n_init`` starts seeded
         by ``init_params`` and, when ``n_init > 1`` and ``init_params`` is not ``"kmeans"``,
         ``2 n_init`` seeded by k-means (scikit-learn's default seeding, which finds optima that
-        k-means++ seeds miss on lattice-like data), each to convergence.  When the warm-up
-        covered all of X the best of them is the model; otherwise the best ``n_init`` of them
-        each go through the complete fit (the online passes) and the best final
-        ``lower_bound_`` is kept.  "Best" ranks degenerate fits last: a fit with a component on
-        fewer than 2 rows (``_warm_up.MIN_COMPONENT_ROWS``), whose variance is only the
-        regulariser's, buys training likelihood that held-out rows do not pay back.
+        k-means++ seeds miss on lattice-like data).  Each start runs
+        ``_warm_up.SCREEN_ITER`` EM iterations and only the best ``n_init`` go on to
+        convergence; k-means seeds that partition the rows as an earlier seed did, and starts
+        that reach the same optimum, are dropped.  When the warm-up covered all of X the best
+        of them is the model; otherwise each goes through the complete fit (the online passes)
+        and the best final ``lower_bound_`` is kept.  "Best" ranks degenerate fits last: a fit
+        with a component on fewer than 2 rows (``_warm_up.MIN_COMPONENT_ROWS``), whose variance
+        is only the regulariser's, buys training likelihood that held-out rows do not pay back.
 
         Sets ``n_iter_`` (EM iterations of the warm-up when it covered all of X, else online
         passes), ``converged_`` and ``lower_bound_`` (the final mean log-likelihood of X).
