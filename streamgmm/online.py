@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -25,6 +26,7 @@ from streamgmm._lifecycle import Lifecycle
 from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm._params import CachedParamNames, validate_once
 from streamgmm._warm_up import (
+    MIN_COMPONENT_ROWS,
     RECURRING_SHARE,
     feature_scales,
     fit_batch,
@@ -75,6 +77,15 @@ def half_life_step(half_life) -> float:
     (0 for ``None``: stationary, no floor)."""
     return 0.0 if half_life is None else float(-np.expm1(-np.log(2.0) / half_life))
 
+
+# fit() seeds this many k-means starts per n_init on top of the n_init starts seeded by
+# init_params (unless that is "kmeans" already, or n_init is 1: one start, as asked).
+# k-means++ seeds alone missed optima that scikit-learn's k-means seeding finds on lattice
+# data (Phishing: every feature takes 2-3 values; full K=5 held-out 0.32 against
+# scikit-learn's 0.50); one k-means start per n_init still left wine diag K=10 and Phishing
+# full K=5 0.10-0.11 below scikit-learn, two do not (python scripts/bench_accuracy.py).
+# They are cheap: screened by a few EM iterations (_warm_up.fit_batch's seedings).
+FIT_KMEANS_STARTS = 2
 
 # Gross rows (outside the warm-up's robust bounds) are not learned while they are rare: their
 # rate, averaged with this half-life in learned rows, stays below RECURRING_SHARE.
@@ -141,7 +152,9 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         Rows buffered and fitted in batch before going online (at least 2, and never fewer
         than K).  ``None`` means ``max(1000, 2 K (D + 1))``.
     n_init
-        Initialisations of the warm-up fit; the best is kept.
+        Initialisations of the warm-up fit; the best is kept.  :meth:`fit` adds k-means
+        starts and carries the best ``n_init`` starts through the complete fit, as scikit-learn
+        does (see :meth:`fit`).
     init_params
         How each warm-up initialisation is seeded, as in scikit-learn: ``"k-means++"``,
         ``"kmeans"``, ``"random"`` or ``"random_from_data"``.
@@ -235,6 +248,14 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
     # one-row fast path reads them without a hasattr.
     _row_shape = None
     _s0 = None
+    # Set by fit() around its warm-up: _fit_buffer keeps the fits of the other starts in
+    # _starts (best first), for fit() to carry each through the complete fit.
+    _keep_starts = False
+    _starts = ()
+    # fit()'s extra k-means starts; the River adapters turn them off for their warm-up fits,
+    # which keep the stream warm-up's n_init starts (and main's cost: 6 more k-means seeds
+    # made a GaussianMixture(n_components=3) over 3,000 Shuttle records 1.4-1.7x slower).
+    _extra_starts = True
 
     _parameter_constraints: dict = {  # noqa: RUF012 (scikit-learn's convention)
         "n_components": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -305,6 +326,18 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         over all of X, each in a fresh random order, continue until the mean log-likelihood of
         X changes by less than ``tol`` or ``max_iter`` passes are done.
 
+        Several starts, as scikit-learn's ``n_init``: the warm-up runs ``n_init`` starts seeded
+        by ``init_params`` and, when ``n_init > 1`` and ``init_params`` is not ``"kmeans"``,
+        ``2 n_init`` seeded by k-means (scikit-learn's default seeding, which finds optima that
+        k-means++ seeds miss on lattice-like data).  Each start runs
+        ``_warm_up.SCREEN_ITER`` EM iterations and only the best ``n_init`` go on to
+        convergence; k-means seeds that partition the rows as an earlier seed did, and starts
+        that reach the same optimum, are dropped.  When the warm-up covered all of X the best
+        of them is the model; otherwise each goes through the complete fit (the online passes)
+        and the best final ``lower_bound_`` is kept.  "Best" ranks degenerate fits last: a fit
+        with a component on fewer than 2 rows (``_warm_up.MIN_COMPONENT_ROWS``), whose variance
+        is only the regulariser's, buys training likelihood that held-out rows do not pay back.
+
         Sets ``n_iter_`` (EM iterations of the warm-up when it covered all of X, else online
         passes), ``converged_`` and ``lower_bound_`` (the final mean log-likelihood of X).
         """
@@ -318,11 +351,19 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             )
         self._check_magnitude(X)
         self._start(X.shape[1], X.shape[0])
-        order = np.random.default_rng([self._seed, 1]).permutation(X.shape[0])
-        self._learn_rows(X[order])
-        if self.warming_up_:
-            self._finish_warm_up()
-        if self._warm_up_size >= X.shape[0]:  # batch EM saw everything
+        X = X[np.random.default_rng([self._seed, 1]).permutation(X.shape[0])]
+        w = self._warm_up_size
+        # The warm-up's fit keeps the fits of all its starts (_starts), best first.
+        self._keep_starts = True
+        try:
+            self._learn_rows(X[:w])
+            if self.warming_up_:
+                self._finish_warm_up()
+        finally:
+            starts = self._starts
+            self.__dict__.pop("_keep_starts", None)
+            self.__dict__.pop("_starts", None)
+        if w >= X.shape[0]:  # batch EM saw everything: its best start is the model
             fit = self._warm_up_fit
             self.n_iter_, self.converged_ = fit.n_iter, fit.converged
             self.lower_bounds_ = fit.lower_bounds
@@ -332,17 +373,20 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             ordinary = X[((self._gross_lo <= X) & (self._gross_hi >= X)).all(axis=1)]
             if not ordinary.shape[0]:
                 ordinary = X
-            self.lower_bounds_ = [self.score(ordinary)]
-            self.n_iter_, self.converged_ = 1, False
-            shuffle = np.random.default_rng([self._seed, 2])
-            while self.n_iter_ < self.max_iter:
-                self._learn_rows(X[shuffle.permutation(X.shape[0])])
-                self.n_iter_ += 1
-                self.lower_bounds_.append(self.score(ordinary))
-                if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
-                    self.converged_ = True
-                    break
-            self.lower_bound_ = self.lower_bounds_[-1]
+            # The best n_init starts of the warm-up each go through the complete fit.
+            starts = starts[: max(self.n_init, 1) - 1]
+            after_warm_up = copy.deepcopy(self.__dict__) if starts else None
+            self._online_passes(X, w, ordinary)
+            best, best_rank = self.__dict__, self._rank(ordinary.shape[0])
+            for start in starts:
+                self.__dict__ = copy.deepcopy(after_warm_up)
+                self._install(start)
+                self._warm_up_fit = start
+                self._online_passes(X, w, ordinary)
+                rank = self._rank(ordinary.shape[0])
+                if rank < best_rank:
+                    best, best_rank = self.__dict__, rank
+            self.__dict__ = best
         if not self.converged_ and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
@@ -351,6 +395,30 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
                 stacklevel=2,
             )
         return self
+
+    def _rank(self, n_rows):
+        """How :meth:`fit` ranks complete fits of ``n_rows`` rows, lowest best: non-degenerate
+        (no component on fewer than ``MIN_COMPONENT_ROWS`` rows) first, then the highest
+        ``lower_bound_``."""
+        degenerate = bool((self.weights_ * n_rows < MIN_COMPONENT_ROWS).any())
+        lower = self.lower_bound_
+        return (degenerate, -lower if np.isfinite(lower) else np.inf)
+
+    def _online_passes(self, X, w, ordinary):
+        """The rest of :meth:`fit` after the warm-up on ``X[:w]`` (X shuffled): learn the
+        other rows, then passes over X in fresh orders until the bound on ``ordinary`` settles."""
+        self._learn_rows(X[w:])
+        self.lower_bounds_ = [self.score(ordinary)]
+        self.n_iter_, self.converged_ = 1, False
+        shuffle = np.random.default_rng([self._seed, 2])
+        while self.n_iter_ < self.max_iter:
+            self._learn_rows(X[shuffle.permutation(X.shape[0])])
+            self.n_iter_ += 1
+            self.lower_bounds_.append(self.score(ordinary))
+            if abs(self.lower_bounds_[-1] - self.lower_bounds_[-2]) < self.tol:
+                self.converged_ = True
+                break
+        self.lower_bound_ = self.lower_bounds_[-1]
 
     def fit_predict(self, X, y=None):
         """:meth:`fit` on X, then the most probable component of each row of X."""
@@ -1542,15 +1610,23 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
         init = self._checked_init(X.shape[1])
 
-        def fit_k(k, seed):
+        def fit_k(k, seed, seedings=None):
             return fit_batch(
                 X, scale, self._floors, k, self.covariance_type, reg_covar, n_init,
                 self.init_params, self.max_iter, self.tol, np.random.default_rng(seed),
-                shrink=regularise, init=init,
+                shrink=regularise, init=init, seedings=seedings,
             )  # fmt: skip
 
         if self.n_components != "auto":
-            fit = fit_k(self._k, [self._seed, stream])
+            if self._keep_starts and self._extra_starts and not stream:
+                # fit(): k-means starts too (scikit-learn's default seeding), all ranked
+                # together (_warm_up.fit_batch's seedings); the best is the model.
+                seedings = [self.init_params] * self.n_init
+                if self.init_params != "kmeans" and self.n_init > 1:
+                    seedings += ["kmeans"] * (FIT_KMEANS_STARTS * self.n_init)
+                fit, *self._starts = fit_k(self._k, [self._seed, stream], seedings)
+            else:
+                fit = fit_k(self._k, [self._seed, stream])
         else:  # the K of least BIC; never more components than half the rows
             n = X.shape[0]
             best_bic = np.inf
@@ -1571,12 +1647,16 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             # not regimes): they are dropped, so that such records stay poorly explained.
             fit = self._without_light(fit, X)
             self._k = fit.weights.shape[0]
+        self._install(fit)
+        return fit
+
+    def _install(self, fit):
+        """Make a batch fit (``_warm_up.BatchFit``) the model."""
         self._s0 = np.maximum(fit.weights, _kernels.TINY_WEIGHT)
         self._means = np.ascontiguousarray(fit.means)
         self._cov, self._prec, self._logdet = self._factorised(np.ascontiguousarray(fit.cov))
         self._derive()
         self._since_refresh = 0
-        return fit
 
     def _without_light(self, fit, X):
         """``fit`` without its components lighter than ``min_weight`` (log-likelihood redone)."""

@@ -273,6 +273,7 @@ class MixtureAdapter:
         z = (X - loc) / scale
         z[np.isnan(z)] = 0.0  # missing cells at the mean
         model = OnlineGaussianMixture(**self._core_kwargs(warm_up=len(z), n_init=n_init))
+        model._extra_starts = False  # the stream warm-up's starts (see OnlineGaussianMixture)
         model.fit(z)
         fit = _Fit(names, loc, scale, model, labels=None)
         fit.labels = _matching_labels(self._provisional, fit)
