@@ -501,3 +501,68 @@ def test_config_refuses_global_exactly_once_without_exchange_and_exchange_off_gl
         env={},
     )
     assert ok.model.exchange and "exchange" not in ok.model.estimator_params()
+
+
+def test_a_candidate_that_loses_the_base_race_and_dies_loses_no_rows(kafka_bootstrap, new_topic):
+    """exactly_once: A's base is in A's open transaction when B reads the exchange, so B sends a
+    candidate too, commits it and dies before its next checkpoint, never having seen A's base.
+    A commits: A's base is the group's. The rows B learned since its last rows message must
+    still reach the group: they go out with the candidacy (the group's model had 450 of 600
+    rows when they were only in B's losing base)."""
+    from streamgmm.service.sinks import make_producer
+
+    X = _bananas()[:600]
+    tin = new_topic(1)
+    kcfg = KafkaConfig(bootstrap_servers=kafka_bootstrap, topics=[tin], group_id=f"g-race-{tin}")
+    cfg = load_config(
+        overrides={
+            "kafka": {**kcfg.model_dump(), "output_topic": tin + "-out"},
+            "model": {"n_components": 3, "covariance_type": "full", "warm_up": 200},
+            "gate": {"enabled": False},
+        },
+        env={},
+    )
+    topic = exchange_topic(kcfg.group_id, tin)
+    instances = []
+    for name in ("a", "b"):
+        producer = make_producer(kcfg, transactional_id=f"{tin}-{name}")
+        producer.init_transactions()
+        ex = ModelExchange(kcfg, topic, producer=producer, read_committed=True)
+        slot = Slot(*build_model(cfg))
+        ex.restore(slot)  # joins: no base yet
+        instances.append((ex, slot, producer))
+    (a, a_slot, a_prod), (b, b_slot, b_prod) = instances
+
+    def learn(ex, slot, rows):
+        slot.model.partial_fit(rows)
+        ex.learned(slot, rows)
+
+    def checkpoint(ex, slot, producer, commit=True):
+        producer.begin_transaction()
+        ex.tick(slot)
+        if commit:
+            producer.commit_transaction()
+
+    try:
+        learn(b, b_slot, X[:150])
+        checkpoint(b, b_slot, b_prod)  # B warms up: its rows go out as a rows message
+        learn(a, a_slot, X[300:600])
+        learn(b, b_slot, X[150:300])  # B's warm-up ends: a candidate at its next checkpoint
+        checkpoint(a, a_slot, a_prod, commit=False)  # A's base, in A's open transaction
+        checkpoint(b, b_slot, b_prod)  # B cannot see it: B's candidacy, committed
+        assert a.base_id != b.base_id and not b.confirmed
+        b.close()  # B dies before its next checkpoint
+        a_prod.commit_transaction()  # A's base, first in the topic, is the group's
+    finally:
+        a.close()
+        b.close()
+        a_prod.close()
+        b_prod.close()
+    joiner_slot = Slot(*build_model(cfg))
+    joiner = ModelExchange(kcfg, topic, read_committed=True)
+    try:
+        joiner.restore(joiner_slot)
+    finally:
+        joiner.close()
+    assert joiner.base_id == a.base_id
+    assert joiner_slot.model.n_samples_seen_ == 600

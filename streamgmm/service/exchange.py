@@ -16,7 +16,8 @@ carries the sender's input positions, next offset per partition, at the time it 
     publishes its own as a candidate.
 ``rows``
     rows as they are: what an instance learned while the group had no base yet (sent at every
-    checkpoint while it warms up, and when it adopts the base, its rows in no message yet).
+    checkpoint while it warms up, with its base candidate, and when it adopts the base, its
+    rows in no message yet).
     Whoever adopts or wins the base learns every rows message not in it (not from the base's
     sender), in topic order.  So no record is lost: not by a candidate that loses the race, nor
     by an instance that leaves during its warm-up.
@@ -93,9 +94,10 @@ base's components are frozen (:meth:`~streamgmm.OnlineGaussianMixture.freeze_com
 birth, merge, death nor re-seeding; poorly explained rows are learned, not held back).  Choose
 ``n_components`` (or let the base's BIC choice stand) knowing K will not follow the stream.
 
-Not done: a candidate killed after committing its base and before learning that another base
-won loses the rows of its base that are in no rows message (those since its last checkpoint
-before the candidacy; start-up only).  With the anomaly gate on, the rows of rows messages are
+A candidate's rows since its last rows message go out as a rows message in the checkpoint of
+its candidacy, before its base: a candidate killed after committing its base and before
+learning that another base won lost them (they were only in its losing base).  With the
+anomaly gate on, the rows of rows messages are
 gated by each receiver's own gate, so the instances' row counts may differ by the few rows
 gated differently.  The replay doubles the folding work and the model memory of an instance.
 """
@@ -475,8 +477,13 @@ class ModelExchange(_Follower):
                 self.sent += 1
         elif getattr(model, "has_model_", False) and not model.warming_up_:
             # Past the warm-up and no base seen: this model is a candidate. Its rows since its
-            # last rows message are in it; kept until the candidacy is decided.
+            # last rows message go out first, in the same checkpoint: if another base wins, the
+            # group learns them even if this instance dies before it hears of it (under
+            # exactly_once another candidate's base may sit in an open transaction now); if
+            # this one wins, they are in its base and, as the base sender's, skipped.
             model.freeze_components()
+            if self.own_rows:
+                self._send_rows()
             self.base_id = f"{self.sender}-{model.n_samples_seen_}"
             arrays, meta = model.get_state()
             self._send("base", arrays, {"id": self.base_id, "model_meta": meta})
