@@ -75,7 +75,8 @@ PHASES = ("poll", "score", "produce", "flush", "checkpoint_write", "commit", "ex
 _NTH = {"poll": 14, "score": 12, "produce": 12, "flush": 3, "checkpoint_write": 3, "commit": 3}
 
 
-def _cli() -> list[str]:
+def cli_command() -> list[str]:
+    """The `streamgmm` command (the tests that start the CLI use it too)."""
     # The installed entry point beside this interpreter first: a version manager's shim found
     # on PATH (pyenv's is a shell script that runs `pyenv exec`) costs ~0.1 s per start, and
     # the crash loops start the CLI dozens of times.
@@ -167,7 +168,7 @@ def run_cmd(
     """The ``streamgmm run`` command line of the crash loop (gate off: every valid record is
     learned, so ``n_samples_seen_`` must equal the valid count)."""
     return [
-        *_cli(),
+        *cli_command(),
         "run",
         "--bootstrap-servers",
         bootstrap,
@@ -306,7 +307,10 @@ def crash_loop(
 
 def inspect(ckdir: Path) -> dict:
     r = subprocess.run(
-        [*_cli(), "inspect", str(ckdir), "--json"], capture_output=True, text=True, check=True
+        [*cli_command(), "inspect", str(ckdir), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(r.stdout)
 

@@ -30,11 +30,6 @@ class BatchFit:
     lower_bounds: list
     n_rows: int = 0
 
-    @property
-    def degenerate(self) -> bool:
-        """Some component rests on fewer than :data:`MIN_COMPONENT_ROWS` rows."""
-        return bool((self.weights * self.n_rows < MIN_COMPONENT_ROWS).any())
-
 
 # A fit with a component on fewer rows than this is degenerate: a component on one row has
 # no variance of its own (only the regulariser and the priors), and it buys training
@@ -278,7 +273,7 @@ def fit_batch(
     precisions)`` in the caller's units, any of them None, replacing the seeding's
     (scikit-learn's ``*_init``).  ``seedings``: one start per entry, each seeded by that
     ``init_params`` value (``init_params`` is then not used), and the fits of all of them are
-    returned, best first: the non-degenerate ones (:attr:`BatchFit.degenerate`) by decreasing
+    returned, best first (:func:`fit_rank`): the non-degenerate ones by decreasing
     log-likelihood, then the degenerate ones.  With more seedings than ``n_init``, each start
     runs :data:`SCREEN_ITER` iterations and only the best ``n_init`` go on to convergence (they
     come first in the list); a start whose hard seeding partitions the rows as an earlier one
@@ -319,7 +314,7 @@ def fit_batch(
         iters = min(max_iter, SCREEN_ITER) if screen else max_iter
         fits.append(_em(Xs, start, covariance_type, reg, prior, shrink, iters, tol))
     if screen:
-        fits.sort(key=lambda fit: _params_rank(fit[0].weights, fit[1], n))
+        fits.sort(key=lambda fit: fit_rank(fit[0].weights, fit[1], n))
         fits[: max(1, n_init)] = [
             _em(Xs, None, covariance_type, reg, prior, shrink, max_iter, tol, resume=fit)
             for fit in fits[: max(1, n_init)]
@@ -329,11 +324,7 @@ def fit_batch(
         _batch_fit(fit, center, scale, log_scale, covariance_type, X.shape[0]) for fit in fits
     ]
     if not every_start:  # the best log-likelihood, the first of equals (as scikit-learn)
-        best = results[0]
-        for fit in results[1:]:
-            if fit.log_likelihood > best.log_likelihood:
-                best = fit
-        return best
+        return max(results, key=lambda fit: fit.log_likelihood)
     # sorted() is stable: equal keys keep the order of the starts.  When screened, the fits
     # run to convergence come first.
     kept = max(1, n_init) if screen else len(results)
@@ -360,13 +351,14 @@ def _same_fit(a: BatchFit, b: BatchFit) -> bool:
 
 
 def _rank(fit: BatchFit):
-    """Sort key of fits, best first: non-degenerate, then the highest log-likelihood (NaN last)."""
-    return _params_rank(fit.weights, fit.log_likelihood, fit.n_rows)
+    return fit_rank(fit.weights, fit.log_likelihood, fit.n_rows)
 
 
-def _params_rank(weights, lower, n_rows):
+def fit_rank(weights, log_likelihood, n_rows):
+    """Sort key of fits of ``n_rows`` rows, best first: non-degenerate (no component on fewer
+    than :data:`MIN_COMPONENT_ROWS` rows), then the highest log-likelihood (NaN last)."""
     degenerate = bool((weights * n_rows < MIN_COMPONENT_ROWS).any())
-    return (degenerate, -lower if np.isfinite(lower) else np.inf)
+    return (degenerate, -log_likelihood if np.isfinite(log_likelihood) else np.inf)
 
 
 def _partition(resp) -> bytes:

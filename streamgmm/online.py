@@ -26,10 +26,10 @@ from streamgmm._lifecycle import Lifecycle
 from streamgmm._mixture_spec import MIXTURE_DEFAULTS
 from streamgmm._params import CachedParamNames, validate_once
 from streamgmm._warm_up import (
-    MIN_COMPONENT_ROWS,
     RECURRING_SHARE,
     feature_scales,
     fit_batch,
+    fit_rank,
     gross_rows,
     robust_bounds,
     variance_floors,
@@ -397,12 +397,9 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         return self
 
     def _rank(self, n_rows):
-        """How :meth:`fit` ranks complete fits of ``n_rows`` rows, lowest best: non-degenerate
-        (no component on fewer than ``MIN_COMPONENT_ROWS`` rows) first, then the highest
-        ``lower_bound_``."""
-        degenerate = bool((self.weights_ * n_rows < MIN_COMPONENT_ROWS).any())
-        lower = self.lower_bound_
-        return (degenerate, -lower if np.isfinite(lower) else np.inf)
+        """How :meth:`fit` ranks complete fits of ``n_rows`` rows (lowest best): as the
+        warm-up ranks its starts (``_warm_up.fit_rank``), by the final ``lower_bound_``."""
+        return fit_rank(self.weights_, self.lower_bound_, n_rows)
 
     def _online_passes(self, X, w, ordinary):
         """The rest of :meth:`fit` after the warm-up on ``X[:w]`` (X shuffled): learn the

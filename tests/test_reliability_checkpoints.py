@@ -17,7 +17,6 @@ import os
 import shutil
 import struct
 import subprocess
-import sys
 import time
 import uuid
 import zipfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fault_injection import cli_command as _cli
 
 from streamgmm.service import faults
 from streamgmm.service.checkpoint import (
@@ -40,14 +40,6 @@ from streamgmm.service.processor import Processor
 
 FEATURES = ["a", "b", "c"]
 PKG = Path(__file__).resolve().parent.parent / "streamgmm"
-
-
-def _cli() -> list[str]:
-    # The installed entry point beside this interpreter first: a version manager's shim on
-    # PATH (pyenv's runs `pyenv exec` from a shell script) costs ~0.1 s per start.
-    beside = Path(sys.executable).with_name("streamgmm")
-    exe = str(beside) if beside.is_file() else shutil.which("streamgmm")
-    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
 
 
 def _write_input(path: Path, n: int = 3000, seed: int = 0) -> int:

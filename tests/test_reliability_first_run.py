@@ -6,21 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-
-def _cli() -> list[str]:
-    # The installed entry point beside this interpreter first: a version manager's shim on
-    # PATH (pyenv's runs `pyenv exec` from a shell script) costs ~0.1 s per start.
-    beside = Path(sys.executable).with_name("streamgmm")
-    exe = str(beside) if beside.is_file() else shutil.which("streamgmm")
-    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
+from fault_injection import cli_command as _cli
 
 
 def _records(n: int, fields=("a", "b", "c"), seed: int = 0) -> list[str]:

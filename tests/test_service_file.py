@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import time
 
 import numpy as np
 import pytest
+from fault_injection import cli_command as _cli
 
 from streamgmm.service.checkpoint import latest_checkpoint
 from streamgmm.service.cli import main
@@ -21,11 +21,6 @@ from streamgmm.service.config import load_config
 from streamgmm.service.processor import Processor
 
 FEATURES = ["a", "b", "c"]
-
-
-def _cli() -> list[str]:
-    exe = shutil.which("streamgmm")
-    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
 
 
 def _rows(n, seed=0):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 from _kafka import read_all
+from fault_injection import cli_command as _cli
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import CoordinatorNotAvailableError
 
@@ -30,11 +29,6 @@ BAD = [
     b'{"a": NaN, "b": 1, "c": 2}',
     b'{"a": 1e400, "b": 1, "c": 2}',
 ]
-
-
-def _cli() -> list[str]:
-    exe = shutil.which("streamgmm")
-    return [exe] if exe else [sys.executable, "-m", "streamgmm.service.cli"]
 
 
 def _run_cmd(bootstrap, tin, tout, tdlq, group, ckdir, *extra) -> list[str]:

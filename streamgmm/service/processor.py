@@ -1146,6 +1146,10 @@ class Processor:
         thr = float(gate.threshold_for(model)) if model is not None and self._n_seen() else math.inf
         # over the gate's last complete window
         recent = float(gate.recent_flag_rate_) if gate is not None else math.nan
+        # The gate counts every row not learned, the model's hold-backs included.
+        held = self._global_count(model, "n_held_back_")
+        excluded = self._global_count(gate, "n_excluded_")
+        kept_out = None if held is None or excluded is None else excluded - held
         return {
             "records_in": run["in"],
             "outputs": run["out"],
@@ -1157,10 +1161,8 @@ class Processor:
             "warming_up": bool(getattr(model, "warming_up_", True)),
             "rows_learned": self._n_seen(),
             # global scope: why the other valid rows were not learned (model totals)
-            "rows_held_back": self._global_count(model, "n_held_back_"),
-            "rows_kept_out": _difference(
-                self._global_count(gate, "n_excluded_"), self._global_count(model, "n_held_back_")
-            ),
+            "rows_held_back": held,
+            "rows_kept_out": kept_out,
             "recent_flag_rate": recent if math.isfinite(recent) else None,
             "flag_rate_alarm": bool(gate is not None and gate.flag_rate_alarm_),
             "dead_reasons": self._dead_reasons.most_common(3),
@@ -1470,12 +1472,6 @@ def _max_abs() -> float:
     except ImportError:  # older core: keep the documented bound
         return 1e150
     return float(MAX_ABS_VALUE)
-
-
-def _difference(a: int | None, b: int | None) -> int | None:
-    """``a - b``, or None if either is (the gate counts every row not learned, the model's
-    hold-backs included)."""
-    return None if a is None or b is None else a - b
 
 
 class _Results:
