@@ -347,18 +347,52 @@ def _shrunk_by_scores(cov, lams, lam_ss, scores, valid, n_used, total):
 PRIOR_COUNT = 1.0
 # ...which tapers to nothing for a component resting on this many rows or more.
 FEW_ROWS = 30.0
+# The lasting floor is the whole Sheppard floor up to this many rows (then 12 / (n + 2) of it).
+SHEPPARD_ROWS = 10.0
 
 
-def prior_weight(counts):
+def prior_weight(counts, lasting=False):
     """Weight of the variance floor in a variance resting on ``counts`` rows.
 
-    ``PRIOR_COUNT / (n + PRIOR_COUNT)`` (a conjugate prior worth one row) times the taper
-    ``max(0, 1 - n / FEW_ROWS)^2``: a component resting on *a few* equal values is not made a
-    spike by them, while one with dozens of rows keeps what its rows show, as scikit-learn's
-    would (on lattice-valued data such spikes are real: held-out rows sit on them too).
+    Fading (scikit-learn's semantics, integer ``n_components``): ``PRIOR_COUNT / (n +
+    PRIOR_COUNT)`` (a conjugate prior worth one row) times the taper ``max(0, 1 - n /
+    FEW_ROWS)^2``: a component resting on *a few* equal values is not made a spike by them,
+    while one with dozens of rows keeps what its rows show, as scikit-learn's would -- down to
+    the regulariser (1e-6 in standardised units), so that a held-out row one value off the
+    spike scores ~5e6 nats below it on a binary feature.
+
+    ``lasting`` (``n_components="auto"``: components are dropped at the warm-up and rows held
+    back online, so some rows are covered by no component of their own): the floor
+    ``delta^2 / 12`` while ``n <= SHEPPARD_ROWS``, then ``12 / (n + 2)`` of it, i.e.
+    ``delta^2 / (n + 2)``.  By the rule of succession a component whose ``n`` rows share a
+    discrete feature's value has another value next with probability ``p ~ 1 / (n + 2)``; the
+    variance that maximises the expected log-density of that next row, the nearest other value
+    lying one resolution step ``delta`` away, is ``p delta^2``.  A row one step off the spike
+    then costs ``~(n + 2) / 2`` nats instead of millions.
     """
     n = np.asarray(counts, dtype=np.float64)
+    if lasting:
+        return np.minimum(1.0, (SHEPPARD_ROWS + 2.0) / (n + 2.0))
     return PRIOR_COUNT / (n + PRIOR_COUNT) * np.maximum(0.0, 1.0 - n / FEW_ROWS) ** 2
+
+
+class VariancePrior:
+    """Variance floors (``_warm_up.variance_floors``, in the fit's units) and their rule
+    (:func:`prior_weight`), as the batch M-step applies them (:func:`batch_m_step`)."""
+
+    __slots__ = ("floors", "lasting")
+
+    def __init__(self, floors, lasting=False):
+        self.floors = floors
+        self.lasting = bool(lasting)
+
+    def apply(self, cov, counts, covariance_type):
+        """The variances with the prior applied (a new array): for the fading rule,
+        ``(1 - b) C + b floor`` (a conjugate prior); for the lasting one, at least
+        ``b floor`` (a floor: a component with real spread keeps it)."""
+        if self.lasting:
+            return floor_variances(cov.copy(), self.floors, counts, covariance_type, True)
+        return apply_prior(cov, self.floors, counts, covariance_type)
 
 
 def batch_m_step(
@@ -366,8 +400,9 @@ def batch_m_step(
 ):
     """Batch EM M-step (used by the warm-up fit): weights, means, unregularised covariances.
 
-    ``prior`` (D,), optional: variance floors, so a component's variance is
-    ``(1 - b) S_k + b floor`` with ``b = prior_weight(n_k)``.  With ``shrink``, full and tied
+    ``prior`` (:class:`VariancePrior`), optional: variance floors, so a component's variance
+    is ``(1 - b) S_k + b floor`` with ``b = prior_weight(n_k)`` (at least ``b floor`` for the
+    lasting rule).  With ``shrink``, full and tied
     covariances are shrunk toward their diagonal by the intensity that predicts the rows best
     (:func:`shrink_by_likelihood`; ``reg`` (D,), default 0, is the regulariser added before
     use).
@@ -390,8 +425,8 @@ def batch_m_step(
         cov = (rk * diff * diff).sum(axis=1) / nk[:, None]
     else:
         cov = (rk[:, :, 0] * np.einsum("knd,knd->kn", diff, diff)).sum(axis=1) / nk / X.shape[1]
-    if prior is not None and prior.any():
-        cov = apply_prior(cov, prior, nk if covariance_type != "tied" else n, covariance_type)
+    if prior is not None and prior.floors.any():
+        cov = prior.apply(cov, nk if covariance_type != "tied" else n, covariance_type)
     return nk / n, means, cov
 
 
@@ -417,13 +452,13 @@ def apply_prior(cov, floors, counts, covariance_type):
     return a * cov + b * floors.mean()
 
 
-def floor_variances(cov, floors, counts, covariance_type):
-    """Raise each variance to at least ``prior_weight(n_k) floor`` (online).
+def floor_variances(cov, floors, counts, covariance_type, lasting=False):
+    """Raise each variance to at least ``prior_weight(n_k, lasting) floor`` (online).
 
-    The online form of the prior of :func:`batch_m_step`: it binds only on components resting
-    on few rows; in place, returns ``cov``.
+    The online form of the prior of :func:`batch_m_step`: the fading rule binds only on
+    components resting on few rows; in place, returns ``cov``.
     """
-    b = prior_weight(counts)
+    b = prior_weight(counts, lasting)
     if covariance_type in ("full", "tied"):
         idx = np.arange(floors.shape[0])
         diag = cov[..., idx, idx]

@@ -224,7 +224,7 @@ def gross_rows(X: np.ndarray) -> np.ndarray:
     return gross
 
 
-def variance_floors(X: np.ndarray) -> np.ndarray:
+def variance_floors(X: np.ndarray, capped: bool = True) -> np.ndarray:
     """Per feature, the variance a component's variance is pulled toward when it rests on a
     few rows: ``min(delta^2 / 12, var)`` for a discrete feature, 0 for the others.
 
@@ -235,7 +235,9 @@ def variance_floors(X: np.ndarray) -> np.ndarray:
     features get 0: their scale is unknown (``OnlineGaussianMixture`` regularises them in its
     provisional fits).  The floor enters as a prior (``_covariance.prior_weight``) that fades
     as a component gathers rows: a component with dozens of rows equal on a feature keeps the
-    data's spike, one with a few is not made a spike by them.
+    data's spike, one with a few is not made a spike by them.  Uncapped (``capped=False``)
+    for the lasting rule, whose floor falls as ``delta^2 / (n + 2)`` with the rows: the gap
+    to the nearest other value, not the feature's spread, is what a spike must not ignore.
     """
     n, d = X.shape
     floors = np.zeros(d)
@@ -244,7 +246,9 @@ def variance_floors(X: np.ndarray) -> np.ndarray:
         if values.size < 2 or 4 * values.size > n:
             continue
         delta = float(np.diff(values).min())
-        floors[j] = min(delta * delta / 12.0, float(X[:, j].var()))
+        floors[j] = delta * delta / 12.0
+        if capped:
+            floors[j] = min(floors[j], float(X[:, j].var()))
     return floors
 
 
@@ -263,11 +267,13 @@ def fit_batch(
     shrink: bool = True,
     init=(None, None, None),
     seedings=None,
+    lasting_floors: bool = False,
 ) -> BatchFit | list[BatchFit]:
     """Fit a mixture to X by batch EM; covariances returned without the regulariser.
 
     ``scale``: each feature's scale (:func:`feature_scales`); the fit runs in those units.
-    ``floors``: :func:`variance_floors`, in the caller's units.  ``reg_covar`` (a scalar, or
+    ``floors``: :func:`variance_floors`, in the caller's units, applied by the lasting rule if
+    ``lasting_floors`` (``_covariance.prior_weight``).  ``reg_covar`` (a scalar, or
     one per feature) is in standardised units; ``shrink``: shrink full and tied covariances
     toward their diagonal (``_covariance.shrink_by_likelihood``).  ``init``: ``(weights, means,
     precisions)`` in the caller's units, any of them None, replacing the seeding's
@@ -286,7 +292,7 @@ def fit_batch(
         # One variance per component is only meaningful in units shared by all features.
         scale = np.full_like(scale, np.sqrt(np.mean(scale**2)))
     Xs = (X - center) / scale
-    prior = floors / scale**2
+    prior = cov_ops.VariancePrior(floors / scale**2, lasting_floors)
     # In standardised units the regulariser is the same for every feature.
     reg = np.broadcast_to(np.asarray(reg_covar, dtype=np.float64), X.shape[1]).copy()
     init_s = _standardise_init(init, center, scale, covariance_type)

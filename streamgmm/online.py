@@ -138,7 +138,11 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         (a persistent, coherent group of poorly explained records), merged (two components
         that explain the same data) and removed (weight starving), see
         :mod:`streamgmm._lifecycle`.  ``n_components_`` tells how many there are now and
-        ``component_ids_`` which (stable ids).
+        ``component_ids_`` which (stable ids).  With ``"auto"`` the variance floors of
+        discrete features last (``_covariance.prior_weight``): rows left without a component
+        of their own then cost nats, not millions of them.  With an integer, as in
+        scikit-learn, a component may become a spike of ``reg_covar``'s width on a value all
+        its rows share.
     covariance_type
         ``"full"``, ``"diag"``, ``"spherical"`` or ``"tied"``, as in scikit-learn.
     half_life
@@ -1524,8 +1528,19 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             return
         rows = (s0 / s0.sum()) / self._steps(1)[0]
         cov_ops.floor_variances(
-            cov, self._floors, rows.sum() if self._tied else rows, self.covariance_type
+            cov,
+            self._floors,
+            rows.sum() if self._tied else rows,
+            self.covariance_type,
+            self._lasting_floors,
         )
+
+    @property
+    def _lasting_floors(self):
+        """Whether the variance floors last (``n_components="auto"``; see
+        ``_covariance.prior_weight``): its warm-up drops light components and its life cycle
+        holds rows back, so rows that no component of their own covers are expected."""
+        return self.n_components == "auto"
 
     def _derive(self):
         """Views the compiled kernels want; recomputed whenever the arrays are replaced."""
@@ -1604,14 +1619,18 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
             constant = np.ptp(X, axis=0) == 0
             reg_covar[constant] = np.maximum(reg_covar[constant], 1.0 / (X.shape[0] + 1))
         self._reg = reg_covar * scale**2
-        self._floors = variance_floors(X) if regularise else np.zeros(X.shape[1])
+        lasting = self._lasting_floors
+        if regularise:
+            self._floors = variance_floors(X, capped=not lasting)
+        else:
+            self._floors = np.zeros(X.shape[1])
         init = self._checked_init(X.shape[1])
 
         def fit_k(k, seed, seedings=None):
             return fit_batch(
                 X, scale, self._floors, k, self.covariance_type, reg_covar, n_init,
                 self.init_params, self.max_iter, self.tol, np.random.default_rng(seed),
-                shrink=regularise, init=init, seedings=seedings,
+                shrink=regularise, init=init, seedings=seedings, lasting_floors=lasting,
             )  # fmt: skip
 
         if self.n_components != "auto":

@@ -10,6 +10,7 @@ fails the tests that need it, with the broker's log tail; nothing is skipped.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import re
 import sys
@@ -36,6 +37,20 @@ import kafka_broker as kafka_broker_module
 # threads, 51 s with one).
 for _blas_threads in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_blas_threads, "1")
+
+
+@pytest.fixture(autouse=True)
+def _streamgmm_logger_restored():
+    """The CLI's ``setup_logging``, run in-process by some tests, takes the ``streamgmm``
+    logger off the root logger (``propagate=False``, its own handler): put it back after each
+    test, or ``caplog`` sees nothing in the tests that run after one of those (measured:
+    ``test_service_state_cache.py`` failed after ``test_service_file.py`` alone)."""
+    logger = logging.getLogger("streamgmm")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @pytest.fixture(scope="session")

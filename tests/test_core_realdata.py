@@ -298,3 +298,45 @@ def test_fit_screens_its_extra_starts_and_runs_each_partition_once(monkeypatch):
     assert sum(fit.n_iter for fit in screened) < 0.8 * sum(fit.n_iter for fit in every)
     # The screen kept the start that is best once every start has converged.
     assert screened[0].log_likelihood == pytest.approx(every[0].log_likelihood, abs=1e-9)
+
+
+# -- discrete features under n_components="auto": floors that last ---------------------------
+
+
+def test_auto_has_no_room_for_enormous_scores_on_lattice_data():
+    # Phishing (every feature takes 2-3 values), the default estimator.  With floors that fade
+    # (as at a fixed K) its warm-up dropped the light component that held a binary feature's
+    # rarer value, every kept component was a spike of the regulariser's width (1e-6) on the
+    # other value, and 32 of the 375 held-out rows scored about -2.1e6 (-11,633 nats per
+    # feature on average).  The lasting floor bounds a row one value off a spike by ~(n + 2) / 2
+    # nats: now the worst held-out row scores -70 and the mean -1.99 per feature.
+    train, test = _standardised_split(_river_features("Phishing"))
+    model = OnlineGaussianMixture(random_state=0).fit(train)
+    ll = model.score_samples(test)
+    assert ll.min() > -500
+    assert ll.mean() / test.shape[1] > -3.0
+
+
+def test_auto_floor_follows_the_rule_of_succession():
+    # Two clusters 40 apart; a binary feature is 1 in a fifth of the first cluster's rows and
+    # 0 in all of the second's, whose variance on it rests on rows that are all 0.  A fixed K
+    # keeps scikit-learn's spike (the regulariser's width): a row of the second cluster with a
+    # 1 is then explained only by the first component, 40 away (~800 nats).  With "auto" the
+    # floor delta^2 / (n + 2) keeps the penalty near (n + 2) / 2, n being the rows behind the
+    # component (online: its weight times the step's memory, ~360 here).
+    rng = np.random.default_rng(0)
+    n = 4000
+    first = rng.integers(0, 2, n) == 0
+    X = np.empty((n, 3))
+    X[:, :2] = rng.normal(size=(n, 2)) + np.where(first, 0.0, 40.0)[:, None]
+    X[:, 2] = np.where(first, (rng.random(n) < 0.2).astype(float), 0.0)
+    penalty = {}
+    for k in ("auto", 2):
+        model = OnlineGaussianMixture(k, covariance_type="diag", random_state=0)
+        for i in range(0, n, 100):
+            model.partial_fit(X[i : i + 100])
+        assert model.n_components_ == 2
+        on, off = model.score_samples(np.array([[40.0, 40.0, 0.0], [40.0, 40.0, 1.0]]))
+        penalty[k] = on - off
+    assert penalty[2] > 700
+    assert 20.0 < penalty["auto"] < 400
