@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import math
+import time
 import warnings
 from numbers import Integral, Real
 from typing import NamedTuple
@@ -60,6 +62,8 @@ MIN_REG = 1e-10
 RELATIVE_REG = 1e-12
 # Candidates of n_components="auto" (chosen by BIC at each warm-up fit).
 AUTO_COMPONENTS = range(1, 9)
+
+log = logging.getLogger(__name__)
 # The warm-up of n_components="auto" is sized for this many full covariances (2 (D + 1) rows
 # each); online births add components later if the stream needs them.
 AUTO_WARM_UP_COMPONENTS = 3
@@ -133,8 +137,9 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
         default): K is chosen at each warm-up fit by the Bayesian information criterion over
         ``1..8`` (:data:`AUTO_COMPONENTS`, never more than half the rows nor
         ``max_components``; in a provisional fit during the warm-up, nor one per
-        ``2 (D + 1)`` rows), and the chosen fit's components lighter than ``min_weight`` are
-        dropped (they modelled rare groups: anomalies); online, components are then born
+        ``2 (D + 1)`` rows; each K tried is logged, at INFO for the final fit), and the chosen
+        fit's components lighter than ``min_weight`` are dropped (they modelled rare
+        groups: anomalies); online, components are then born
         (a persistent, coherent group of poorly explained records), merged (two components
         that explain the same data) and removed (weight starving), see
         :mod:`streamgmm._lifecycle`.  ``n_components_`` tells how many there are now and
@@ -1654,15 +1659,44 @@ class OnlineGaussianMixture(CachedParamNames, DensityMixin, BaseEstimator):
                 # the next rows, and the service flagged 20 of a clean stream's first 60
                 # records (3 with this cap).
                 top = min(top, max(1, n // (2 * (X.shape[1] + 1))))
-            for k in [k for k in AUTO_COMPONENTS if k <= top]:
+            ks = [k for k in AUTO_COMPONENTS if k <= top]
+            # The warm-up's final scan can take a minute on wide data (digits, D=64: one K of
+            # eight takes seconds): said at INFO, one line per K, so a run does not look hung.
+            # Provisional fits are smaller and quicker: DEBUG.
+            level = logging.DEBUG if stream else logging.INFO
+            t_all = time.perf_counter()
+            log.log(
+                level,
+                "%s: choosing K by BIC on %d rows of %d features, K = %d..%d",
+                "provisional fit" if stream else "warm-up",
+                n, X.shape[1], ks[0], ks[-1],
+            )  # fmt: skip
+            for k in ks:
+                t0 = time.perf_counter()
                 candidate = fit_k(k, [self._seed, stream, k])
                 bic = -2.0 * candidate.log_likelihood * n + self._n_parameters(k) * np.log(n)
+                log.log(
+                    level,
+                    "K=%d of %d: BIC %.6g (%.1f s)",
+                    k, ks[-1], bic, time.perf_counter() - t0,
+                )  # fmt: skip
                 if bic < best_bic:
                     best_bic, fit = bic, candidate
             # Components lighter than min_weight modelled rare groups of the warm-up (anomalies,
             # not regimes): they are dropped, so that such records stay poorly explained.
+            k_best = fit.weights.shape[0]
             fit = self._without_light(fit, X)
             self._k = fit.weights.shape[0]
+            log.log(
+                level,
+                "K=%d chosen (least BIC)%s, in %.1f s",
+                k_best,
+                f"; {k_best - self._k} of its components lighter than min_weight="
+                f"{self.min_weight} dropped: K={self._k}"
+                if self._k < k_best
+                else "",
+                time.perf_counter() - t_all,
+            )
         self._install(fit)
         return fit
 

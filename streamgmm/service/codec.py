@@ -121,6 +121,12 @@ class Decoder:
         number of features, else "wrong dimension").
     max_abs
         Larger magnitudes are dead letters ("overflows"): the model's statistics square them.
+    origin
+        Where given ``features`` come from, for the log line that names them (``"from the
+        checkpoint ..."``); ``None``: configured.
+    announce
+        Whether inferred features are logged when found (the processor says it itself when it
+        only re-detects a checkpoint's features to check this input against them).
 
     Attributes
     ----------
@@ -139,8 +145,11 @@ class Decoder:
         timestamp_field: str | None = "timestamp",
         vector_field: str | None = None,
         max_abs: float = 1e150,
+        origin: str | None = None,
+        announce: bool = True,
     ):
         self.max_abs = float(max_abs)
+        self.announce = announce
         self.features = list(features) if features is not None else None
         self.max_record_bytes = max_record_bytes
         self.key_field = key_field
@@ -150,8 +159,14 @@ class Decoder:
             raise ValueError("vector_field needs an explicit feature list")
         self.invalid_timestamps = 0
         self.excluded: dict[str, str] = {}
+        # Inferred features: the numeric fields they were chosen from (the first record's), and
+        # a hook called once they are chosen, before any row is decoded (the processor checks
+        # them against a checkpoint's there, and may replace them by the checkpoint's).
+        self.fields: list[str] | None = None
+        self.on_inferred: Callable[[], None] | None = None
         if self.features is not None:
-            log.info("features: %s", ", ".join(self.features))
+            where = f" ({origin})" if origin else ""
+            log.info("features%s: %s", where, ", ".join(self.features))
 
     # -- the timestamp field ----------------------------------------------------------------
     def _timestamp(self, value: Any, rec: RawRecord) -> Any:
@@ -209,7 +224,9 @@ class Decoder:
                 "; ".join(f"{n}: {why}" for n, why in excluded.items()),
             )
             chosen, excluded = names, {}
-        self.features, self.excluded = chosen, excluded
+        self.features, self.excluded, self.fields = chosen, excluded, list(names)
+        if not self.announce:
+            return
         log.info(
             "features (auto-detected from the first %d records): %s", len(batch), ", ".join(chosen)
         )
@@ -303,6 +320,8 @@ class Decoder:
         numeric = _NUMERIC_TYPES
         if self.features is None:
             self._infer(batch)
+            if self.features is not None and self.on_inferred is not None:
+                self.on_inferred()
         feats = self.features
         nfeat = len(feats) if feats is not None else 0
         get = _row_getter(feats) if feats is not None else None

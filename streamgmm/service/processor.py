@@ -273,6 +273,7 @@ class Processor:
         self._outage_logged = 0.0
         self._processing = False
         self.source: Source | None = None
+        self.out = self.dead = None  # the output and dead-letter sinks (see _open)
         self.restored_from: Path | None = None
         ck = None
         # With the model exchange the model is the group's, read from the exchange topic.
@@ -289,6 +290,8 @@ class Processor:
         # this input's fields differ (checked on the first valid record, before any scoring).
         self.features_inferred = cfg.features is None
         self._expect_features: list[str] | None = None
+        # ...and the numeric fields they were chosen from (None: a checkpoint older than that)
+        self._expect_fields: list[str] | None = None
         if ck is not None:
             self._check_compatible(ck)
             store_from_checkpoint(ck, self.states)
@@ -297,6 +300,8 @@ class Processor:
                 self.features_inferred = bool(ck.meta.get("features_inferred"))
                 if self.features_inferred and features:
                     self._expect_features, features = list(features), None
+                    fields = ck.meta.get("feature_fields")
+                    self._expect_fields = list(fields) if fields is not None else None
             off = ck.meta.get("offsets", {})
             self.checkpointer.positions.update(positions_from_meta(off))
             self._released = {SourcePartition.parse(k) for k in ck.meta.get("released", [])}
@@ -313,6 +318,12 @@ class Processor:
         elif self.store is not None and not cfg.fresh and cfg.mode == "kafka" and not exchange:
             self._refuse_forgotten_model()
         self._ck_seq = ck.seq if ck is not None else 0
+        # Where the features come from, for the log line that names them: a resumed run takes
+        # them from its checkpoint (a new user read "auto-detected" there and thought this
+        # input had chosen them).
+        origin = None
+        if ck is not None and features is not None and cfg.features is None:
+            origin = f"from checkpoint {ck.path.name}"
         self.decoder = Decoder(
             features,
             max_record_bytes=cfg.max_record_bytes,
@@ -320,7 +331,11 @@ class Processor:
             timestamp_field=cfg.timestamp_field,
             vector_field=cfg.vector_field,
             max_abs=_max_abs(),
+            origin=origin,
+            announce=self._expect_features is None,
         )
+        if self._expect_features is not None:
+            self.decoder.on_inferred = self._check_inferred_features
         self._resumed = ck is not None
         # Scope key: warn when no record has a key (all would go to the pooled model).
         self._key_watch = KeyWatch(cfg.key_field) if cfg.model.scope == "key" else None
@@ -385,18 +400,37 @@ class Processor:
             )
 
     def _check_inferred_features(self) -> None:
-        found, expected = self.decoder.features, self._expect_features
+        """This input against a checkpoint whose features were auto-detected (the decoder's
+        hook, on the first batch, before any row is decoded): refused when a feature is not
+        among the numeric fields of its first record, or (checkpoints that recorded them) a
+        numeric field is new; else the checkpoint's features are the features.  The value
+        rules of the detection (constant, two values, counting) are not judged again: on a
+        later part of the same stream (a file that grew) they may differ, and such a resume
+        was refused (digits: pixels 0 in the first 500 rows, not in the next)."""
+        dec = self.decoder
+        found, expected, fields = dec.fields, self._expect_features, self._expect_fields
         self._expect_features = None
-        if found != expected:
-            missing = [f for f in expected if f not in found]
-            extra = [f for f in found if f not in expected]
+        missing = [f for f in expected if f not in found]
+        extra = [f for f in found if f not in fields] if fields is not None else []
+        if missing or extra:
             raise CheckpointRefused(
                 f"checkpoint {self.restored_from} was made with the auto-detected features "
-                f"{expected}, but this input's numeric fields are {found}"
-                + (f" (missing {missing})" if missing else "")
-                + (f" (new {extra})" if extra else "")
+                f"{_names(expected)}, but this input's numeric fields are {_names(found)}"
+                + (f" (missing {_names(missing)})" if missing else "")
+                + (f" (new {_names(extra)})" if extra else "")
                 + ". Use --features to choose, another --checkpoint-dir, or --fresh."
             )
+        unused = [f for f in found if f not in expected]
+        dec.features, dec.fields = list(expected), list(fields if fields is not None else found)
+        dec.excluded = {f: dec.excluded.get(f, "not a feature of the checkpoint") for f in unused}
+        log.info(
+            "features (from checkpoint %s, auto-detected by the run that started it; this "
+            "input has them all): %s",
+            self.restored_from.name,
+            ", ".join(expected),
+        )
+        if unused:
+            log.info("not used as features, as in that run: %s", ", ".join(unused))
 
     def _global_count(self, obj, name: str) -> int | None:
         """A counter of the one model or gate in global scope (None in the other scopes)."""
@@ -489,6 +523,14 @@ class Processor:
                 )
             elif start:
                 log.info("resuming %s at record %d", cfg.input.path, start)
+        if self._expect_features is None:
+            self._open_sinks()
+        # else: resuming a checkpoint whose features were auto-detected, which this input's
+        # fields must match (checked on its first batch): the outputs are opened only then, so
+        # a refused resume creates, truncates or leaves behind no output file.
+
+    def _open_sinks(self) -> None:
+        cfg, k = self.cfg, self.cfg.kafka
         if cfg.mode == "kafka" and k.output_topic and cfg.output.path is None:
             self.out = KafkaSink(self.producer, k.output_topic)
         else:
@@ -847,6 +889,8 @@ class Processor:
         return seeks
 
     def _flush(self) -> None:
+        if self.out is None:  # not opened yet (see _open): nothing written
+            return
         self.out.flush()
         self.dead.flush()
         for s in (self.out, self.dead):
@@ -870,8 +914,15 @@ class Processor:
                     "model": self.cfg.model.estimator_params(),
                     "gate": self.cfg.gate.model_dump(),
                 },
-                "features": self.decoder.features,
+                # Not re-detected yet (a resume that read no record): still the checkpoint's
+                # (a checkpoint without them let the next run detect anything, unchecked).
+                "features": self.decoder.features
+                if self.decoder.features is not None
+                else self._expect_features,
                 "features_inferred": self.features_inferred,
+                "feature_fields": self.decoder.fields
+                if self.decoder.fields is not None
+                else self._expect_fields,
                 "offsets": positions_to_meta(self.offsets),
                 "released": sorted(sp.label for sp in self._released),
                 "sinks": dict(self.sink_sizes),
@@ -910,8 +961,8 @@ class Processor:
     def process_batch(self, batch: list[RawRecord]) -> None:
         t0 = time.perf_counter()
         dec = self.decoder.decode_batch(batch)
-        if self._expect_features is not None and self.decoder.features is not None:
-            self._check_inferred_features()
+        if self.out is None:
+            self._open_sinks()  # see _open
         if self._key_watch is not None and dec.rows:
             said = self._key_watch.observe(dec.keys, lambda: _fields(batch[dec.rows[0]]))
             if said:
@@ -1124,6 +1175,8 @@ class Processor:
             self._open()
             gc_tuned = _gc_for_streaming()
             self._loop()
+            if self.out is None:  # no record came (see _open)
+                self._open_sinks()
             self._checkpoint()
             return self._report()
         finally:
@@ -1305,8 +1358,9 @@ class Processor:
     def _show(self) -> None:
         # Durability still comes from the checkpoint's flush; a failure here reappears there.
         for sink in (self.out, self.dead):
-            with contextlib.suppress(OSError):
-                sink.flush()
+            if sink is not None:
+                with contextlib.suppress(OSError):
+                    sink.flush()
 
     def _watch_broker(self) -> None:
         # A thread: the loop itself may sit in a blocking flush/commit while the broker is away.
@@ -1372,6 +1426,14 @@ class Processor:
             self.changelog.close()
         if self.exchange is not None:
             self.exchange.close()
+
+
+def _names(names: list[str], at_most: int = 12) -> str:
+    """``names`` as a list, the first ``at_most`` of a longer one and how many more (a refusal
+    on 64 pixel columns listed 170 names)."""
+    if len(names) <= at_most:
+        return str(names)
+    return f"{str(names[:at_most])[:-1]}, ... {len(names) - at_most} more]"
 
 
 class _ChangelogJournal:

@@ -72,8 +72,13 @@ class FileSink:
             self.is_file = False
             self._f = open(path, "wb")  # noqa: SIM115 - held open by the sink
             return
+        # A missing folder is created, and said (INFO): the shipped example writes into out/,
+        # which a fresh clone lacks, and the checkpoint folder is created the same way; the
+        # line names the folder in full, so a mistyped path shows.
         parent = os.path.dirname(os.path.abspath(path))
-        os.makedirs(parent, exist_ok=True)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, exist_ok=True)
+            log.info("created the folder %s for the output %s (it did not exist)", parent, path)
         if resume_size is None:
             self._f = open(path, "wb")  # noqa: SIM115 - held open by the sink
         else:
