@@ -161,3 +161,34 @@ def test_a_refusal_on_wide_input_names_a_dozen_fields_and_counts_the_rest(tmp_pa
     assert r.returncode == 2, r.stderr
     assert "auto-detected features ['p0', 'p1', " in r.stderr
     assert "'p11', ... 18 more], but this input's numeric fields are ['q'] (missing" in r.stderr
+
+
+def test_kafka_resume_with_auto_detected_features_opens_its_outputs_on_the_first_batch(
+    kafka_bootstrap, tmp_path
+):
+    # The outputs of a resume whose features were auto-detected are opened after the first
+    # batch's check (see above); on Kafka too every record gets its output or dead letter once.
+    import fault_injection as fi
+
+    topics = fi.make_topics(kafka_bootstrap, 1, stem="autofeat")
+    valid = fi.produce(kafka_bootstrap, topics[0], 3000, 1)
+    ck = tmp_path / "ck"
+    cmd = fi.run_cmd(kafka_bootstrap, *topics, f"autofeat-{topics[0]}", ck, 500)
+    i = cmd.index("--features")
+    cmd = cmd[:i] + cmd[i + 2 :]  # features auto-detected
+    i = cmd.index("--idle-timeout")
+    cmd[i + 1] = "15"  # the first group join on a fresh broker can take seconds
+    env = fi._env(None)  # static membership: the restart rejoins at once
+    first = subprocess.run(
+        [*cmd, "--max-records", "1500"], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "features (auto-detected from the first " in first.stderr
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "features (from checkpoint ckpt-" in second.stderr, second.stderr[-3000:]
+    assert "auto-detected from the first" not in second.stderr
+    f = fi.audit(kafka_bootstrap, *topics)
+    assert f["records_in"] == 3000 and f["lost"] == 0 and f["unexpected"] == 0, f
+    assert f["duplicated_records"] == 0, f
+    assert f["outputs"] == valid and f["dead_letters"] == 3000 - valid, f
