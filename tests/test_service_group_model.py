@@ -542,6 +542,8 @@ def test_a_candidate_that_loses_the_base_race_and_dies_loses_no_rows(kafka_boots
         ex.tick(slot)
         if commit:
             producer.commit_transaction()
+        else:  # in the log, in the open transaction (the client may hold it back otherwise:
+            producer.flush()  # B's candidacy then came first, on a loaded machine)
 
     try:
         learn(b, b_slot, X[:150])
