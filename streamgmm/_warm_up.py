@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.cluster import KMeans, kmeans_plusplus
 
 from streamgmm import _covariance as cov_ops
 
@@ -49,6 +48,10 @@ def _initial_resp(X, n_components, init_params, rng):
     if init_params == "random":
         resp = rng.uniform(size=(n, n_components))
         return resp / resp.sum(axis=1, keepdims=True)
+    # scikit-learn's k-means is imported here, not at module level (~0.2 s): a process that
+    # restores its models (every restart of the service) never warms up.
+    from sklearn.cluster import KMeans, kmeans_plusplus
+
     if init_params == "kmeans":
         labels = KMeans(n_components, n_init=1, random_state=seed).fit(X).labels_
     else:

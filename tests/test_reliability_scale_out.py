@@ -24,7 +24,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _instances import kill_while_producing
+from _instances import kill_while_producing, owns_partitions
 from _kafka import read_all
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from test_service_scope import FEATURES, _digits
@@ -149,14 +149,9 @@ def test_three_instances_sigkilled_learn_every_record_exactly_once(
             faulty.add(proc.pid)
         return proc
 
-    def working(proc, timeout=20.0) -> None:
-        """Wait until ``proc`` owns partitions (a kill before that tests only the group join)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            with open(proc.log_path) as f:
-                if "partitions assigned: ['" in f.read():
-                    return
-            time.sleep(0.2)
+    def working(proc, timeout=20.0) -> bool:
+        """Whether ``proc`` owns partitions, waiting up to ``timeout`` seconds for it."""
+        return owns_partitions(proc, timeout)
 
     # Records arrive over ~19 s while instances are killed and restarted.
     def produce():

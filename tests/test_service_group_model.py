@@ -25,7 +25,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from _instances import kill_while_producing
+from _instances import kill_while_producing, owns_partitions
 from _kafka import read_all
 from river import datasets
 
@@ -342,13 +342,8 @@ def test_exactly_once_group_model_sigkilled_learns_every_record_once(
         p.log_path = log.name
         return p
 
-    def working(proc, timeout=30.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            text = _text(proc.log_path)
-            if "partitions assigned: ['" in text and "model exchange: " in text:
-                return
-            time.sleep(0.2)
+    def working(proc, timeout=30.0) -> bool:
+        return owns_partitions(proc, timeout, also="model exchange: ")
 
     procs = [start() for _ in range(3)]
     base_decided = threading.Event()

@@ -271,3 +271,26 @@ def test_metrics_server_serves_metrics_and_health():
         assert health["status"] == "ok" and health["records_in"] == 5
     finally:
         server.close()
+
+
+def test_kafka_clients_share_brokers_client_id_and_reconnect_backoff():
+    """One place for the settings every kafka-python client of the service gets."""
+    cfg = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": "a:9092,b:9093",
+                "topics": ["t"],
+                "group_id": "g",
+                "output_topic": "o",
+                "client_id": "me",
+                "reconnect_backoff_max_ms": 700,
+            }
+        },
+        env={},
+    ).kafka
+    assert cfg.client_kwargs() == {
+        "bootstrap_servers": ["a:9092", "b:9093"],
+        "client_id": "me",
+        "reconnect_backoff_max_ms": 700,
+    }
+    assert cfg.client_kwargs("admin")["client_id"] == "me-admin"

@@ -262,10 +262,8 @@ class Changelog:
         self.topics = {t: name(t) for t in kafka.topics}
         self.ensure_topics()
         self.reader = KafkaConsumer(
-            bootstrap_servers=kafka.bootstrap_servers.split(","),
-            client_id=f"{kafka.client_id}-restore",
+            **kafka.client_kwargs("restore"),
             enable_auto_commit=False,
-            reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             # Only committed transactions' states (exactly_once); plain writes are visible
@@ -284,10 +282,7 @@ class Changelog:
         from kafka.admin import KafkaAdminClient, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
-        admin = KafkaAdminClient(
-            bootstrap_servers=self.kafka.bootstrap_servers.split(","),
-            client_id=f"{self.kafka.client_id}-admin",
-        )
+        admin = KafkaAdminClient(**self.kafka.client_kwargs("admin"))
         try:
             existing = set(admin.list_topics())
             for t, cl in self.topics.items():
@@ -386,10 +381,8 @@ class Changelog:
 
         if self._hw_reader is None:
             self._hw_reader = KafkaConsumer(
-                bootstrap_servers=self.kafka.bootstrap_servers.split(","),
-                client_id=f"{self.kafka.client_id}-restore-hw",
+                **self.kafka.client_kwargs("restore-hw"),
                 enable_auto_commit=False,
-                reconnect_backoff_max_ms=self.kafka.reconnect_backoff_max_ms,
             )
         tps = [TopicPartition(topic, sp.partition) for sp in sps]
         limit = self.kafka.transaction_timeout_ms / 1000 + 30.0

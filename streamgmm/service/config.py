@@ -224,6 +224,16 @@ class KafkaConfig(_Strict):
     def _split_topics(cls, v: Any) -> Any:
         return _split_csv(v)
 
+    def client_kwargs(self, suffix: str | None = None) -> dict[str, Any]:
+        """The settings every kafka-python client of the service shares (consumers, producers,
+        admin clients): the brokers, the client id (``"<client_id>-<suffix>"`` if given) and
+        the reconnection backoff."""
+        return {
+            "bootstrap_servers": (self.bootstrap_servers or "").split(","),
+            "client_id": f"{self.client_id}-{suffix}" if suffix else self.client_id,
+            "reconnect_backoff_max_ms": self.reconnect_backoff_max_ms,
+        }
+
 
 class CheckpointConfig(_Strict):
     """When and where the model state and input offsets are saved."""

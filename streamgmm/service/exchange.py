@@ -351,20 +351,15 @@ class ModelExchange(_Follower):
 
             producer = make_producer(kafka)
         self.producer = producer
-        self.admin = KafkaAdminClient(
-            bootstrap_servers=kafka.bootstrap_servers.split(","),
-            client_id=f"{kafka.client_id}-admin",
-        )
+        self.admin = KafkaAdminClient(**kafka.client_kwargs("admin"))
         self._ensure_topics()
         self.tp = TopicPartition(topic, 0)
         self.stp = TopicPartition(self.snapshot_topic, 0)
 
         def reader(suffix):
             c = KafkaConsumer(
-                bootstrap_servers=kafka.bootstrap_servers.split(","),
-                client_id=f"{kafka.client_id}-{suffix}",
+                **kafka.client_kwargs(suffix),
                 enable_auto_commit=False,
-                reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
                 fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
                 max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
                 isolation_level="read_committed" if read_committed else "read_uncommitted",

@@ -132,10 +132,8 @@ def make_producer(cfg, **extra):
     from kafka import KafkaProducer
 
     return KafkaProducer(
-        bootstrap_servers=cfg.bootstrap_servers.split(","),
-        client_id=cfg.client_id,
+        **cfg.client_kwargs(),
         bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
-        reconnect_backoff_max_ms=cfg.reconnect_backoff_max_ms,
         linger_ms=cfg.linger_ms,
         batch_size=cfg.producer_batch_size,
         max_request_size=16 * 1024 * 1024,

@@ -405,9 +405,8 @@ def committed_offsets(cfg, timeout_ms: int = 15_000) -> dict[tuple[str, int], in
     from kafka import KafkaConsumer, TopicPartition
 
     c = KafkaConsumer(
-        bootstrap_servers=cfg.bootstrap_servers.split(","),
+        **cfg.client_kwargs(),
         group_id=cfg.group_id,
-        client_id=cfg.client_id,
         enable_auto_commit=False,
         request_timeout_ms=timeout_ms,
         bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
@@ -463,16 +462,14 @@ class KafkaSource:
         self.cfg = cfg
         self._stop = False
         self.consumer = KafkaConsumer(
-            bootstrap_servers=cfg.bootstrap_servers.split(","),
+            **cfg.client_kwargs(),
             group_id=cfg.group_id,
             group_instance_id=cfg.group_instance_id,
-            client_id=cfg.client_id,
             enable_auto_commit=False,
             auto_offset_reset=cfg.auto_offset_reset,
             max_poll_records=cfg.max_poll_records,
             session_timeout_ms=cfg.session_timeout_ms,
             bootstrap_timeout_ms=cfg.bootstrap_timeout_ms,
-            reconnect_backoff_max_ms=cfg.reconnect_backoff_max_ms,
             heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3),
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024,
