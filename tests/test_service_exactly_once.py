@@ -316,3 +316,59 @@ def test_zombie_instance_is_fenced(kafka_bootstrap, new_topic, tmp_path):
     assert max(seen.values()) == 1, "a zombie's output became visible beside the heir's"
     assert len(seen) == len(records)
     assert _learned(kafka_bootstrap, tin, group) == _expected(records, "partition")
+
+
+@pytest.mark.kafka
+def test_partitions_lost_abort_the_open_transaction(kafka_bootstrap, new_topic, monkeypatch):
+    """Group membership lost (a session timeout) mid-transaction: the open transaction's
+    outputs belong to records the partitions' next owner processes again, so they must never
+    become visible. Here the loss is reported after three batches and the run then ends with
+    its final checkpoint; with the loss not aborting the transaction, that commit (no
+    partition left to send offsets for, so no generation check) made all 300 outputs visible
+    (seen as one batch output twice in the three-instance kill test)."""
+    from streamgmm.service.config import load_config
+    from streamgmm.service.processor import Processor
+    from streamgmm.service.state import SourcePartition
+
+    tin, tout, tdlq = new_topic(PARTITIONS), new_topic(PARTITIONS), new_topic(PARTITIONS)
+    records = _records()[:600]
+    _produce(kafka_bootstrap, tin, records, pause=0)
+    cfg = load_config(
+        overrides={
+            "kafka": {
+                "bootstrap_servers": kafka_bootstrap,
+                "topics": [tin],
+                "output_topic": tout,
+                "dead_letter_topic": tdlq,
+                "group_id": f"g-eos-lost-{tin}",
+                "max_poll_records": 100,
+            },
+            "features": FEATURES,
+            "model": {"scope": "key", "covariance_type": "diag", "warm_up": 40, "n_components": 3},
+            "gate": {"enabled": False},
+            "checkpoint": {"every_records": 100_000, "every_seconds": None},
+            "idle_timeout": 3.0,
+            "processing_guarantee": "exactly_once",
+        },
+        env={},
+    )
+    batches = []
+    original = Processor.process_batch
+
+    def process_batch(self, batch):
+        original(self, batch)
+        batches.append(len(batch))
+        if len(batches) == 3:
+            lost = sorted(
+                SourcePartition.kafka(tp.topic, tp.partition)
+                for tp in self.source.consumer.assignment()
+            )
+            self._on_lost(lost)
+            self.stop()
+
+    monkeypatch.setattr(Processor, "process_batch", process_batch)
+    proc = Processor(cfg, handle_signals=False)
+    proc.run()
+    assert sum(batches) >= 100
+    assert not _committed_sources(kafka_bootstrap, (tout, tdlq))
+    assert proc.aborts == 1
